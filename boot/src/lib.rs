@@ -1,0 +1,1 @@
+//! Boot-time logic shared by the initramfs `/init` and the host-side `pak`.
