@@ -6,5 +6,9 @@
 pub mod candidate;
 pub mod cli;
 pub mod debian;
+pub mod fsutil;
+pub mod lock;
+pub mod pakfile;
 pub mod pakinfo;
+pub mod profile;
 pub mod root;

@@ -1,0 +1,225 @@
+//! `Pakfile.lock`: the frozen result of resolution. Same lock, same image.
+//!
+//! Every locked package carries what is needed to fetch and verify it
+//! (repository, location, sha256, size) and what is needed to check, without
+//! any index, that the lock still satisfies its Pakfile (requires, provides,
+//! conflicts). For `apt` repositories the location is relative to the
+//! archive root (`pool/main/...`), so a lock names no mirror and works with
+//! whichever mirror the building host's apt is configured for.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::candidate::Candidate;
+use crate::pakinfo::PakInfo;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub format: u32,
+    #[serde(default, rename = "package")]
+    pub packages: Vec<LockedPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// sha256 of the artifact as downloaded (`.pak`, or `.deb` for apt).
+    pub sha256: String,
+    pub size: u64,
+    /// The Pakfile repository it came from.
+    pub source: String,
+    /// Where, relative to that repository (or absolute for `file://`/`http(s)://`).
+    pub location: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provides: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+}
+
+impl LockedPackage {
+    pub fn from_candidate(c: &Candidate) -> Self {
+        LockedPackage {
+            name: c.info.name.clone(),
+            version: c.info.version.clone(),
+            arch: c.info.arch.clone(),
+            sha256: c.sha256.clone(),
+            size: c.size,
+            source: c.repo.clone(),
+            location: c.location.clone(),
+            requires: c.info.requires.clone(),
+            provides: c.info.provides.clone(),
+            conflicts: c.info.conflicts.clone(),
+        }
+    }
+
+    /// The metadata the resolver needs to treat this locked package as a
+    /// candidate (e.g. to prefer it when re-resolving).
+    pub fn to_candidate(&self) -> Candidate {
+        Candidate {
+            info: PakInfo {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                arch: self.arch.clone(),
+                summary: String::new(),
+                license: String::new(),
+                requires: self.requires.clone(),
+                provides: self.provides.clone(),
+                conflicts: self.conflicts.clone(),
+                special_files: Vec::new(),
+                origin: None,
+            },
+            repo: self.source.clone(),
+            location: self.location.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
+
+    /// The store entry name: `<name>-<version>-<sha256>`.
+    pub fn store_key(&self) -> String {
+        store_key(&self.name, &self.version, &self.sha256)
+    }
+}
+
+/// `:` of epochs is replaced so the key is a portable file name.
+pub fn store_key(name: &str, version: &str, sha256: &str) -> String {
+    format!("{name}-{}-{sha256}", version.replace(':', "_"))
+}
+
+const HEADER: &str = "# Pakfile.lock — written by `pak lock`; do not edit by hand.\n# `pak update [PKG]` re-resolves; the same lock always builds the same image.\n";
+
+impl Lock {
+    pub fn new(mut packages: Vec<LockedPackage>) -> Self {
+        packages.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
+        Lock {
+            format: FORMAT,
+            packages,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Lock> {
+        let lock: Lock = toml::from_str(text)?;
+        if lock.format != FORMAT {
+            bail!(
+                "lock format {} is not understood by this pak (it reads format {FORMAT}); run `pak update` to rewrite it",
+                lock.format
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &lock.packages {
+            if !names.insert(&p.name) {
+                bail!(
+                    "package {:?} is locked twice; run `pak update` to rewrite the lock",
+                    p.name
+                );
+            }
+            if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "package {:?} has a malformed sha256 {:?}; run `pak update`",
+                    p.name,
+                    p.sha256
+                );
+            }
+        }
+        Ok(lock)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).expect("Lock always serialises");
+        format!("{HEADER}\n{body}")
+    }
+
+    /// Reads a lock file; `Ok(None)` when it does not exist.
+    pub fn read(path: &Path) -> Result<Option<Lock>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Lock::parse(&text)
+                .with_context(|| {
+                    format!(
+                        "{} is broken; delete it or run `pak update` to write a new one",
+                        path.display()
+                    )
+                })
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Writes atomically: a reader sees the old lock or the new one.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, self.to_toml().as_bytes())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&LockedPackage> {
+        self.packages.iter().find(|p| p.name == name)
+    }
+
+    /// The lock file beside a Pakfile.
+    pub fn path_for(pakfile: &Path) -> std::path::PathBuf {
+        let name = pakfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pakfile.with_file_name(format!("{name}.lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(name: &str) -> LockedPackage {
+        LockedPackage {
+            name: name.into(),
+            version: "1:2.0-1".into(),
+            arch: "x86_64".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            source: "debian".into(),
+            location: "pool/main/x.deb".into(),
+            requires: vec!["libc6 >= 2.34".into()],
+            provides: vec![],
+            conflicts: vec![],
+        }
+    }
+
+    #[test]
+    fn roundtrip_sorted() {
+        let lock = Lock::new(vec![pkg("b"), pkg("a")]);
+        let text = lock.to_toml();
+        assert!(text.find("name = \"a\"").unwrap() < text.find("name = \"b\"").unwrap());
+        assert_eq!(Lock::parse(&text).unwrap(), lock);
+        assert_eq!(
+            lock.packages[0].store_key(),
+            format!("a-1_2.0-1-{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn broken_locks_are_refused() {
+        let mut lock = Lock::new(vec![pkg("a"), pkg("a")]);
+        assert!(Lock::parse(&lock.to_toml()).is_err());
+        lock.packages.truncate(1);
+        lock.packages[0].sha256 = "zz".into();
+        assert!(Lock::parse(&lock.to_toml()).is_err());
+        assert!(Lock::parse("format = 9\n").is_err());
+    }
+
+    #[test]
+    fn lock_path() {
+        assert_eq!(
+            Lock::path_for(Path::new("a/Pakfile")),
+            Path::new("a/Pakfile.lock")
+        );
+    }
+}
