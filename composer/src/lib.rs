@@ -12,3 +12,4 @@ pub mod pakfile;
 pub mod pakinfo;
 pub mod profile;
 pub mod root;
+pub mod sysconfig;

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::root::Root;
 
+mod project;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pak",
@@ -49,7 +51,13 @@ impl Global {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Write a commented starter Pakfile
+    Init {
+        /// Directory to create it in (default: the current one)
+        dir: Option<PathBuf>,
+    },
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,5 +71,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Init { dir } => project::init(dir)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,322 @@
+//! The Pakfile's configuration, rendered as files of the image.
+//!
+//! Distributions configure a system by running scripts at install time; pak
+//! writes the result instead: `/etc/hostname`, `/etc/os-release`, the
+//! account databases, and busybox init's `/etc/inittab` with the declared
+//! services. The files are a pure function of the Pakfile, so they are
+//! reproducible, and reviewable in `pak system diff`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+
+use crate::pakfile::{FileSpec, Pakfile, parse_mode};
+
+/// One file (or symlink) the configuration adds to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// Absolute path in the image.
+    pub path: String,
+    pub kind: ConfigKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigKind {
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+/// Accounts every image has, with Debian's numbers (from base-passwd) so
+/// Debian packages that expect them (nginx runs as www-data) work.
+const SYSTEM_USERS: &[(&str, u32, u32, &str, &str)] = &[
+    ("root", 0, 0, "/root", "/bin/sh"),
+    ("daemon", 1, 1, "/usr/sbin", "/usr/sbin/nologin"),
+    ("bin", 2, 2, "/bin", "/usr/sbin/nologin"),
+    ("sys", 3, 3, "/dev", "/usr/sbin/nologin"),
+    ("www-data", 33, 33, "/var/www", "/usr/sbin/nologin"),
+    ("nobody", 65534, 65534, "/nonexistent", "/usr/sbin/nologin"),
+];
+
+const SYSTEM_GROUPS: &[(&str, u32)] = &[
+    ("root", 0),
+    ("daemon", 1),
+    ("bin", 2),
+    ("sys", 3),
+    ("adm", 4),
+    ("tty", 5),
+    ("disk", 6),
+    ("kmem", 15),
+    ("dialout", 20),
+    ("www-data", 33),
+    ("utmp", 43),
+    ("users", 100),
+    ("nogroup", 65534),
+];
+
+/// Renders every configuration file of the Pakfile.
+pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
+    let mut out = BTreeMap::new();
+    let mut add = |f: ConfigFile| {
+        out.insert(f.path.clone(), f);
+    };
+    add(text(
+        "/etc/hostname",
+        format!("{}\n", pakfile.system.name),
+        0o644,
+    ));
+    add(text("/usr/lib/os-release", os_release(pakfile), 0o644));
+    add(ConfigFile {
+        path: "/etc/os-release".into(),
+        kind: ConfigKind::Symlink("../usr/lib/os-release".into()),
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+    });
+    let (passwd, shadow, group) = accounts(pakfile)?;
+    add(text("/etc/passwd", passwd, 0o644));
+    add(text("/etc/group", group, 0o644));
+    add(text("/etc/shadow", shadow, 0o640));
+    add(text("/etc/inittab", inittab(pakfile), 0o644));
+    add(text(
+        "/usr/lib/pak/rc.sysinit",
+        RC_SYSINIT.to_string(),
+        0o755,
+    ));
+    add(text("/etc/profile", PROFILE.to_string(), 0o644));
+    add(text(
+        "/etc/fstab",
+        "# Mounts are made by pak's /init; see /proc/mounts.\n".into(),
+        0o644,
+    ));
+    for (path, spec) in &pakfile.files {
+        add(user_file(pakfile, path, spec)?);
+    }
+    Ok(out.into_values().collect())
+}
+
+fn text(path: &str, content: String, mode: u32) -> ConfigFile {
+    ConfigFile {
+        path: path.into(),
+        kind: ConfigKind::File(content.into_bytes()),
+        mode,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn os_release(p: &Pakfile) -> String {
+    let name = &p.system.name;
+    let mut s =
+        format!("NAME=\"{name}\"\nID=pak\nPRETTY_NAME=\"{name} (pak)\"\nIMAGE_ID=\"{name}\"\n");
+    if let Some(v) = &p.system.version {
+        s.push_str(&format!("VERSION_ID=\"{v}\"\nIMAGE_VERSION=\"{v}\"\n"));
+    }
+    s
+}
+
+fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
+    let mut users: BTreeMap<u32, (String, u32, String, String, String)> = BTreeMap::new();
+    for (name, uid, gid, home, shell) in SYSTEM_USERS {
+        users.insert(
+            *uid,
+            (
+                name.to_string(),
+                *gid,
+                home.to_string(),
+                shell.to_string(),
+                "*".into(),
+            ),
+        );
+    }
+    let mut groups: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    for (name, gid) in SYSTEM_GROUPS {
+        groups.insert(*gid, (name.to_string(), Vec::new()));
+    }
+    for (name, g) in &p.groups {
+        if let Some((other, _)) = groups.get(&g.gid).filter(|(n, _)| n != name) {
+            bail!(
+                "[groups] {name:?} wants gid {} which group {other:?} already has",
+                g.gid
+            );
+        }
+        groups.insert(g.gid, (name.clone(), Vec::new()));
+    }
+    for (name, u) in &p.users {
+        if let Some((other, ..)) = users.get(&u.uid).filter(|(n, ..)| n != name) {
+            bail!(
+                "[users] {name:?} wants uid {} which user {other:?} already has",
+                u.uid
+            );
+        }
+        let gid = u.gid.unwrap_or(u.uid);
+        if !groups.contains_key(&gid) {
+            groups.insert(gid, (name.clone(), Vec::new()));
+        }
+        for g in &u.groups {
+            let Some((_, members)) = groups.values_mut().find(|(n, _)| n == g) else {
+                bail!(
+                    "[users] {name:?} is in group {g:?}, which no [groups] entry or system group defines"
+                );
+            };
+            members.push(name.clone());
+        }
+        users.insert(
+            u.uid,
+            (
+                name.clone(),
+                gid,
+                u.home.clone().unwrap_or_else(|| format!("/home/{name}")),
+                u.shell.clone().unwrap_or_else(|| "/bin/sh".into()),
+                u.password_hash.clone().unwrap_or_else(|| "!".into()),
+            ),
+        );
+    }
+    let mut passwd = String::new();
+    let mut shadow = String::new();
+    for (uid, (name, gid, home, shell, hash)) in &users {
+        passwd.push_str(&format!("{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n"));
+        shadow.push_str(&format!("{name}:{hash}:0:0:99999:7:::\n"));
+    }
+    let mut group = String::new();
+    for (gid, (name, members)) in &groups {
+        group.push_str(&format!("{name}:x:{gid}:{}\n", members.join(",")));
+    }
+    Ok((passwd, shadow, group))
+}
+
+/// busybox init's table: bring the system up, give the serial console a
+/// shell, start and supervise the declared services, and mark the boot good
+/// once they are healthy.
+fn inittab(p: &Pakfile) -> String {
+    let mut s = String::from("# Written by pak from the Pakfile. Format: busybox init(8).\n");
+    s.push_str("::sysinit:/usr/lib/pak/rc.sysinit\n");
+    for (name, svc) in &p.services {
+        s.push_str(&format!("# service {name}\n::respawn:{}\n", svc.exec));
+    }
+    s.push_str("ttyS0::respawn:-/bin/sh\n");
+    s.push_str("::ctrlaltdel:/sbin/reboot\n");
+    s.push_str("::shutdown:/bin/umount -a -r\n");
+    s
+}
+
+const RC_SYSINIT: &str = r#"#!/bin/sh
+# First thing busybox init runs. /, /etc, /var and /home were mounted by
+# pak's /init; this adds the volatile mounts and basic identity.
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620 devpts /dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+hostname -F /etc/hostname
+ip link set lo up 2>/dev/null
+mkdir -p /var/log /var/lib /var/cache /var/tmp /var/www /root
+chmod 1777 /var/tmp
+"#;
+
+const PROFILE: &str = r#"# Written by pak. Login shells read this.
+export PATH="$HOME/.local/share/pak/envs/user/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+export PS1='\h:\w\$ '
+"#;
+
+fn user_file(p: &Pakfile, path: &str, spec: &FileSpec) -> Result<ConfigFile> {
+    let (content, mode, uid, gid) = match spec {
+        FileSpec::Text(t) => (t.clone().into_bytes(), 0o644, 0, 0),
+        FileSpec::Full(e) => {
+            let content = match (&e.content, &e.source) {
+                (Some(c), _) => c.clone().into_bytes(),
+                (None, Some(src)) => {
+                    let file = p.resolve_path(src);
+                    std::fs::read(&file).with_context(|| {
+                        format!(
+                            "[files] {path:?}: cannot read its source {}",
+                            file.display()
+                        )
+                    })?
+                }
+                (None, None) => unreachable!("validated when the Pakfile was read"),
+            };
+            let mode = e
+                .mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()?
+                .unwrap_or(0o644);
+            (content, mode, e.uid.unwrap_or(0), e.gid.unwrap_or(0))
+        }
+    };
+    Ok(ConfigFile {
+        path: path.into(),
+        kind: ConfigKind::File(content),
+        mode,
+        uid,
+        gid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(files: &'a [ConfigFile], path: &str) -> &'a ConfigFile {
+        files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{path} missing"))
+    }
+
+    fn content(f: &ConfigFile) -> String {
+        match &f.kind {
+            ConfigKind::File(b) => String::from_utf8(b.clone()).unwrap(),
+            ConfigKind::Symlink(t) => t.clone(),
+        }
+    }
+
+    #[test]
+    fn renders_identity_accounts_and_services() {
+        let p = Pakfile::parse(
+            r#"
+[system]
+name = "web"
+[users.alice]
+uid = 1000
+groups = ["www-data"]
+[services.nginx]
+exec = "/usr/sbin/nginx -g 'daemon off;'"
+[files]
+"/etc/motd" = "hi\n"
+"/etc/secret" = { content = "s", mode = "0600", uid = 1000 }
+"#,
+        )
+        .unwrap();
+        let files = render(&p).unwrap();
+        assert_eq!(content(find(&files, "/etc/hostname")), "web\n");
+        let passwd = content(find(&files, "/etc/passwd"));
+        assert!(passwd.contains("alice:x:1000:1000:alice:/home/alice:/bin/sh"));
+        assert!(passwd.starts_with("root:x:0:0"));
+        assert!(content(find(&files, "/etc/group")).contains("www-data:x:33:alice\n"));
+        assert!(
+            content(find(&files, "/etc/inittab"))
+                .contains("::respawn:/usr/sbin/nginx -g 'daemon off;'")
+        );
+        let secret = find(&files, "/etc/secret");
+        assert_eq!((secret.mode, secret.uid), (0o600, 1000));
+        assert_eq!(render(&p).unwrap(), files, "deterministic");
+        let mut sorted = files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            files.iter().map(|f| f.path.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn clashing_ids_are_refused() {
+        let p = Pakfile::parse("[users.bob]\nuid = 33\n").unwrap();
+        assert!(render(&p).unwrap_err().to_string().contains("www-data"));
+        let p = Pakfile::parse("[users.bob]\nuid = 1000\ngroups = [\"nope\"]\n").unwrap();
+        assert!(render(&p).is_err());
+    }
+}
