@@ -3,6 +3,7 @@
 //! Data flows one way, and the modules follow it:
 //! Pakfile → lock → store → generation → disk → boot → system.
 
+pub mod assemble;
 pub mod candidate;
 pub mod cli;
 pub mod debian;
