@@ -269,10 +269,10 @@ impl RootTree {
         }
         for (path, mut node) in moved {
             let new = format!("usr/share/factory/{path}");
-            if let NodeKind::HardLink(to) = &node.kind {
-                if let Some(rest) = to.strip_prefix("var/") {
-                    node.kind = NodeKind::HardLink(format!("usr/share/factory/var/{rest}"));
-                }
+            if let NodeKind::HardLink(to) = &node.kind
+                && let Some(rest) = to.strip_prefix("var/")
+            {
+                node.kind = NodeKind::HardLink(format!("usr/share/factory/var/{rest}"));
             }
             self.ensure_parents(&new, "pak");
             self.nodes.insert(new, node);

@@ -8,6 +8,7 @@ pub mod candidate;
 pub mod cli;
 pub mod debian;
 pub mod fsutil;
+pub mod generation;
 pub mod lock;
 pub mod pakfile;
 pub mod pakinfo;

@@ -152,9 +152,9 @@ fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
             );
         }
         let gid = u.gid.unwrap_or(u.uid);
-        if !groups.contains_key(&gid) {
-            groups.insert(gid, (name.clone(), Vec::new()));
-        }
+        groups
+            .entry(gid)
+            .or_insert_with(|| (name.clone(), Vec::new()));
         for g in &u.groups {
             let Some((_, members)) = groups.values_mut().find(|(n, _)| n == g) else {
                 bail!(
