@@ -13,5 +13,7 @@ pub mod lock;
 pub mod pakfile;
 pub mod pakinfo;
 pub mod profile;
+pub mod requirement;
 pub mod root;
 pub mod sysconfig;
+pub mod version;
