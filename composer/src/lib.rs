@@ -4,12 +4,14 @@
 //! Pakfile → lock → store → generation → disk → boot → system.
 
 pub mod assemble;
+pub mod bom;
 pub mod candidate;
 pub mod cli;
 pub mod debian;
 pub mod fsutil;
 pub mod generation;
 pub mod lock;
+pub mod package;
 pub mod pakfile;
 pub mod pakinfo;
 pub mod profile;
