@@ -17,6 +17,7 @@ pub mod pakfile;
 pub mod pakinfo;
 pub mod profile;
 pub mod requirement;
+pub mod resolve;
 pub mod root;
 pub mod store;
 pub mod sysconfig;
