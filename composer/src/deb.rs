@@ -6,7 +6,7 @@
 //! payload. Maintainer scripts are not run, only reported: what they would
 //! have done, pak does declaratively when it assembles a generation.
 
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
