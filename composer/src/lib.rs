@@ -3,6 +3,7 @@
 //! Data flows one way, and the modules follow it:
 //! Pakfile → lock → store → generation → disk → boot → system.
 
+pub mod apt;
 pub mod assemble;
 pub mod bom;
 pub mod candidate;
