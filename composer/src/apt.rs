@@ -16,7 +16,7 @@
 //! names, sizes and modification times; a changed list invalidates it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -456,42 +456,7 @@ pub fn download(
     dest: &Path,
 ) -> Result<()> {
     let url = url_for(host, location)?;
-    let mut resp = ureq::get(&url).call().with_context(|| {
-        format!(
-            "cannot download {url}: is the mirror reachable? (check the network, or apt's sources)"
-        )
-    })?;
-    let mut reader = resp.body_mut().as_reader();
-    let dir = dest.parent().context("destination has no directory")?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".dl-").tempfile_in(dir)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("download of {url} was interrupted"))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if size > 0 && total > size {
-            bail!("{url} is larger than the {size} bytes the index declares; refusing it");
-        }
-        h.update(&buf[..n]);
-        tmp.write_all(&buf[..n])?;
-    }
-    let got = hex::encode(h.finalize());
-    if got != sha256 {
-        bail!(
-            "{url}: sha256 is {got}, the index says {sha256}; the mirror or the download is corrupt, nothing was kept"
-        );
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest)
-        .with_context(|| format!("cannot write {}", dest.display()))?;
-    Ok(())
+    crate::fetch::download_verified(&url, dest, sha256, size, location)
 }
 
 #[cfg(test)]
