@@ -109,6 +109,11 @@ struct Universe<'a> {
     unions: RefCell<Vec<Vec<VersionSetId>>>,
     strings: RefCell<Vec<String>>,
     prefer: HashMap<NameId, SolvableId>,
+    /// Names the roots' own packages already satisfy (their names and
+    /// what they provide): an alternative among these is tried first.
+    satisfied_by_roots: std::collections::HashSet<String>,
+    /// Packages the Pakfile names: preferred among providers of a capability.
+    root_names: std::collections::HashSet<String>,
 }
 
 impl<'a> Universe<'a> {
@@ -124,6 +129,8 @@ impl<'a> Universe<'a> {
             unions: RefCell::default(),
             strings: RefCell::default(),
             prefer: HashMap::new(),
+            satisfied_by_roots: Default::default(),
+            root_names: Default::default(),
         };
         // Repositories come in priority order: on a tie of name and
         // version the first one's candidate is the only one kept.
@@ -340,13 +347,20 @@ impl DependencyProvider for Universe<'_> {
     }
 
     async fn sort_candidates(&self, _: &SolverCache<Self>, solvables: &mut [SolvableId]) {
-        // A package of the name itself first, newest first; then providers,
-        // newest provided version first, by provider name for determinism.
+        // A package of the name itself first, newest first; then providers
+        // the Pakfile names; then other providers, newest provided version
+        // first, by provider name for determinism.
+        let named = |s: &SolvableId| {
+            let owner = self.owner_of(*s);
+            self.candidate_of(owner)
+                .is_some_and(|i| self.root_names.contains(&self.cands[i].info.name))
+        };
         solvables.sort_by(|a, b| {
             let (sa, sb) = (&self.solvs[a.0 as usize], &self.solvs[b.0 as usize]);
             let real = |s: &Solv| matches!(s.kind, SolvKind::Real(_));
             real(sb)
                 .cmp(&real(sa))
+                .then_with(|| named(b).cmp(&named(a)))
                 .then_with(|| sb.version.cmp(&sa.version))
                 .then_with(|| {
                     let (oa, ob) = (self.owner_of(*a), self.owner_of(*b));
@@ -387,7 +401,11 @@ impl DependencyProvider for Universe<'_> {
                         )));
                     }
                 };
-            let sets: Vec<VersionSetId> = req.alternatives.iter().map(|d| self.dep_vs(d)).collect();
+            // "a | b" where b is already on its way in (a root provides it):
+            // take b rather than pulling a in, as a person would.
+            let mut alts: Vec<&Dep> = req.alternatives.iter().collect();
+            alts.sort_by_key(|d| !self.satisfied_by_roots.contains(&d.name));
+            let sets: Vec<VersionSetId> = alts.iter().map(|d| self.dep_vs(d)).collect();
             let rq = if sets.len() == 1 {
                 RvRequirement::Single(sets[0])
             } else {
@@ -430,7 +448,18 @@ pub fn resolve(
     roots: &[(String, String)],
     prefer: &BTreeMap<String, String>,
 ) -> Result<Vec<usize>, ResolveError> {
-    let universe = Universe::build(cands, arch, prefer);
+    let mut universe = Universe::build(cands, arch, prefer);
+    for (name, _) in roots {
+        universe.satisfied_by_roots.insert(name.clone());
+        universe.root_names.insert(name.clone());
+        for c in cands.iter().filter(|c| c.info.name == *name) {
+            for p in &c.info.provides {
+                if let Ok((n, _)) = requirement::parse_provide(p) {
+                    universe.satisfied_by_roots.insert(n);
+                }
+            }
+        }
+    }
     let mut reqs = Vec::new();
     for (name, range) in roots {
         let dep = requirement::parse_root(name, range)
@@ -611,6 +640,25 @@ mod tests {
         let prefer = BTreeMap::from([("app".to_string(), "1.0".to_string())]);
         let got = resolve(&c, "x86_64", &roots(&[("app", "*")]), &prefer).unwrap();
         assert_eq!(names(&c, &got), ["app=1.0", "b=1"]);
+    }
+
+    #[test]
+    fn alternatives_a_root_satisfies_come_first() {
+        let c = vec![
+            cand("kernel", "1", &["heavy-tool | light-tool"], &[], &[]),
+            cand("heavy-tool", "1", &["dep"], &[], &[]),
+            cand("dep", "1", &[], &[], &[]),
+            cand("me", "1", &[], &["light-tool"], &[]),
+            cand("alpha", "1", &[], &["light-tool"], &[]),
+        ];
+        let got = resolve(
+            &c,
+            "x86_64",
+            &roots(&[("kernel", "*"), ("me", "*")]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(names(&c, &got), ["kernel=1", "me=1"]);
     }
 
     #[test]

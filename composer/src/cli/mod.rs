@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::project::Update;
 use crate::root::Root;
 
+mod pkg;
 mod project;
 
 #[derive(Debug, Parser)]
@@ -57,6 +59,76 @@ pub enum Command {
         /// Directory to create it in (default: the current one)
         dir: Option<PathBuf>,
     },
+    /// Resolve the Pakfile and write Pakfile.lock (kept as is while it still fits)
+    Lock,
+    /// Re-resolve everything, or only PKG and what it needs, and rewrite the lock
+    Update {
+        /// Only this package (the rest keep their locked versions)
+        pkg: Option<String>,
+    },
+    /// Download and verify the locked packages into the store
+    Fetch,
+    /// List the packages of the lock
+    List,
+    /// Search the Pakfile's repositories
+    Search { term: String },
+    /// Which package in the store ships PATH
+    Owns { path: String },
+    /// Remove store entries that no lock, generation or environment needs
+    Gc,
+    /// Build, inspect and convert packages
+    #[command(subcommand)]
+    Pkg(PkgCommand),
+    /// Signing keys for repositories
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Maintain a repository
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkgCommand {
+    /// DIR/.PAKINFO plus the files under DIR -> NAME-VERSION-ARCH.pak
+    Create {
+        dir: PathBuf,
+        /// Directory to write the package to
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print a package's metadata
+    Info { file: PathBuf },
+    /// Check every file of a package against its bill of materials
+    Verify { file: PathBuf },
+    /// Convert a Debian .deb into a .pak (maintainer scripts are not run)
+    ImportDeb {
+        file: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write NAME.key (secret) and NAME.pub
+    Generate { name: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Index the .pak files of DIR and sign the index
+    Index {
+        dir: PathBuf,
+        /// The secret key to sign with
+        #[arg(long)]
+        key: PathBuf,
+        /// Days until the index expires and hosts refuse it
+        #[arg(long, default_value_t = crate::repo::DEFAULT_EXPIRY_DAYS)]
+        expires_in: u64,
+        /// Index version (default: one more than the current index)
+        #[arg(long)]
+        version: Option<u64>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -71,8 +143,28 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
     match cli.command {
         Command::Init { dir } => project::init(dir)?,
+        Command::Lock => project::lock(g, Update::IfNeeded)?,
+        Command::Update { pkg: None } => project::lock(g, Update::All)?,
+        Command::Update { pkg: Some(p) } => project::lock(g, Update::Only(p))?,
+        Command::Fetch => project::fetch(g)?,
+        Command::List => project::list(g)?,
+        Command::Search { term } => project::search(g, &term)?,
+        Command::Owns { path } => pkg::owns(g, &path)?,
+        Command::Gc => pkg::gc(g)?,
+        Command::Pkg(PkgCommand::Create { dir, output }) => pkg::create(&dir, output)?,
+        Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,
+        Command::Pkg(PkgCommand::Verify { file }) => pkg::verify(g, &file)?,
+        Command::Pkg(PkgCommand::ImportDeb { file, output }) => pkg::import_deb(g, &file, output)?,
+        Command::Key(KeyCommand::Generate { name }) => pkg::key_generate(&name)?,
+        Command::Repo(RepoCommand::Index {
+            dir,
+            key,
+            expires_in,
+            version,
+        }) => pkg::repo_index(&dir, &key, expires_in, version)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,13 @@
-//! Commands on a Pakfile project: init, lock, update, fetch, build, list, search.
+//! Commands on a Pakfile project: init, lock, update, fetch, list, search.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
+use super::Global;
 use crate::pakfile;
+use crate::project::{Project, Update};
+use crate::sources::Sources;
 
 /// `pak init [DIR]`: a commented starter Pakfile that builds as it is.
 pub fn init(dir: Option<PathBuf>) -> Result<()> {
@@ -25,4 +28,108 @@ pub fn init(dir: Option<PathBuf>) -> Result<()> {
 
 fn display(p: &Path) -> String {
     p.strip_prefix("./").unwrap_or(p).display().to_string()
+}
+
+fn project(g: &Global) -> Result<Project> {
+    Project::open(&g.pakfile, g.root())
+}
+
+pub fn lock(g: &Global, update: Update) -> Result<()> {
+    let p = project(g)?;
+    let out = p.lock(update)?;
+    if !out.written {
+        if !g.quiet {
+            println!(
+                "{} is up to date ({} packages)",
+                display(&p.lock_path()),
+                out.lock.packages.len()
+            );
+        }
+        return Ok(());
+    }
+    if !g.quiet {
+        for c in &out.changes {
+            println!("{c}");
+        }
+        println!(
+            "wrote {} ({} packages)",
+            display(&p.lock_path()),
+            out.lock.packages.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn fetch(g: &Global) -> Result<()> {
+    let p = project(g)?;
+    let (lock, entries) = p.fetch()?;
+    if !g.quiet {
+        println!(
+            "{} packages in the store at {}",
+            lock.packages.len(),
+            p.root.store_dir().display()
+        );
+        if g.verbose {
+            for (_, e) in entries {
+                println!("  {}", e.dir.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn list(g: &Global) -> Result<()> {
+    let p = project(g)?;
+    let Some(lock) = p.read_lock()? else {
+        bail!(
+            "{} does not exist yet; run `pak lock`",
+            p.lock_path().display()
+        );
+    };
+    if g.json {
+        let v: Vec<_> = lock
+            .packages
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256, "source": p.source}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let w = lock
+        .packages
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(0);
+    for p in &lock.packages {
+        println!("{:w$}  {}  ({})", p.name, p.version, p.source);
+    }
+    Ok(())
+}
+
+pub fn search(g: &Global, term: &str) -> Result<()> {
+    let p = project(g)?;
+    let cands = Sources::from_pakfile(&p.pakfile)?.candidates(&p.root)?;
+    let hits = crate::repo::search(&cands, term);
+    if hits.is_empty() {
+        bail!("nothing in the Pakfile's repositories matches {term:?}");
+    }
+    if g.json {
+        let v: Vec<_> = hits
+            .iter()
+            .map(|c| serde_json::json!({"name": c.info.name, "version": c.info.version, "repository": c.repo, "summary": c.info.summary}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for c in hits.iter().take(if g.verbose { usize::MAX } else { 50 }) {
+        println!(
+            "{} {} [{}]  {}",
+            c.info.name, c.info.version, c.repo, c.info.summary
+        );
+    }
+    if hits.len() > 50 && !g.verbose {
+        println!("... and {} more (-v shows all)", hits.len() - 50);
+    }
+    Ok(())
 }

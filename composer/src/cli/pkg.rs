@@ -1,0 +1,112 @@
+//! `pak pkg`, `pak key`, `pak repo`, `pak owns`, `pak gc`: packages, keys,
+//! repositories and the store.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::Global;
+use crate::store::Store;
+
+pub fn create(dir: &Path, out: Option<PathBuf>) -> Result<()> {
+    let path = crate::package::create_from_dir(dir, &out.unwrap_or_else(|| PathBuf::from(".")))?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+pub fn info(g: &Global, file: &Path) -> Result<()> {
+    let info = crate::package::read_info(file)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", info.to_toml());
+    }
+    Ok(())
+}
+
+pub fn verify(g: &Global, file: &Path) -> Result<()> {
+    let v = crate::package::verify(file)?;
+    if !g.quiet {
+        println!(
+            "{}: {} {} is intact ({} entries, {} bytes of files)",
+            file.display(),
+            v.info.name,
+            v.info.version,
+            v.entries,
+            v.payload_bytes
+        );
+    }
+    Ok(())
+}
+
+pub fn import_deb(g: &Global, deb: &Path, out: Option<PathBuf>) -> Result<()> {
+    let path = crate::deb::import(deb, &out.unwrap_or_else(|| PathBuf::from(".")))?;
+    let info = crate::package::read_info(&path)?;
+    println!("{}", path.display());
+    if let Some(origin) = &info.origin
+        && !origin.scripts_not_run.is_empty()
+        && !g.quiet
+    {
+        eprintln!(
+            "note: maintainer scripts not run: {} (pak performs the steps it supports declaratively when it assembles an image)",
+            origin.scripts_not_run.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn key_generate(name: &Path) -> Result<()> {
+    let (secret, public) = crate::key::generate_files(name)?;
+    println!(
+        "wrote {} (keep it secret) and {}",
+        secret.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+pub fn repo_index(
+    dir: &Path,
+    key: &Path,
+    expires_in_days: u64,
+    version: Option<u64>,
+) -> Result<()> {
+    let key = crate::key::SecretKey::read(key)?;
+    let index = crate::repo::write_index(dir, &key, expires_in_days, version)?;
+    println!(
+        "indexed {} packages in {} (version {}, expires {})",
+        index.packages.len(),
+        dir.display(),
+        index.version,
+        crate::timefmt::utc(index.expires)
+    );
+    Ok(())
+}
+
+pub fn owns(g: &Global, path: &str) -> Result<()> {
+    let store = Store::open(&g.root())?;
+    let owners = store.owns(path)?;
+    if owners.is_empty() {
+        anyhow::bail!(
+            "no package in the store at {} ships {path}",
+            store.dir().display()
+        );
+    }
+    for (e, p) in owners {
+        let info = e.info()?;
+        println!("{} {} ships /{p}", info.name, info.version);
+    }
+    Ok(())
+}
+
+pub fn gc(g: &Global) -> Result<()> {
+    let store = Store::open(&g.root())?;
+    let removed = store.gc()?;
+    if !g.quiet {
+        for r in &removed {
+            println!("removed {r}");
+        }
+        println!("{} store entries removed", removed.len());
+    }
+    Ok(())
+}
