@@ -297,6 +297,7 @@ fn lock_over_http() {
     let root = d.join("root-http");
     let res = pak(d, &root, &["--pakfile", "Http", "fetch"]);
     let _ = server.kill();
+    let _ = server.wait();
     ok(res);
     assert_eq!(store_entries(&root).len(), 2);
 }
