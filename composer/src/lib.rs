@@ -27,6 +27,7 @@ pub mod resolve;
 pub mod root;
 pub mod selfpkg;
 pub mod sources;
+pub mod squashfs;
 pub mod store;
 pub mod sysconfig;
 pub mod timefmt;
