@@ -1,1 +1,4 @@
 //! Boot-time logic shared by the initramfs `/init` and the host-side `pak`.
+
+pub mod cmdline;
+pub mod init;

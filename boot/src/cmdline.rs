@@ -1,0 +1,43 @@
+//! The kernel command line options pak's boot uses.
+
+/// What `/init` needs from `/proc/cmdline`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootArgs {
+    /// `pak.slot=a|b`: which root partition (`root-a`, `root-b`).
+    pub slot: Option<String>,
+    /// `pak.generation=N`.
+    pub generation: Option<u64>,
+    /// `pak.debug=shell`: a shell instead of a reboot on failure.
+    pub debug_shell: bool,
+    /// `init=`: the system's init (default `/sbin/init`).
+    pub init: Option<String>,
+}
+
+pub fn parse(cmdline: &str) -> BootArgs {
+    let mut a = BootArgs::default();
+    for word in cmdline.split_whitespace() {
+        match word.split_once('=') {
+            Some(("pak.slot", v)) => a.slot = Some(v.to_string()),
+            Some(("pak.generation", v)) => a.generation = v.parse().ok(),
+            Some(("pak.debug", "shell")) => a.debug_shell = true,
+            Some(("init", v)) => a.init = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_pak_options() {
+        let a = super::parse(
+            "console=ttyS0 pak.slot=b pak.generation=7 pak.debug=shell init=/bin/sh quiet",
+        );
+        assert_eq!(a.slot.as_deref(), Some("b"));
+        assert_eq!(a.generation, Some(7));
+        assert!(a.debug_shell);
+        assert_eq!(a.init.as_deref(), Some("/bin/sh"));
+        assert_eq!(super::parse("").slot, None);
+    }
+}
