@@ -44,7 +44,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -65,7 +65,7 @@ impl Cpio {
         self.ino = 0;
         self.entry("TRAILER!!!", 0, &[]);
         // The kernel reads the archive in 512-byte units.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out

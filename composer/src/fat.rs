@@ -37,7 +37,7 @@ fn geometry(size: u64) -> Result<Geometry> {
             let clusters = data / spc;
             let need = ((clusters + 2) * 4).div_ceil(SECTOR);
             if need <= fat_sectors {
-                if clusters >= 65_525 && clusters < 0x0FFF_FFF5 {
+                if (65_525..0x0FFF_FFF5).contains(&clusters) {
                     return Ok(Geometry {
                         spc,
                         fat_sectors,
