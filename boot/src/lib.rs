@@ -1,4 +1,5 @@
 //! Boot-time logic shared by the initramfs `/init` and the host-side `pak`.
 
+pub mod bls;
 pub mod cmdline;
 pub mod init;

@@ -8,19 +8,18 @@ use anyhow::{Context, Result};
 use crate::cpio::Cpio;
 use crate::kmod::Modules;
 
-/// Drivers and filesystems between the firmware's disk and the root:
-/// virtio and real controllers, the root's squashfs, ext4 for data,
-/// overlay for /etc, and the watchdog that makes a hang end in a reboot.
-pub const MODULES: &[&str] = &[
+/// What the root cannot be reached without: the root's squashfs, ext4
+/// for data, overlay for /etc.
+pub const REQUIRED: &[&str] = &["squashfs", "overlay", "ext4"];
+/// Disk controllers (virtio and real ones) and the watchdog: taken when
+/// the kernel has them (Debian's cloud kernel has no SATA, for instance).
+pub const DRIVERS: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
     "sd_mod",
     "ahci",
     "nvme",
-    "squashfs",
-    "overlay",
-    "ext4",
     "softdog",
 ];
 
@@ -31,9 +30,10 @@ pub const MODULE_LIST: &str = "etc/pak/modules";
 /// binary; `modules_dir` is the generation's `usr/lib/modules/<version>`.
 pub fn build(init: &[u8], modules_dir: &Path) -> Result<Vec<u8>> {
     let mods = Modules::open(modules_dir)?;
-    let wanted: Vec<&str> = MODULES
+    let wanted: Vec<&str> = REQUIRED
         .iter()
         .copied()
+        .chain(DRIVERS.iter().copied().filter(|m| mods.has(m)))
         .filter(|m| !mods.is_builtin(m))
         .collect();
     let order = mods.closure(&wanted)?;

@@ -119,6 +119,11 @@ impl Modules {
         })
     }
 
+    /// Whether the kernel has this module, as a file or built in.
+    pub fn has(&self, name: &str) -> bool {
+        self.files.contains_key(&norm(name)) || self.is_builtin(name)
+    }
+
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtin.contains(&norm(name))
     }

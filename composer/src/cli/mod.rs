@@ -68,6 +68,15 @@ pub enum Command {
     },
     /// Download and verify the locked packages into the store
     Fetch,
+    /// Lock if needed, fetch, assemble, and write a bootable disk image
+    Build {
+        /// The disk image to write
+        #[arg(short, long, default_value = "image.raw")]
+        output: PathBuf,
+        /// Write only the generation (a squashfs) to this file
+        #[arg(long, value_name = "FILE.sqfs")]
+        generation: Option<PathBuf>,
+    },
     /// List the packages of the lock
     List,
     /// Search the Pakfile's repositories
@@ -150,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Update { pkg: None } => project::lock(g, Update::All)?,
         Command::Update { pkg: Some(p) } => project::lock(g, Update::Only(p))?,
         Command::Fetch => project::fetch(g)?,
+        Command::Build { output, generation } => project::build(g, &output, generation.as_deref())?,
         Command::List => project::list(g)?,
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,

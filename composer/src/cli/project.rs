@@ -133,3 +133,34 @@ pub fn search(g: &Global, term: &str) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn build(g: &Global, output: &Path, generation: Option<&Path>) -> Result<()> {
+    let p = project(g)?;
+    let start = std::time::Instant::now();
+    let built = match generation {
+        Some(out) => crate::image::build_generation(&p, 1, out)?,
+        None => crate::image::build_image(&p, output)?,
+    };
+    if !g.quiet {
+        let what = generation.unwrap_or(output);
+        println!(
+            "built generation {} of {} ({} packages, kernel {}) into {} in {:.1}s",
+            built.meta.number,
+            built.meta.system,
+            built.meta.packages.len(),
+            built.meta.kernel_version,
+            what.display(),
+            start.elapsed().as_secs_f64()
+        );
+        if g.verbose {
+            println!(
+                "squashfs: {} bytes, {} inodes, {} of {} data blocks from the cache",
+                built.stats.bytes,
+                built.stats.inodes,
+                built.stats.cached_blocks,
+                built.stats.data_blocks
+            );
+        }
+    }
+    Ok(())
+}

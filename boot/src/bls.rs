@@ -1,0 +1,131 @@
+//! Boot Loader Specification type #1 entries, named for systemd-boot's
+//! boot counting: `pak-<slot>-<generation>[+LEFT[-DONE]].conf`.
+//!
+//! An entry with a counter is pending; systemd-boot decrements LEFT (and
+//! increments DONE) by renaming the file before each boot, and sorts an
+//! entry with LEFT = 0 ("bad") after all others. Without a counter the
+//! entry is good. `loader.conf` selects `default pak-*`: the first match in
+//! systemd-boot's order, i.e. the newest generation not yet bad
+//! (systemd.io/AUTOMATIC_BOOT_ASSESSMENT).
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryName {
+    pub slot: char,
+    pub generation: u64,
+    /// (tries left, tries done); `None` for an entry marked good.
+    pub tries: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Good,
+    Pending,
+    Bad,
+}
+
+impl EntryName {
+    pub fn parse(file: &str) -> Option<EntryName> {
+        let stem = file.strip_suffix(".conf")?;
+        let rest = stem.strip_prefix("pak-")?;
+        let (id, counter) = match rest.split_once('+') {
+            Some((id, c)) => (id, Some(c)),
+            None => (rest, None),
+        };
+        let (slot, generation) = id.split_once('-')?;
+        let slot = match slot {
+            "a" => 'a',
+            "b" => 'b',
+            _ => return None,
+        };
+        let generation = generation.parse().ok()?;
+        let tries = match counter {
+            None => None,
+            Some(c) => Some(match c.split_once('-') {
+                Some((l, d)) => (l.parse().ok()?, d.parse().ok()?),
+                None => (c.parse().ok()?, 0),
+            }),
+        };
+        Some(EntryName {
+            slot,
+            generation,
+            tries,
+        })
+    }
+
+    pub fn state(&self) -> State {
+        match self.tries {
+            None => State::Good,
+            Some((0, _)) => State::Bad,
+            Some(_) => State::Pending,
+        }
+    }
+
+    /// The name without a counter: what `mark-good` renames to.
+    pub fn good(&self) -> EntryName {
+        EntryName {
+            tries: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for EntryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pak-{}-{}", self.slot, self.generation)?;
+        match self.tries {
+            None => {}
+            Some((l, 0)) => write!(f, "+{l}")?,
+            Some((l, d)) => write!(f, "+{l}-{d}")?,
+        }
+        f.write_str(".conf")
+    }
+}
+
+/// The content of an entry for `slot` holding `generation`.
+pub fn render_entry(system: &str, slot: char, generation: u64, cmdline: &str) -> String {
+    format!(
+        "title {system} (generation {generation}, slot {slot})\nversion {generation}\nsort-key pak\nlinux /pak/{slot}/vmlinuz\ninitrd /pak/{slot}/initrd\noptions {cmdline} pak.slot={slot} pak.generation={generation}\n"
+    )
+}
+
+pub const LOADER_CONF: &str =
+    "default pak-*\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_roundtrip() {
+        for (s, state) in [
+            ("pak-a-1.conf", State::Good),
+            ("pak-b-12+3.conf", State::Pending),
+            ("pak-a-2+2-1.conf", State::Pending),
+            ("pak-b-3+0-3.conf", State::Bad),
+        ] {
+            let n = EntryName::parse(s).unwrap();
+            assert_eq!(n.to_string(), s);
+            assert_eq!(n.state(), state);
+        }
+        assert_eq!(
+            EntryName::parse("pak-b-12+2-1.conf")
+                .unwrap()
+                .good()
+                .to_string(),
+            "pak-b-12.conf"
+        );
+        for bad in [
+            "pak-c-1.conf",
+            "pak-a-x.conf",
+            "other.conf",
+            "pak-a-1+x.conf",
+            "pak-a-1",
+        ] {
+            assert!(EntryName::parse(bad).is_none(), "{bad}");
+        }
+        let e = render_entry("minimal", 'a', 1, "console=ttyS0");
+        assert!(e.contains("options console=ttyS0 pak.slot=a pak.generation=1"));
+    }
+}
