@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::project::Update;
@@ -79,6 +80,30 @@ pub enum Command {
     },
     /// List the packages of the lock
     List,
+    /// Boot an image interactively on the serial console (Ctrl-a x quits)
+    Qemu {
+        image: PathBuf,
+        /// Discard the guest's writes to the image
+        #[arg(long)]
+        snapshot: bool,
+        /// Guest memory in MiB
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+    },
+    /// Boot an image and run a test script against it; exit 0 on pass
+    #[command(
+        after_help = "Script steps (one per line, # comments):\n  wait [--timeout S] TEXT    wait for TEXT on the console\n  shell [--timeout S]        wait until the guest shell answers\n  succeed CMD                CMD must exit 0\n  fail CMD                   CMD must exit non-zero\n  expect TEXT :: CMD         CMD must exit 0 and print TEXT\n  reboot                     clean reboot, then wait for the shell\n  wait-shutdown [S]          wait for power-off\n  copy-out GUEST HOST        copy a file out (sha256 checked)"
+    )]
+    Test {
+        image: PathBuf,
+        script: PathBuf,
+        /// Where to keep the full console log
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Discard the guest's writes to the image
+        #[arg(long)]
+        snapshot: bool,
+    },
     /// Search the Pakfile's repositories
     Search { term: String },
     /// Which package in the store ships PATH
@@ -161,6 +186,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch => project::fetch(g)?,
         Command::Build { output, generation } => project::build(g, &output, generation.as_deref())?,
         Command::List => project::list(g)?,
+        Command::Qemu {
+            image,
+            snapshot,
+            memory,
+        } => crate::qemu::run_interactive(&crate::qemu::VmConfig {
+            image,
+            memory_mib: memory,
+            snapshot,
+            interactive: true,
+        })?,
+        Command::Test {
+            image,
+            script,
+            log,
+            snapshot,
+        } => {
+            let text = std::fs::read_to_string(&script)
+                .with_context(|| format!("cannot read {}", script.display()))?;
+            let steps = crate::vmtest::parse_script(&text)?;
+            let log = log.unwrap_or_else(|| image.with_extension("console.log"));
+            let cfg = crate::qemu::VmConfig {
+                image,
+                memory_mib: 1024,
+                snapshot,
+                interactive: false,
+            };
+            crate::vmtest::run_script(&cfg, &steps, &log)?;
+            println!(
+                "passed ({} steps); console log: {}",
+                steps.len(),
+                log.display()
+            );
+        }
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,
         Command::Gc => pkg::gc(g)?,

@@ -1,0 +1,237 @@
+//! Running images under QEMU with OVMF (UEFI), as real machines run them.
+//!
+//! KVM is used only when a short probe shows a KVM guest actually runs:
+//! on some hosts `/dev/kvm` exists but guests hang, and a hang must not be
+//! the price of trying. The verdict is cached per boot of the host.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+const MISSING: &str = "install the Debian packages qemu-system-x86 and ovmf (sudo apt-get install qemu-system-x86 ovmf)";
+
+pub fn qemu_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PAK_QEMU") {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .with_context(|| format!("qemu-system-x86_64 is not installed: {MISSING}"))
+}
+
+pub fn firmware() -> Result<Firmware> {
+    if let (Some(c), Some(v)) = (
+        std::env::var_os("PAK_OVMF_CODE"),
+        std::env::var_os("PAK_OVMF_VARS"),
+    ) {
+        return Ok(Firmware {
+            code: c.into(),
+            vars: v.into(),
+        });
+    }
+    for (code, vars) in [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ] {
+        if Path::new(code).is_file() && Path::new(vars).is_file() {
+            return Ok(Firmware {
+                code: code.into(),
+                vars: vars.into(),
+            });
+        }
+    }
+    bail!("no UEFI firmware (OVMF) found: {MISSING}")
+}
+
+/// KVM or TCG: `PAK_ACCEL` decides when set; otherwise KVM if a probe
+/// guest produces firmware output within a few seconds.
+pub fn accel() -> Result<Accel> {
+    match std::env::var("PAK_ACCEL").as_deref() {
+        Ok("kvm") => return Ok(Accel::Kvm),
+        Ok("tcg") => return Ok(Accel::Tcg),
+        Ok(other) => bail!("PAK_ACCEL={other} is neither kvm nor tcg"),
+        Err(_) => {}
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Ok(Accel::Tcg);
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache = std::env::temp_dir().join(format!(
+        "pak-kvm-verdict-{}",
+        rustix::process::getuid().as_raw()
+    ));
+    if let Ok(text) = std::fs::read_to_string(&cache)
+        && let Some((id, verdict)) = text.split_once(' ')
+        && id == boot_id.trim()
+    {
+        return Ok(if verdict.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        });
+    }
+    let verdict = if probe_kvm().unwrap_or(false) {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    let _ = std::fs::write(&cache, format!("{} {}\n", boot_id.trim(), verdict.name()));
+    Ok(verdict)
+}
+
+/// Boots the firmware alone under KVM and waits for it to print anything.
+fn probe_kvm() -> Result<bool> {
+    let fw = firmware()?;
+    let mut child = Command::new(qemu_binary()?)
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-nographic",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-bios",
+        ])
+        .arg(&fw.code)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut out = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = tx.send(out.read(&mut b).map(|n| n > 0).unwrap_or(false));
+    });
+    let ok = rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(ok)
+}
+
+/// How to run one machine.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub image: PathBuf,
+    pub memory_mib: u32,
+    /// Discard writes to the image at exit.
+    pub snapshot: bool,
+    /// Serial console on stdio multiplexed with the QEMU monitor
+    /// (interactive use: Ctrl-a x quits).
+    pub interactive: bool,
+}
+
+/// The machine's UEFI variable store, kept beside the image so boot
+/// loader state persists across boots, as in NVRAM.
+pub fn vars_for(image: &Path, fw: &Firmware) -> Result<PathBuf> {
+    let vars = image.with_extension("vars");
+    if !vars.exists() {
+        std::fs::copy(&fw.vars, &vars)
+            .with_context(|| format!("cannot create {}", vars.display()))?;
+    }
+    Ok(vars)
+}
+
+pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
+    if !cfg.image.is_file() {
+        bail!(
+            "{} does not exist; build one with `pak build -o {}`",
+            cfg.image.display(),
+            cfg.image.display()
+        );
+    }
+    let fw = firmware()?;
+    let accel = accel()?;
+    let vars = vars_for(&cfg.image, &fw)?;
+    let mut c = Command::new(qemu_binary()?);
+    c.args(["-machine", "q35", "-accel", accel.name(), "-m"])
+        .arg(cfg.memory_mib.to_string())
+        .args(["-nographic", "-nodefaults", "-no-user-config", "-serial"])
+        .arg(if cfg.interactive {
+            "mon:stdio"
+        } else {
+            "stdio"
+        })
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            fw.code.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio{}",
+            cfg.image.display(),
+            if cfg.snapshot { ",snapshot=on" } else { "" }
+        ))
+        .args([
+            "-device",
+            "virtio-rng-pci",
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ])
+        .args(["-device", "i6300esb", "-action", "watchdog=reset"]);
+    Ok((c, accel))
+}
+
+/// `pak qemu IMAGE`: boots interactively until the machine powers off.
+pub fn run_interactive(cfg: &VmConfig) -> Result<()> {
+    let (mut c, accel) = command(cfg)?;
+    eprintln!(
+        "booting {} under QEMU ({}); Ctrl-a x quits",
+        cfg.image.display(),
+        accel.name()
+    );
+    let start = Instant::now();
+    let status = c.status().context("cannot start QEMU")?;
+    if !status.success() {
+        bail!(
+            "QEMU exited with {status} after {:.0}s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
