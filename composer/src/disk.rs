@@ -156,6 +156,10 @@ pub fn create(
     w.flush()?;
     drop(w);
     tmp.as_file().sync_all()?;
+    let mut perms = tmp.as_file().metadata()?.permissions();
+    // Readable like any file the user writes, whatever the temp file had.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms)?;
     tmp.persist(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())

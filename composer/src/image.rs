@@ -233,3 +233,51 @@ pub fn build_image(project: &Project, out: &Path) -> Result<Built> {
     disk::create(out, &layout, &files, gen_tmp.path(), &built.meta.build_id)?;
     Ok(built)
 }
+
+/// Where two images first differ: the partition (or the partition table)
+/// and the byte offset, or `None` when they are identical.
+pub fn first_difference(a: &Path, b: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let parts = crate::gpt::read(&mut std::fs::File::open(a)?).unwrap_or_default();
+    let mut off = 0u64;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if let Some(i) = ba[..na.min(nb)]
+            .iter()
+            .zip(&bb[..na.min(nb)])
+            .position(|(x, y)| x != y)
+        {
+            let at = off + i as u64;
+            let place = parts
+                .iter()
+                .find(|p| at >= p.offset() && at < p.offset() + p.size())
+                .map(|p| format!("partition {} at byte {}", p.label, at - p.offset()))
+                .unwrap_or_else(|| "the partition table".into());
+            return Ok(Some(format!("{place} (image byte {at})")));
+        }
+        if na != nb {
+            return Ok(Some(format!(
+                "the sizes (one ends at byte {})",
+                off + na.min(nb) as u64
+            )));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        off += na as u64;
+    }
+
+    fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+}

@@ -970,6 +970,10 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&sb)?;
     f.sync_all()?;
+    let mut perms = tmp.as_file().metadata()?.permissions();
+    // Readable like any file the user writes, whatever the temp file had.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms)?;
     tmp.persist(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     stats.bytes = padded;

@@ -77,6 +77,10 @@ pub enum Command {
         /// Write only the generation (a squashfs) to this file
         #[arg(long, value_name = "FILE.sqfs")]
         generation: Option<PathBuf>,
+        /// Build a second time (another store root, umask and working
+        /// directory) and check both images are identical
+        #[arg(long)]
+        check: bool,
     },
     /// List the packages of the lock
     List,
@@ -184,7 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Update { pkg: None } => project::lock(g, Update::All)?,
         Command::Update { pkg: Some(p) } => project::lock(g, Update::Only(p))?,
         Command::Fetch => project::fetch(g)?,
-        Command::Build { output, generation } => project::build(g, &output, generation.as_deref())?,
+        Command::Build {
+            output,
+            generation,
+            check,
+        } => project::build(g, &output, generation.as_deref(), check)?,
         Command::List => project::list(g)?,
         Command::Qemu {
             image,

@@ -134,7 +134,7 @@ pub fn search(g: &Global, term: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn build(g: &Global, output: &Path, generation: Option<&Path>) -> Result<()> {
+pub fn build(g: &Global, output: &Path, generation: Option<&Path>, check: bool) -> Result<()> {
     let p = project(g)?;
     let start = std::time::Instant::now();
     let built = match generation {
@@ -162,5 +162,38 @@ pub fn build(g: &Global, output: &Path, generation: Option<&Path>) -> Result<()>
             );
         }
     }
+    if check {
+        if generation.is_some() {
+            bail!("--check compares whole images; use it without --generation");
+        }
+        check_reproducible(g, output)?;
+    }
     Ok(())
+}
+
+/// `--check`: the same lock, built again somewhere else entirely, must give
+/// the same bytes.
+fn check_reproducible(g: &Global, output: &Path) -> Result<()> {
+    let p = project(g)?;
+    let scratch = tempfile::tempdir()?;
+    let other_root = crate::root::Root::new(scratch.path().join("root"));
+    let again = scratch.path().join("again.raw");
+    let pakfile = std::path::absolute(&p.pakfile_path)?;
+    let here = std::env::current_dir()?;
+    std::env::set_current_dir(scratch.path())?;
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let res =
+        Project::open(&pakfile, other_root).and_then(|q| crate::image::build_image(&q, &again));
+    rustix::process::umask(old);
+    std::env::set_current_dir(here)?;
+    res?;
+    match crate::image::first_difference(output, &again)? {
+        None => {
+            println!(
+                "reproducible: a second build with another store root, umask and working directory is identical"
+            );
+            Ok(())
+        }
+        Some(place) => bail!("not reproducible: a second build differs first in {place}"),
+    }
 }

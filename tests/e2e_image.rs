@@ -1,0 +1,162 @@
+//! End to end: build the shipped images from Debian's real packages and
+//! boot them under QEMU with OVMF (UEFI), as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pak::qemu::VmConfig;
+use pak::vmtest::Machine;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One store for every test of this run: packages download once.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-root")
+}
+
+fn build(image: &str, out: &Path) {
+    let pakfile_dir = out.parent().unwrap().join(image);
+    std::fs::create_dir_all(&pakfile_dir).unwrap();
+    std::fs::copy(
+        repo().join("images").join(image).join("Pakfile"),
+        pakfile_dir.join("Pakfile"),
+    )
+    .unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
+        .arg("--root")
+        .arg(root())
+        .arg("--pakfile")
+        .arg(pakfile_dir.join("Pakfile"))
+        .args(["build", "-o"])
+        .arg(out)
+        .env("PAK_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "pak build {image} failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+fn esp_entries(image: &Path) -> String {
+    let out = Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@1M", image.display()))
+        .arg("::/loader/entries")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn vm(image: &Path) -> VmConfig {
+    VmConfig {
+        image: image.to_path_buf(),
+        memory_mib: 1024,
+        snapshot: false,
+        interactive: false,
+    }
+}
+
+#[test]
+fn minimal_boots_from_slot_a_with_a_read_only_root_and_persistent_var() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("minimal.raw");
+    build("minimal", &img);
+    assert!(
+        esp_entries(&img).contains("pak-a-1+3.conf"),
+        "a fresh image has an entry with three tries"
+    );
+
+    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    m.wait_for("pak-init: switching to /sbin/init", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let cmdline = m.succeed("cat /proc/cmdline").unwrap();
+    assert!(
+        cmdline.contains("pak.slot=a") && cmdline.contains("pak.generation=1"),
+        "{cmdline}"
+    );
+    let root = m.succeed("grep ' / ' /proc/mounts").unwrap();
+    assert!(root.contains(" / squashfs ro"), "{root}");
+    m.fail("touch /usr/x").unwrap();
+    m.succeed("echo kept > /var/kept && mkdir -p /home/me && echo mine > /home/me/f")
+        .unwrap();
+    assert!(m.succeed("cat /etc/os-release").unwrap().contains("ID=pak"));
+    assert!(
+        m.succeed("cat /usr/lib/pak/generation.toml")
+            .unwrap()
+            .contains("number = 1")
+    );
+    m.reboot().unwrap();
+    assert_eq!(m.succeed("cat /var/kept").unwrap().trim(), "kept");
+    assert_eq!(m.succeed("cat /home/me/f").unwrap().trim(), "mine");
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+    drop(m);
+    // systemd-boot counted both boots on the ESP pak wrote.
+    let entries = esp_entries(&img);
+    assert!(
+        entries.contains("pak-a-1+1-2.conf"),
+        "boot tries consumed: {entries}"
+    );
+}
+
+#[test]
+fn server_serves_http_from_its_files_configuration() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("server.raw");
+    build("server", &img);
+    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    m.wait_for("pak-init: switching to /sbin/init", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    // nginx is started by init; give it a moment on a slow emulated CPU.
+    let mut body = String::new();
+    for _ in 0..30 {
+        let (status, out) = m
+            .execute("wget -q -O - http://127.0.0.1/", Duration::from_secs(30))
+            .unwrap();
+        if status == 0 {
+            body = out;
+            break;
+        }
+        m.succeed("sleep 1").unwrap();
+    }
+    assert!(
+        body.contains("hello from a pak image"),
+        "nginx did not answer: {body}"
+    );
+}
+
+#[test]
+fn builds_are_reproducible() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("minimal.raw");
+    build("minimal", &img);
+    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
+        .arg("--root")
+        .arg(root())
+        .arg("--pakfile")
+        .arg(work.path().join("minimal/Pakfile"))
+        .args(["build", "--check", "-o"])
+        .arg(&img)
+        .env("TZ", "Pacific/Auckland")
+        .env("PAK_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success() && out.contains("reproducible"),
+        "{out}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
