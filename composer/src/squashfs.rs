@@ -373,6 +373,8 @@ struct DataWriter<'a> {
     pos: u64,
     comp: Compressor,
     frag_buf: Vec<u8>,
+    /// Fragment blocks made so far (written or waiting in a batch).
+    frag_count: u32,
     fragments: Vec<(u64, u32)>,
     stats: Stats,
     pool: rayon::ThreadPool,
@@ -386,102 +388,119 @@ impl DataWriter<'_> {
     }
 
     /// Compresses and writes all files, in order; returns each file's data
-    /// description, keyed by its position in `files`.
+    /// description. Blocks of many files (and fragment blocks) are
+    /// compressed together in parallel batches, then written in the order
+    /// they were made, so the output does not depend on scheduling.
     fn write_files(&mut self, files: &[&Source]) -> Result<Vec<FileData>> {
         let bs = self.comp.block_size as usize;
-        let mut out = Vec::with_capacity(files.len());
-        for src in files {
+        let mut out: Vec<FileData> = Vec::with_capacity(files.len());
+        let mut batch: Vec<(Job, Vec<u8>)> = Vec::new();
+        for (f, src) in files.iter().enumerate() {
             let (mut reader, len) = open_source(src)?;
-            let full_blocks = (len / bs as u64) as usize;
-            let tail = (len % bs as u64) as usize;
-            let blocks_start = self.pos;
-            let mut sizes = Vec::with_capacity(full_blocks);
-            let mut remaining = full_blocks;
-            while remaining > 0 {
-                let n = remaining.min(BATCH_BLOCKS);
-                let mut raw = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let mut b = vec![0u8; bs];
-                    reader
-                        .read_exact(&mut b)
-                        .context("a file changed size while being packed")?;
-                    raw.push(b);
+            out.push(FileData {
+                blocks_start: 0,
+                sizes: Vec::new(),
+                fragment: None,
+                size: len,
+            });
+            for _ in 0..len / bs as u64 {
+                let mut b = vec![0u8; bs];
+                reader
+                    .read_exact(&mut b)
+                    .context("a file changed size while being packed")?;
+                batch.push((Job::Block(f), b));
+                if batch.len() >= BATCH_BLOCKS {
+                    self.flush_batch(&mut batch, &mut out)?;
                 }
-                let comp = &self.comp;
-                let done: Vec<(Vec<u8>, bool, bool)> = self.pool.install(|| {
-                    raw.par_iter()
-                        .map(|b| {
-                            if b.iter().all(|x| *x == 0) {
-                                return (Vec::new(), false, true);
-                            }
-                            let (c, hit) = comp.compress(b);
-                            (c, hit, false)
-                        })
-                        .collect()
-                });
-                for ((stored, hit, sparse), raw_block) in done.into_iter().zip(&raw) {
-                    if sparse {
-                        sizes.push(0);
-                        continue;
-                    }
-                    let word = if stored.len() == raw_block.len() {
-                        stored.len() as u32 | UNCOMPRESSED_BLOCK
-                    } else {
-                        stored.len() as u32
-                    };
-                    self.emit(&stored)?;
-                    sizes.push(word);
-                    self.stats.data_blocks += 1;
-                    self.stats.cached_blocks += hit as u64;
-                }
-                remaining -= n;
             }
-            let fragment = if tail > 0 {
+            let tail = (len % bs as u64) as usize;
+            if tail > 0 {
                 let mut t = vec![0u8; tail];
                 reader
                     .read_exact(&mut t)
                     .context("a file changed size while being packed")?;
                 if self.frag_buf.len() + tail > bs {
-                    self.flush_fragment()?;
+                    let full = std::mem::take(&mut self.frag_buf);
+                    batch.push((Job::Fragment(self.frag_count), full));
+                    self.frag_count += 1;
                 }
-                let at = (self.fragments.len() as u32, self.frag_buf.len() as u32);
+                out[f].fragment = Some((self.frag_count, self.frag_buf.len() as u32));
                 self.frag_buf.extend(&t);
-                Some(at)
-            } else {
-                None
-            };
+            }
             let mut extra = [0u8; 1];
             if reader.read(&mut extra)? != 0 {
                 bail!("a file grew while being packed");
             }
-            out.push(FileData {
-                blocks_start,
-                sizes,
-                fragment,
-                size: len,
-            });
         }
-        self.flush_fragment()?;
+        if !self.frag_buf.is_empty() {
+            let last = std::mem::take(&mut self.frag_buf);
+            batch.push((Job::Fragment(self.frag_count), last));
+            self.frag_count += 1;
+        }
+        self.flush_batch(&mut batch, &mut out)?;
         Ok(out)
     }
 
-    fn flush_fragment(&mut self) -> Result<()> {
-        if self.frag_buf.is_empty() {
-            return Ok(());
+    fn flush_batch(&mut self, batch: &mut Vec<(Job, Vec<u8>)>, out: &mut [FileData]) -> Result<()> {
+        let comp = &self.comp;
+        let done: Vec<Option<(Vec<u8>, bool)>> = self.pool.install(|| {
+            batch
+                .par_iter()
+                .map(|(job, b)| {
+                    // All-zero data blocks are stored as holes.
+                    if matches!(job, Job::Block(_)) && b.iter().all(|x| *x == 0) {
+                        return None;
+                    }
+                    Some(comp.compress(b))
+                })
+                .collect()
+        });
+        for ((job, raw), res) in batch.drain(..).zip(done) {
+            let (stored, hit) = match res {
+                Some(r) => r,
+                None => {
+                    if let Job::Block(f) = job {
+                        if out[f].sizes.is_empty() {
+                            out[f].blocks_start = self.pos;
+                        }
+                        out[f].sizes.push(0);
+                    }
+                    continue;
+                }
+            };
+            let word = if stored.len() == raw.len() {
+                stored.len() as u32 | UNCOMPRESSED_BLOCK
+            } else {
+                stored.len() as u32
+            };
+            let start = self.pos;
+            self.emit(&stored)?;
+            self.stats.cached_blocks += hit as u64;
+            match job {
+                Job::Block(f) => {
+                    if out[f].sizes.is_empty() {
+                        out[f].blocks_start = start;
+                    }
+                    out[f].sizes.push(word);
+                    self.stats.data_blocks += 1;
+                }
+                Job::Fragment(i) => {
+                    debug_assert_eq!(i as usize, self.fragments.len());
+                    self.fragments.push((start, word));
+                }
+            }
         }
-        let buf = std::mem::take(&mut self.frag_buf);
-        let (stored, hit) = self.comp.compress(&buf);
-        let word = if stored.len() == buf.len() {
-            stored.len() as u32 | UNCOMPRESSED_BLOCK
-        } else {
-            stored.len() as u32
-        };
-        let start = self.pos;
-        self.emit(&stored)?;
-        self.fragments.push((start, word));
-        self.stats.cached_blocks += hit as u64;
         Ok(())
     }
+}
+
+/// What a compressed block is for.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// The next data block of file `n`.
+    Block(usize),
+    /// Fragment block `n`.
+    Fragment(u32),
 }
 
 /// Per-inode facts gathered before writing.
@@ -696,6 +715,7 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
             cache: opts.cache.clone(),
         },
         frag_buf: Vec::new(),
+        frag_count: 0,
         fragments: Vec::new(),
         stats: Stats::default(),
         pool: rayon::ThreadPoolBuilder::new()
