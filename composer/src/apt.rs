@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::candidate::Candidate;
-use crate::pakinfo::{Origin, PakInfo};
+use crate::pakinfo::PakInfo;
 use crate::root::Root;
 
 const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
@@ -252,11 +252,7 @@ pub fn parse_packages(text: &str, repo: &str, suite: &str) -> Vec<Candidate> {
                 provides: rel("Provides"),
                 conflicts,
                 special_files: Vec::new(),
-                origin: Some(Origin {
-                    kind: "deb".into(),
-                    sha256: sha.to_string(),
-                    scripts_not_run: Vec::new(),
-                }),
+                origin: None,
             },
             repo: repo.to_string(),
             location: format!("{suite}/{file}"),
@@ -420,11 +416,7 @@ fn decode(b: &[u8]) -> Option<Vec<Candidate>> {
                 provides,
                 conflicts,
                 special_files: Vec::new(),
-                origin: Some(Origin {
-                    kind: "deb".into(),
-                    sha256: sha256.clone(),
-                    scripts_not_run: Vec::new(),
-                }),
+                origin: None,
             },
             repo,
             location,

@@ -163,6 +163,16 @@ pub fn build_generation(project: &Project, number: u64, out: &Path) -> Result<Bu
         "the image has no /usr/bin/pak to serve as its /init; add `pak = \"*\"` to [packages] (the base profile has it)",
     )?;
     let initrd = crate::initramfs::build(&init, &modules_dir)?;
+    // What the kernel package's maintainer script would have run depmod for.
+    for (name, bytes) in crate::kmod::depmod(&modules_dir)? {
+        tree.put(
+            &format!("usr/lib/modules/{}/{name}", meta.kernel_version),
+            NodeKind::Data(bytes),
+            0o644,
+            0,
+            0,
+        );
+    }
     generation::add_initrd(&mut tree, initrd);
 
     let opts = squashfs::Options {

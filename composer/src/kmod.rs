@@ -180,3 +180,37 @@ impl Modules {
         Ok(())
     }
 }
+
+/// What `depmod` would write, computed from the modules themselves:
+/// `modules.dep` (each module with every module it needs, in load order)
+/// and `modules.alias` (the device ids each module claims).
+pub fn depmod(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mods = Modules::open(dir)?;
+    let mut dep = String::new();
+    let mut alias = String::from("# Aliases extracted from modules themselves.\n");
+    for (name, rel) in &mods.files {
+        let bytes = std::fs::read(dir.join(rel)).with_context(|| format!("cannot read {rel}"))?;
+        for (k, v) in modinfo(&bytes).with_context(|| format!("module {rel}"))? {
+            if k == "alias" {
+                alias.push_str(&format!("alias {v} {name}\n"));
+            }
+        }
+        // A module whose dependencies are missing is still listed, alone:
+        // loading it will report what is missing, as on any system.
+        let order = mods
+            .closure(&[name.as_str()])
+            .unwrap_or_else(|_| vec![rel.clone()]);
+        let deps: Vec<&String> = order.iter().filter(|r| *r != rel).rev().collect();
+        dep.push_str(rel);
+        dep.push(':');
+        for d in deps {
+            dep.push(' ');
+            dep.push_str(d);
+        }
+        dep.push('\n');
+    }
+    Ok(vec![
+        ("modules.dep".into(), dep.into_bytes()),
+        ("modules.alias".into(), alias.into_bytes()),
+    ])
+}

@@ -73,10 +73,21 @@ enum SolvKind {
 }
 
 #[derive(Debug, Clone)]
-struct Solv {
+struct Solv<'a> {
     name: NameId,
-    version: Option<Version>,
+    /// The version as written; parsed on first use, since most of a
+    /// Debian-sized universe is never looked at.
+    raw_version: Option<&'a str>,
+    version: std::cell::OnceCell<Option<Version>>,
     kind: SolvKind,
+}
+
+impl Solv<'_> {
+    fn version(&self) -> Option<&Version> {
+        self.version
+            .get_or_init(|| self.raw_version.and_then(|v| Version::parse(v).ok()))
+            .as_ref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,9 +111,9 @@ struct Vs {
 
 struct Universe<'a> {
     cands: &'a [Candidate],
-    names: Vec<String>,
-    name_ids: HashMap<String, NameId>,
-    solvs: Vec<Solv>,
+    names: Vec<&'a str>,
+    name_ids: HashMap<&'a str, NameId>,
+    solvs: Vec<Solv<'a>>,
     by_name: HashMap<NameId, Vec<SolvableId>>,
     vs: RefCell<Vec<Vs>>,
     vs_ids: RefCell<HashMap<Vs, VersionSetId>>,
@@ -142,14 +153,12 @@ impl<'a> Universe<'a> {
             if !seen.insert((c.info.name.as_str(), c.info.version.as_str())) {
                 continue;
             }
-            let Ok(version) = Version::parse(&c.info.version) else {
-                continue;
-            };
             let name = u.intern_name(&c.info.name);
             let id = SolvableId(u.solvs.len() as u32);
             u.solvs.push(Solv {
                 name,
-                version: Some(version.clone()),
+                raw_version: Some(&c.info.version),
+                version: Default::default(),
                 kind: SolvKind::Real(i),
             });
             u.by_name.entry(name).or_default().push(id);
@@ -160,17 +169,26 @@ impl<'a> Universe<'a> {
                 u.prefer.insert(name, id);
             }
             for p in &c.info.provides {
-                let Ok((pname, pver)) = requirement::parse_provide(p) else {
-                    continue;
-                };
-                if pname == c.info.name {
+                // `name` or `name = version`, sliced without allocating.
+                let p = p.trim();
+                let pname = p
+                    .split(|ch: char| ch.is_whitespace() || "=<>".contains(ch))
+                    .next()
+                    .unwrap_or("");
+                if pname.is_empty() || pname == c.info.name {
                     continue;
                 }
-                let pn = u.intern_name(&pname);
+                let pver = p[pname.len()..]
+                    .trim_start()
+                    .strip_prefix('=')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty());
+                let pn = u.intern_name(pname);
                 let vid = SolvableId(u.solvs.len() as u32);
                 u.solvs.push(Solv {
                     name: pn,
-                    version: pver,
+                    raw_version: pver,
+                    version: Default::default(),
                     kind: SolvKind::Virtual(id),
                 });
                 u.by_name.entry(pn).or_default().push(vid);
@@ -179,13 +197,13 @@ impl<'a> Universe<'a> {
         u
     }
 
-    fn intern_name(&mut self, name: &str) -> NameId {
+    fn intern_name(&mut self, name: &'a str) -> NameId {
         if let Some(id) = self.name_ids.get(name) {
             return *id;
         }
         let id = NameId(self.names.len() as u32);
-        self.names.push(name.to_string());
-        self.name_ids.insert(name.to_string(), id);
+        self.names.push(name);
+        self.name_ids.insert(name, id);
         id
     }
 
@@ -209,7 +227,7 @@ impl<'a> Universe<'a> {
     fn name_str(&self, id: NameId) -> String {
         let i = id.0 as usize;
         if i < self.names.len() {
-            return self.names[i].clone();
+            return self.names[i].to_string();
         }
         self.strings.borrow()[i - self.names.len()]
             .trim_start_matches("\0name:")
@@ -249,7 +267,7 @@ impl<'a> Universe<'a> {
 
     fn matches(&self, s: SolvableId, vs: &Vs) -> bool {
         let solv = &self.solvs[s.0 as usize];
-        let in_range = |r: &Range| match &solv.version {
+        let in_range = |r: &Range| match solv.version() {
             Some(v) => r.contains(v),
             // An unversioned provide satisfies only unversioned requirements.
             None => r.is_any(),
@@ -361,7 +379,7 @@ impl DependencyProvider for Universe<'_> {
             real(sb)
                 .cmp(&real(sa))
                 .then_with(|| named(b).cmp(&named(a)))
-                .then_with(|| sb.version.cmp(&sa.version))
+                .then_with(|| sb.version().cmp(&sa.version()))
                 .then_with(|| {
                     let (oa, ob) = (self.owner_of(*a), self.owner_of(*b));
                     let na = &self.cands[self.candidate_of(oa).unwrap_or(0)].info.name;
@@ -492,14 +510,18 @@ pub fn resolve(
     }
 }
 
-fn near_names(names: &[String], want: &str) -> Vec<String> {
-    let mut scored: Vec<(f64, &String)> = names
+fn near_names(names: &[&str], want: &str) -> Vec<String> {
+    let mut scored: Vec<(f64, &&str)> = names
         .iter()
         .map(|n| (strsim::jaro_winkler(n, want), n))
         .filter(|(s, n)| *s > 0.85 || n.contains(want))
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    scored.into_iter().take(3).map(|(_, n)| n.clone()).collect()
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
 /// Checks a set of chosen packages: every requirement met within the set,
