@@ -100,6 +100,10 @@ pub fn assemble(
         };
         tree.put(&f.path, kind, f.mode, f.uid, f.gid);
     }
+    // What ldconfig would have written after the libraries were installed.
+    if let Some(cache) = crate::ldcache::build(&tree) {
+        tree.put("etc/ld.so.cache", NodeKind::Data(cache), 0o644, 0, 0);
+    }
     tree.move_var_to_factory();
 
     let meta = GenerationMeta {

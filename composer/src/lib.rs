@@ -21,6 +21,7 @@ pub mod image;
 pub mod initramfs;
 pub mod key;
 pub mod kmod;
+pub mod ldcache;
 pub mod lock;
 pub mod package;
 pub mod pakfile;
