@@ -298,7 +298,7 @@ pub fn load_from(host: &AptHost, repo: &str, root: &Root) -> Result<Vec<Candidat
     let key = cache_key(repo, &lists)?;
     let cache = root.cache_dir().join("apt").join(format!("{key}.bin"));
     if let Ok(bytes) = std::fs::read(&cache)
-        && let Some(c) = decode(&bytes)
+        && let Some(c) = decode_chunks(&bytes)
     {
         return Ok(c);
     }
@@ -308,14 +308,14 @@ pub fn load_from(host: &AptHost, repo: &str, root: &Root) -> Result<Vec<Candidat
     }
     // A cache that cannot be written only costs time next run.
     if std::fs::create_dir_all(cache.parent().expect("has parent")).is_ok() {
-        let _ = crate::fsutil::write_atomic(&cache, &encode(&out));
+        let _ = crate::fsutil::write_atomic(&cache, &encode_chunks(&out));
     }
     Ok(out)
 }
 
 fn cache_key(repo: &str, lists: &[(Source, PathBuf)]) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(b"pak-apt-cache-2\0");
+    h.update(b"pak-apt-cache-3\0");
     h.update(repo.as_bytes());
     for (s, p) in lists {
         let md = std::fs::metadata(p)?;
@@ -334,6 +334,41 @@ fn cache_key(repo: &str, lists: &[(Source, PathBuf)]) -> Result<String> {
         ));
     }
     Ok(hex::encode(&h.finalize()[..16]))
+}
+
+const CHUNKS: usize = 16;
+
+/// The cache is cut in chunks that decode in parallel: decoding is one
+/// allocation per string, and 60,000 candidates are a million strings.
+fn encode_chunks(cands: &[Candidate]) -> Vec<u8> {
+    let per = cands.len().div_ceil(CHUNKS).max(1);
+    let parts: Vec<Vec<u8>> = cands.chunks(per).map(encode).collect();
+    let mut out = Vec::new();
+    out.extend((parts.len() as u32).to_le_bytes());
+    for p in &parts {
+        out.extend((p.len() as u64).to_le_bytes());
+    }
+    for p in parts {
+        out.extend(p);
+    }
+    out
+}
+
+fn decode_chunks(b: &[u8]) -> Option<Vec<Candidate>> {
+    use rayon::prelude::*;
+    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let mut pos = 4 + 8 * n;
+    let mut slices = Vec::with_capacity(n);
+    for k in 0..n {
+        let len = u64::from_le_bytes(b.get(4 + 8 * k..12 + 8 * k)?.try_into().ok()?) as usize;
+        slices.push(b.get(pos..pos + len)?);
+        pos += len;
+    }
+    if pos != b.len() {
+        return None;
+    }
+    let parts: Option<Vec<Vec<Candidate>>> = slices.par_iter().map(|s| decode(s)).collect();
+    Some(parts?.into_iter().flatten().collect())
 }
 
 // A plain length-prefixed encoding: decoding 60k candidates must be fast,
@@ -493,6 +528,9 @@ mod tests {
         assert_eq!(c[0].info.conflicts, vec!["x < 1"]);
         assert_eq!(decode(&encode(&c)).unwrap(), c);
         assert!(decode(&encode(&c)[..10]).is_none());
+        let many: Vec<Candidate> = (0..40).map(|_| c[0].clone()).collect();
+        assert_eq!(decode_chunks(&encode_chunks(&many)).unwrap(), many);
+        assert!(decode_chunks(&encode_chunks(&many)[..100]).is_none());
     }
 
     #[test]
