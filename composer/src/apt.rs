@@ -224,36 +224,16 @@ pub fn parse_packages(text: &str, repo: &str, suite: &str) -> Vec<Candidate> {
                 }
             }
         }
-        let (Some(name), Some(version), Some(file), Some(sha)) = (
-            f.get("Package"),
-            f.get("Version"),
-            f.get("Filename"),
-            f.get("SHA256"),
-        ) else {
+        let (Some(file), Some(sha)) = (f.get("Filename"), f.get("SHA256")) else {
             continue;
         };
-        let rel = |k: &str| {
-            f.get(k)
-                .map(|v| crate::debian::map_relations(v))
-                .unwrap_or_default()
+        // The index copy carries no origin: 60,000 of these are loaded, and
+        // the .deb's own metadata records it once imported.
+        let Some(info) = crate::debian::fields_to_pakinfo(|k| f.get(k).copied()) else {
+            continue;
         };
-        let mut requires = rel("Pre-Depends");
-        requires.extend(rel("Depends"));
-        let mut conflicts = rel("Conflicts");
-        conflicts.extend(rel("Breaks"));
         out.push(Candidate {
-            info: PakInfo {
-                name: name.to_string(),
-                version: version.to_string(),
-                arch: crate::debian::map_arch(f.get("Architecture").unwrap_or(&"all")),
-                summary: f.get("Description").unwrap_or(&"").to_string(),
-                license: String::new(),
-                requires,
-                provides: rel("Provides"),
-                conflicts,
-                special_files: Vec::new(),
-                origin: None,
-            },
+            info,
             repo: repo.to_string(),
             location: format!("{suite}/{file}"),
             sha256: sha.to_string(),

@@ -153,53 +153,50 @@ fn strip_bracketed(s: &str, open: char, close: char) -> String {
     out
 }
 
-/// Maps a binary package's control stanza to pak metadata. `deb_sha256` is
-/// the hash of the `.deb` (from the index, or computed on import).
+/// Maps a binary package's control fields to pak metadata, without an
+/// origin. `field` looks a field up (a parsed stanza, or the fields of a
+/// `Packages` index entry): the one mapping both `.deb` import and the apt
+/// index use, so a package resolved from the index and imported from its
+/// `.deb` agree.
+pub fn fields_to_pakinfo<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Option<PakInfo> {
+    let rel = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .filter_map(|n| field(n))
+            .flat_map(map_relations)
+            .collect()
+    };
+    Some(PakInfo {
+        name: field("Package")?.to_string(),
+        version: field("Version")?.to_string(),
+        arch: map_arch(field("Architecture").unwrap_or("all")),
+        summary: field("Description")
+            .and_then(|d| d.lines().next())
+            .unwrap_or_default()
+            .to_string(),
+        license: String::new(),
+        requires: rel(&["Pre-Depends", "Depends"]),
+        provides: rel(&["Provides"]),
+        conflicts: rel(&["Conflicts", "Breaks"]),
+        special_files: Vec::new(),
+        origin: None,
+    })
+}
+
+/// Maps a `.deb`'s control stanza to pak metadata. `deb_sha256` is the
+/// hash of the `.deb`.
 pub fn to_pakinfo(
     stanza: &Stanza,
     deb_sha256: &str,
     scripts_not_run: Vec<String>,
 ) -> Option<PakInfo> {
-    let name = stanza.get("Package")?.to_string();
-    let version = stanza.get("Version")?.to_string();
-    let arch = map_arch(stanza.get("Architecture").unwrap_or("all"));
-    let mut requires = Vec::new();
-    for field in ["Pre-Depends", "Depends"] {
-        if let Some(v) = stanza.get(field) {
-            requires.extend(map_relations(v));
-        }
-    }
-    let mut conflicts = Vec::new();
-    for field in ["Conflicts", "Breaks"] {
-        if let Some(v) = stanza.get(field) {
-            conflicts.extend(map_relations(v));
-        }
-    }
-    let provides = stanza
-        .get("Provides")
-        .map(map_relations)
-        .unwrap_or_default();
-    let summary = stanza
-        .get("Description")
-        .and_then(|d| d.lines().next())
-        .unwrap_or_default()
-        .to_string();
-    Some(PakInfo {
-        name,
-        version,
-        arch,
-        summary,
-        license: String::new(),
-        requires,
-        provides,
-        conflicts,
-        special_files: Vec::new(),
-        origin: Some(Origin {
-            kind: "deb".into(),
-            sha256: deb_sha256.to_string(),
-            scripts_not_run,
-        }),
-    })
+    let mut info = fields_to_pakinfo(|k| stanza.get(k))?;
+    info.origin = Some(Origin {
+        kind: "deb".into(),
+        sha256: deb_sha256.to_string(),
+        scripts_not_run,
+    });
+    Some(info)
 }
 
 #[cfg(test)]
