@@ -842,7 +842,8 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
                     b.extend(n.xattr.to_le_bytes());
                 }
             }
-            Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
+            Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo | Kind::Socket => {
+                // Basic inode types 4-7; their extended twins add 7 and an xattr index.
                 let basic = basic_type(&e.kind);
                 header(
                     &mut b,
@@ -853,22 +854,9 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
                     },
                 );
                 b.extend(1u32.to_le_bytes());
-                b.extend(encode_dev(*major, *minor).to_le_bytes());
-                if n.xattr != NO_XATTR {
-                    b.extend(n.xattr.to_le_bytes());
+                if let Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } = &e.kind {
+                    b.extend(encode_dev(*major, *minor).to_le_bytes());
                 }
-            }
-            Kind::Fifo | Kind::Socket => {
-                let basic = basic_type(&e.kind);
-                header(
-                    &mut b,
-                    if n.xattr == NO_XATTR {
-                        basic
-                    } else {
-                        basic + 7
-                    },
-                );
-                b.extend(1u32.to_le_bytes());
                 if n.xattr != NO_XATTR {
                     b.extend(n.xattr.to_le_bytes());
                 }
