@@ -160,3 +160,24 @@ fn builds_are_reproducible() {
         String::from_utf8_lossy(&res.stderr)
     );
 }
+
+#[test]
+fn missing_qemu_names_the_packages_to_install() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("x.raw");
+    std::fs::write(&img, b"").unwrap();
+    std::fs::write(work.path().join("s.pakt"), "shell\n").unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
+        .args(["test"])
+        .arg(&img)
+        .arg(work.path().join("s.pakt"))
+        .env("PATH", "/nonexistent")
+        .env_remove("PAK_QEMU")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("qemu-system-x86") && err.contains("ovmf"),
+        "{err}"
+    );
+}

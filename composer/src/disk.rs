@@ -179,4 +179,24 @@ mod tests {
         assert!(l.data >= MIN_DATA);
         assert!(Layout::new(Some(300 * MIB), None, Some(200 * MIB)).is_err());
     }
+
+    #[test]
+    fn a_generation_larger_than_its_slot_is_refused_and_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen_path = dir.path().join("big.sqfs");
+        let f = std::fs::File::create(&gen_path).unwrap();
+        f.set_len(200 * MIB).unwrap();
+        let layout = Layout::new(Some(512 * MIB), Some(64 * MIB), Some(128 * MIB)).unwrap();
+        let out = dir.path().join("img.raw");
+        let err = create(&out, &layout, &[], &gen_path, "seed")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("200 MiB") && err.contains("128 MiB"), "{err}");
+        assert!(!out.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
 }

@@ -35,7 +35,14 @@ const MISSING: &str = "install the Debian packages qemu-system-x86 and ovmf (sud
 
 pub fn qemu_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PAK_QEMU") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "PAK_QEMU names {}, which does not exist: {MISSING}, or point PAK_QEMU at qemu-system-x86_64",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
