@@ -75,6 +75,16 @@ fn minimal_boots_from_slot_a_with_a_read_only_root_and_persistent_var() {
         esp_entries(&img).contains("pak-a-1+3.conf"),
         "a fresh image has an entry with three tries"
     );
+    let meta = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@1M", img.display()))
+        .arg("::/pak/a/generation.toml")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&meta.stdout).contains("number = 1"),
+        "the ESP describes slot a"
+    );
 
     let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)

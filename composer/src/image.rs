@@ -218,6 +218,9 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
             "pak/a/initrd".into(),
             read_from_tree(&built.tree, &m.initrd)?,
         ),
+        // The slot's description beside its kernel, so the host side can
+        // report slots without reading their squashfs.
+        ("pak/a/generation.toml".into(), m.to_toml().into_bytes()),
     ])
 }
 
