@@ -8,3 +8,4 @@ pub mod cli;
 pub mod debian;
 pub mod pakinfo;
 pub mod root;
+pub mod sandbox;
