@@ -222,14 +222,9 @@ impl Sandbox {
     /// looked up in `PATH` inside, so commands from the trees are found.
     /// The calling process must be single-threaded.
     pub fn exec(&self, cmd: &OsStr, args: &[OsString]) -> Result<Infallible, SandboxError> {
-        let layout = self.layout()?;
-        let mut steps = Steps::prepare(&layout, Isolation::detect())?;
-        let argv = c_argv(cmd, args)?;
-        let candidates = path_candidates(cmd, std::env::var_os("PATH").as_deref())?;
-        if let Err(failure) = steps.enter() {
-            return Err(explain(failure, &layout, &steps.isolation));
-        }
-        Err(self.exec_first(cmd, &candidates, &argv))
+        let context = self.context(cmd)?;
+        let mut steps = Steps::prepare(&context, cmd, args)?;
+        Err(context.explain(steps.enter_and_exec()))
     }
 
     /// Run `cmd` inside the sandbox in a child process with this process's
@@ -237,24 +232,23 @@ impl Sandbox {
     /// SIGQUIT are ignored here while the child runs, so a Ctrl-C meant for
     /// an interactive child does not leave it orphaned.
     pub fn run(&self, cmd: &OsStr, args: &[OsString]) -> Result<ExitStatus, SandboxError> {
-        let layout = self.layout()?;
-        let isolation = Isolation::detect();
-        let mut steps = Steps::prepare(&layout, isolation)?;
+        let context = self.context(cmd)?;
+        let mut steps = Steps::prepare(&context, cmd, args)?;
         let (mut report_reader, report_writer) =
-            io::pipe().map_err(|source| setup("pipe", source))?;
+            io::pipe().map_err(|source| setup("creating a pipe", source))?;
         let saved = IgnoredSignals::ignore_interactive();
         let restore = saved.dispositions();
         let mut command = Command::new(cmd);
-        command.args(args);
         // SAFETY: the closure runs between fork and exec; it only makes
         // system calls over memory prepared above, which is async-signal-safe.
+        // It execs the command itself, so std's own exec never runs; std's
+        // close-on-exec pipe still tells spawn() that the exec succeeded.
         unsafe {
             command.pre_exec(move || {
                 restore.apply();
-                steps.enter().map_err(|failure| {
-                    failure.send(report_writer.as_fd());
-                    io::Error::from_raw_os_error(failure.errno)
-                })
+                let failure = steps.enter_and_exec();
+                failure.send(report_writer.as_fd());
+                Err(io::Error::from_raw_os_error(failure.errno))
             });
         }
         let spawned = command.spawn();
@@ -267,8 +261,8 @@ impl Sandbox {
                 let mut record = Vec::new();
                 let _ = report_reader.read_to_end(&mut record);
                 return Err(match Failure::decode(&record) {
-                    Some(failure) => explain(failure, &layout, &isolation),
-                    None => self.exec_error(cmd, err),
+                    Some(failure) => context.explain(failure),
+                    None => setup("starting a child process", err),
                 });
             }
         };
@@ -277,6 +271,15 @@ impl Sandbox {
             .map_err(|source| setup("waiting for the command", source))?;
         drop(saved);
         Ok(status)
+    }
+
+    fn context(&self, cmd: &OsStr) -> Result<Context, SandboxError> {
+        Ok(Context {
+            layout: self.layout()?,
+            isolation: Isolation::detect(),
+            cmd: cmd.to_string_lossy().into_owned(),
+            packages: self.package_list(),
+        })
     }
 
     fn package_list(&self) -> String {
@@ -288,37 +291,6 @@ impl Sandbox {
             .map(|l| l.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    fn exec_error(&self, cmd: &OsStr, err: io::Error) -> SandboxError {
-        let cmd = cmd.to_string_lossy().into_owned();
-        match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => SandboxError::CommandNotFound {
-                cmd,
-                packages: self.package_list(),
-            },
-            _ => SandboxError::CannotExecute { cmd, source: err },
-        }
-    }
-
-    /// execvp(3)'s search: skip directories that lack the command, remember
-    /// one that has it but refuses to run it.
-    fn exec_first(&self, cmd: &OsStr, candidates: &[CString], argv: &CArgv) -> SandboxError {
-        let mut denied = None;
-        for path in candidates {
-            // SAFETY: path and argv are NUL-terminated and argv ends in NULL.
-            unsafe { libc::execv(path.as_ptr(), argv.pointers.as_ptr()) };
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
-                Some(libc::EACCES) => denied = Some(err),
-                _ => return self.exec_error(cmd, err),
-            }
-        }
-        match denied {
-            Some(err) => self.exec_error(cmd, err),
-            None => self.exec_error(cmd, io::Error::from_raw_os_error(libc::ENOENT)),
-        }
     }
 }
 
@@ -502,6 +474,7 @@ enum Stage {
     MakePrivate,
     OpenLayer,
     Mount,
+    Exec,
 }
 
 impl Stage {
@@ -514,6 +487,7 @@ impl Stage {
             5 => Stage::MakePrivate,
             6 => Stage::OpenLayer,
             7 => Stage::Mount,
+            8 => Stage::Exec,
             _ => return None,
         })
     }
@@ -523,11 +497,15 @@ const FAILURE_LEN: usize = 13;
 
 impl Failure {
     fn at(stage: Stage, err: rustix::io::Errno) -> Failure {
+        Failure::errno(stage, err.raw_os_error())
+    }
+
+    fn errno(stage: Stage, errno: i32) -> Failure {
         Failure {
             stage,
             overlay: 0,
             layer: 0,
-            errno: err.raw_os_error(),
+            errno,
         }
     }
 
@@ -576,10 +554,14 @@ struct Steps {
     /// Scratch for the layers' descriptors, closed right after each mount.
     fds: Vec<OwnedFd>,
     cwd: Option<CString>,
+    /// Where execvp(3) would look for the command, in order.
+    candidates: Vec<CString>,
+    argv: CArgv,
 }
 
 impl Steps {
-    fn prepare(layout: &Layout, isolation: Isolation) -> Result<Steps, SandboxError> {
+    fn prepare(context: &Context, cmd: &OsStr, args: &[OsString]) -> Result<Steps, SandboxError> {
+        let (layout, isolation) = (&context.layout, context.isolation);
         let max_layers = max_layers(layout);
         let mut overlays = Vec::with_capacity(layout.overlays.len());
         for overlay in &layout.overlays {
@@ -619,7 +601,41 @@ impl Steps {
             options: Vec::with_capacity(MOUNT_OPTIONS_MAX),
             fds: Vec::with_capacity(max_layers),
             cwd,
+            candidates: path_candidates(cmd, std::env::var_os("PATH").as_deref())?,
+            argv: c_argv(cmd, args)?,
         })
+    }
+
+    /// Enter the sandbox and become the command; returns only on failure.
+    fn enter_and_exec(&mut self) -> Failure {
+        match self.enter() {
+            Ok(()) => self.exec_first(),
+            Err(failure) => failure,
+        }
+    }
+
+    /// execvp(3)'s search, async-signal-safe. A PATH directory we may not
+    /// search is skipped, as shells do; a file that exists but will not run
+    /// is remembered and reported if nothing else runs.
+    fn exec_first(&self) -> Failure {
+        let mut errno = libc::ENOENT;
+        for path in &self.candidates {
+            // SAFETY: path and argv are NUL-terminated and argv ends in NULL.
+            unsafe { libc::execv(path.as_ptr(), self.argv.pointers.as_ptr()) };
+            match io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+            {
+                libc::ENOENT | libc::ENOTDIR => {}
+                libc::EACCES => {
+                    if rustix::fs::stat(path.as_c_str()).is_ok() {
+                        errno = libc::EACCES;
+                    }
+                }
+                other => return Failure::errno(Stage::Exec, other),
+            }
+        }
+        Failure::errno(Stage::Exec, errno)
     }
 
     /// Enter the namespaces and mount the overlays. Async-signal-safe: only
@@ -739,10 +755,16 @@ fn setup(step: &str, source: io::Error) -> SandboxError {
 }
 
 /// argv for execv(2): owned strings plus the NULL-terminated pointer array.
+#[derive(Debug)]
 struct CArgv {
     _strings: Vec<CString>,
     pointers: Vec<*const libc::c_char>,
 }
+
+// SAFETY: the pointers point into the CStrings' heap buffers, which are owned
+// by the same struct and never mutated, so moving or sharing it is sound.
+unsafe impl Send for CArgv {}
+unsafe impl Sync for CArgv {}
 
 fn c_argv(cmd: &OsStr, args: &[OsString]) -> Result<CArgv, SandboxError> {
     let nul = |_| {
@@ -799,59 +821,87 @@ fn path_candidates(cmd: &OsStr, path: Option<&OsStr>) -> Result<Vec<CString>, Sa
         .collect()
 }
 
-/// Turn a failed step into a message that names what to do.
-fn explain(failure: Failure, layout: &Layout, isolation: &Isolation) -> SandboxError {
-    let source = io::Error::from_raw_os_error(failure.errno);
-    let userns = matches!(isolation, Isolation::User { .. });
-    let refused = matches!(
-        failure.errno,
-        libc::EPERM | libc::EACCES | libc::ENOSPC | libc::EUSERS
-    );
-    let step = match failure.stage {
-        Stage::Unshare if userns => "creating a user namespace (unshare)",
-        Stage::Unshare => "creating a mount namespace (unshare)",
-        Stage::Setgroups => "writing /proc/self/setgroups",
-        Stage::UidMap => "writing /proc/self/uid_map",
-        Stage::GidMap => "writing /proc/self/gid_map",
-        Stage::MakePrivate => "making mounts private",
-        Stage::OpenLayer | Stage::Mount => "mounting an overlay",
-    };
-    if failure.stage == Stage::Unshare && failure.errno == libc::EINVAL {
-        return SandboxError::Threaded;
-    }
-    if userns && refused {
-        if let Some(blocker) = userns_blocker(Path::new("/proc/sys")) {
-            return blocker;
+/// What the parent knows about a sandbox, to explain a failed step.
+struct Context {
+    layout: Layout,
+    isolation: Isolation,
+    cmd: String,
+    packages: String,
+}
+
+impl Context {
+    /// Turn a failed step into a message that names what to do.
+    fn explain(&self, failure: Failure) -> SandboxError {
+        let layout = &self.layout;
+        let source = io::Error::from_raw_os_error(failure.errno);
+        if failure.stage == Stage::Exec {
+            return self.exec_error(source);
         }
-        if failure.stage != Stage::Mount && failure.stage != Stage::OpenLayer {
-            return SandboxError::UsernsRefused { step, source };
+        let userns = matches!(self.isolation, Isolation::User { .. });
+        let refused = matches!(
+            failure.errno,
+            libc::EPERM | libc::EACCES | libc::ENOSPC | libc::EUSERS
+        );
+        let step = match failure.stage {
+            Stage::Unshare if userns => "creating a user namespace (unshare)",
+            Stage::Unshare => "creating a mount namespace (unshare)",
+            Stage::Setgroups => "writing /proc/self/setgroups",
+            Stage::UidMap => "writing /proc/self/uid_map",
+            Stage::GidMap => "writing /proc/self/gid_map",
+            Stage::MakePrivate => "making mounts private",
+            Stage::OpenLayer | Stage::Mount => "mounting an overlay",
+            Stage::Exec => "running the command",
+        };
+        if failure.stage == Stage::Unshare && failure.errno == libc::EINVAL {
+            return SandboxError::Threaded;
         }
-    }
-    let overlay = layout.overlays.get(failure.overlay as usize);
-    match (failure.stage, overlay) {
-        (Stage::OpenLayer, Some(overlay)) => {
-            let layer = overlay
-                .layers
-                .get(failure.layer as usize)
-                .cloned()
-                .unwrap_or_default();
-            SandboxError::Tree {
-                path: layer,
-                source,
+        if userns && refused {
+            if let Some(blocker) = userns_blocker(Path::new("/proc/sys")) {
+                return blocker;
+            }
+            if failure.stage != Stage::Mount && failure.stage != Stage::OpenLayer {
+                return SandboxError::UsernsRefused { step, source };
             }
         }
-        (Stage::Mount, Some(overlay)) => SandboxError::Overlay {
-            target: overlay.target.clone(),
-            layers: overlay
-                .layers
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            hint: overlay_hint(&overlay.target, failure.errno),
-            source,
-        },
-        _ => setup(step, source),
+        let overlay = layout.overlays.get(failure.overlay as usize);
+        match (failure.stage, overlay) {
+            (Stage::OpenLayer, Some(overlay)) => {
+                let layer = overlay
+                    .layers
+                    .get(failure.layer as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                SandboxError::Tree {
+                    path: layer,
+                    source,
+                }
+            }
+            (Stage::Mount, Some(overlay)) => SandboxError::Overlay {
+                target: overlay.target.clone(),
+                layers: overlay
+                    .layers
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                hint: overlay_hint(&overlay.target, failure.errno),
+                source,
+            },
+            _ => setup(step, source),
+        }
+    }
+
+    fn exec_error(&self, source: io::Error) -> SandboxError {
+        match source.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => SandboxError::CommandNotFound {
+                cmd: self.cmd.clone(),
+                packages: self.packages.clone(),
+            },
+            _ => SandboxError::CannotExecute {
+                cmd: self.cmd.clone(),
+                source,
+            },
+        }
     }
 }
 
@@ -1095,7 +1145,13 @@ mod tests {
             }],
             skipped: vec![],
         };
-        let err = Steps::prepare(&layout, Isolation::MountOnly).unwrap_err();
+        let context = Context {
+            layout,
+            isolation: Isolation::MountOnly,
+            cmd: "true".into(),
+            packages: String::new(),
+        };
+        let err = Steps::prepare(&context, OsStr::new("true"), &[]).unwrap_err();
         let SandboxError::TooManyLayers { count, max, .. } = err else {
             panic!("{err}")
         };
