@@ -460,3 +460,55 @@ fn namespaces_follow_privilege() {
         assert_eq!(lines[1..], ["0", "hello from pak-hello"]);
     }
 }
+
+/// A pak image mounts an overlay on /etc over its squashfs root; hosts may
+/// also have mounts inside /usr. Both must keep working, and stay visible.
+/// Setting up those mounts needs root; as anyone else this test says so.
+#[test]
+fn an_etc_overlay_and_a_mount_inside_usr_are_handled() {
+    if !is_root() {
+        eprintln!("skipped: building an image-like mount layout needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    let tree = fx.tree(
+        "image-tree",
+        &[
+            ("usr/bin/pak-hello", "echo hello"),
+            ("usr/local/bin/pak-local", "echo local"),
+        ],
+    );
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/pak-sbx.conf"), "from the tree\n").unwrap();
+    let (upper, work) = (fx.root.join("etc-upper"), fx.root.join("etc-work"));
+    for dir in [&upper, &work] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(upper.join("pak-sbx-upper"), "from the etc overlay\n").unwrap();
+    let user = user();
+    let script = r#"
+        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$UPPER,workdir=$WORK" /etc &&
+        mount -t tmpfs -o mode=755 pak-sbx-local /usr/local &&
+        echo "from the /usr/local mount" > /usr/local/pak-sbx-marker &&
+        exec setpriv --reuid="$SBX_UID" --regid="$SBX_GID" --init-groups -- \
+            "$SANDBOX_RUN" --tree "$TREE" -- sh -c '
+                cat /etc/pak-sbx.conf /etc/pak-sbx-upper /usr/local/pak-sbx-marker &&
+                pak-hello && pak-local'
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("UPPER", &upper)
+        .env("WORK", &work)
+        .env("SBX_UID", user.uid.to_string())
+        .env("SBX_GID", user.gid.to_string())
+        .env("SANDBOX_RUN", sandbox_run())
+        .env("TREE", &tree)
+        .env("PATH", PATH)
+        .current_dir(&fx.work)
+        .output()
+        .unwrap();
+    assert_eq!(
+        assert_ok(&out),
+        "from the tree\nfrom the etc overlay\nfrom the /usr/local mount\nhello\nlocal\n"
+    );
+}

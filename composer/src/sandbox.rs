@@ -147,6 +147,15 @@ pub enum SandboxError {
     )]
     NoSuchSystemDir { tree: PathBuf, dir: String },
     #[error(
+        "{path} cannot be shown: {target} has mounts beneath it ({mounts}), so its subdirectories are overlaid one by one, and {reason}. Move those mounts, or run without them."
+    )]
+    Submounts {
+        path: PathBuf,
+        target: PathBuf,
+        mounts: String,
+        reason: &'static str,
+    },
+    #[error(
         "{count} package trees provide {target}, more than one overlay mount can stack (at most {max}); split the environment or use fewer packages."
     )]
     TooManyLayers {
@@ -215,7 +224,7 @@ impl Sandbox {
 
     /// The overlays this sandbox mounts on this host.
     pub fn layout(&self) -> Result<Layout, SandboxError> {
-        plan_layout(&self.lowers, Path::new("/"))
+        plan_layout(&self.lowers, Path::new("/"), &current_mount_points())
     }
 
     /// Replace the calling process by `cmd` inside the sandbox. `cmd` is
@@ -337,9 +346,14 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Decide which overlays to mount. `host_root` is `/` except in tests.
-fn plan_layout(lowers: &[Lower], host_root: &Path) -> Result<Layout, SandboxError> {
-    let mut targets: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+/// Decide which overlays to mount. `host_root` is `/` and `mounts` this
+/// namespace's mount points, except in tests.
+fn plan_layout(
+    lowers: &[Lower],
+    host_root: &Path,
+    mounts: &[PathBuf],
+) -> Result<Layout, SandboxError> {
+    let mut wanted: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
     let mut skipped = Vec::new();
     for lower in lowers {
         let tree = std::path::absolute(&lower.path).map_err(|source| SandboxError::Tree {
@@ -353,12 +367,16 @@ fn plan_layout(lowers: &[Lower], host_root: &Path) -> Result<Layout, SandboxErro
                 continue;
             }
             let target = host_target(host_root, &tree, &dir)?;
-            targets.entry(target).or_default().push(layer);
+            wanted.entry(target).or_default().push(layer);
         }
     }
     // BTreeMap orders paths component-wise, so `/usr` is mounted before
     // `/usr/bin` and the second overlay stacks on the first.
-    let overlays = targets
+    let mut placed: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for (target, layers) in wanted {
+        place(target, layers, host_root, mounts, &mut placed)?;
+    }
+    let overlays = placed
         .into_iter()
         .map(|(target, mut layers)| {
             layers.reverse();
@@ -366,6 +384,119 @@ fn plan_layout(lowers: &[Lower], host_root: &Path) -> Result<Layout, SandboxErro
         })
         .collect();
     Ok(Layout { overlays, skipped })
+}
+
+/// Assign `layers` (bottom first) to overlays. An overlay takes the
+/// directory it covers without the mounts beneath it: inside a user
+/// namespace the kernel refuses it outright, and as root it would hide them.
+/// So a directory with mounts below is covered one subdirectory at a time.
+fn place(
+    target: PathBuf,
+    layers: Vec<PathBuf>,
+    host_root: &Path,
+    mounts: &[PathBuf],
+    placed: &mut BTreeMap<PathBuf, Vec<PathBuf>>,
+) -> Result<(), SandboxError> {
+    let below: Vec<&PathBuf> = mounts
+        .iter()
+        .filter(|m| *m != &target && m.starts_with(&target))
+        .collect();
+    if below.is_empty() {
+        placed.entry(target).or_default().extend(layers);
+        return Ok(());
+    }
+    let refuse = |path: PathBuf, reason: &'static str| SandboxError::Submounts {
+        path,
+        target: target.clone(),
+        mounts: below
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason,
+    };
+    let mut children: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
+    for layer in layers {
+        for entry in sorted_entries(&layer)? {
+            let path = layer.join(&entry);
+            let is_dir = std::fs::symlink_metadata(&path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if !is_dir {
+                return Err(refuse(path, "only directories can be overlaid one by one"));
+            }
+            children.entry(entry).or_default().push(path);
+        }
+    }
+    for (name, layers) in children {
+        let child = target.join(&name);
+        let relative = child.strip_prefix("/").unwrap_or(&child);
+        let host_has_it = std::fs::symlink_metadata(host_root.join(relative))
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if !host_has_it {
+            return Err(refuse(
+                layers[0].clone(),
+                "the system has no such directory to cover",
+            ));
+        }
+        place(child, layers, host_root, mounts, placed)?;
+    }
+    Ok(())
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<OsString>, SandboxError> {
+    let tree_err = |source| SandboxError::Tree {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = std::fs::read_dir(dir)
+        .map_err(tree_err)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tree_err)?;
+    names.sort();
+    Ok(names)
+}
+
+/// Mount points from /proc/self/mountinfo text, with the kernel's octal
+/// escapes (`\040` for a space) undone.
+fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(OsString::from_vec(unescape_octal(field))))
+        .collect()
+}
+
+fn unescape_octal(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match escape {
+            Some(digits) => {
+                let value = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn current_mount_points() -> Vec<PathBuf> {
+    // Unreadable mountinfo (no /proc) leaves the kernel to report conflicts.
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| mount_points(&info))
+        .unwrap_or_default()
 }
 
 /// The tree's real top-level directories, sorted. Dot entries (`.PAKINFO`)
@@ -925,14 +1056,10 @@ fn overlay_hint(target: &Path, errno: i32) -> String {
 
 /// Mount points strictly below `target`, from /proc/self/mountinfo text.
 fn submounts_below(mountinfo: &str, target: &Path) -> Vec<String> {
-    let mut found: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| {
-            let point = Path::new(point);
-            point != target && point.starts_with(target)
-        })
-        .map(str::to_string)
+    let mut found: Vec<String> = mount_points(mountinfo)
+        .into_iter()
+        .filter(|point| point != target && point.starts_with(target))
+        .map(|point| point.display().to_string())
         .collect();
     found.sort();
     found.dedup();
@@ -1059,7 +1186,7 @@ mod tests {
         mkdirs(&b, &["usr/share", "lib64", ".meta"]);
         std::fs::write(a.join(".PAKINFO"), "x").unwrap();
         std::fs::write(b.join("README"), "x").unwrap();
-        let layout = plan_layout(&[Lower::new(&a), Lower::new(&b)], host.path()).unwrap();
+        let layout = plan_layout(&[Lower::new(&a), Lower::new(&b)], host.path(), &[]).unwrap();
         let overlay = |target: &str, layers: Vec<PathBuf>| Overlay {
             target: PathBuf::from(target),
             layers,
@@ -1082,7 +1209,8 @@ mod tests {
         let trees = tempfile::tempdir().unwrap();
         mkdirs(trees.path(), &["t/nix/store", "u/dangling"]);
         for (tree, dir) in [("t", "nix"), ("u", "dangling")] {
-            let err = plan_layout(&[Lower::new(trees.path().join(tree))], host.path()).unwrap_err();
+            let err =
+                plan_layout(&[Lower::new(trees.path().join(tree))], host.path(), &[]).unwrap_err();
             let message = err.to_string();
             assert!(message.contains(&format!("provides /{dir}")), "{message}");
             assert_eq!(err.exit_code(), 125);
@@ -1091,7 +1219,8 @@ mod tests {
 
     #[test]
     fn a_missing_tree_is_named() {
-        let err = plan_layout(&[Lower::new("/nonexistent/pak-tree")], Path::new("/")).unwrap_err();
+        let err =
+            plan_layout(&[Lower::new("/nonexistent/pak-tree")], Path::new("/"), &[]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pak-tree"), "{err}");
     }
 
@@ -1193,6 +1322,69 @@ mod tests {
         std::fs::write(sys.path().join("user/max_user_namespaces"), "15000\n").unwrap();
         std::fs::write(sys.path().join("kernel/unprivileged_userns_clone"), "1\n").unwrap();
         assert!(userns_blocker(sys.path()).is_none());
+    }
+
+    #[test]
+    fn a_directory_with_mounts_below_is_covered_subdirectory_by_subdirectory() {
+        let host = fake_host();
+        mkdirs(host.path(), &["usr/local", "usr/share"]);
+        let trees = tempfile::tempdir().unwrap();
+        let a = trees.path().join("a");
+        mkdirs(
+            &a,
+            &["usr/bin", "usr/share/doc", "usr/local/lib", "bin", "etc"],
+        );
+        let mounts = [PathBuf::from("/"), PathBuf::from("/usr/local")];
+        let layout = plan_layout(&[Lower::new(&a)], host.path(), &mounts).unwrap();
+        let targets: Vec<_> = layout.overlays.iter().map(|o| o.target.clone()).collect();
+        assert_eq!(
+            targets,
+            ["/etc", "/usr/bin", "/usr/local", "/usr/share"].map(PathBuf::from)
+        );
+        // The fold joins the split overlay of /usr/bin, above usr/bin.
+        assert_eq!(
+            layout.overlays[1].layers,
+            [a.join("bin"), a.join("usr/bin")]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_split_around_a_mount_is_refused_by_name() {
+        let host = fake_host();
+        mkdirs(host.path(), &["usr/local"]);
+        let trees = tempfile::tempdir().unwrap();
+        let files = trees.path().join("files");
+        mkdirs(&files, &["usr"]);
+        std::fs::write(files.join("usr/stray"), "x").unwrap();
+        let newdir = trees.path().join("newdir");
+        mkdirs(&newdir, &["usr/games"]);
+        let mounts = [PathBuf::from("/usr/local")];
+        for (tree, path, reason) in [
+            (&files, files.join("usr/stray"), "only directories"),
+            (&newdir, newdir.join("usr/games"), "no such directory"),
+        ] {
+            let err = plan_layout(&[Lower::new(tree)], host.path(), &mounts).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&path.display().to_string()),
+                "{message}"
+            );
+            assert!(
+                message.contains("/usr has mounts beneath it (/usr/local)"),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{message}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        let info = "36 35 98:0 / /mnt/with\\040space rw - ext3 /dev/root rw\n\
+                    37 35 98:0 / /plain\\ rw - ext3 /dev/root rw\n";
+        assert_eq!(
+            mount_points(info),
+            [PathBuf::from("/mnt/with space"), PathBuf::from("/plain\\")]
+        );
     }
 
     #[test]
