@@ -512,3 +512,32 @@ fn an_etc_overlay_and_a_mount_inside_usr_are_handled() {
         "from the tree\nfrom the etc overlay\nfrom the /usr/local mount\nhello\nlocal\n"
     );
 }
+
+/// A user namespace needs a single-threaded caller; exec must say so
+/// instead of failing obscurely. As root only a mount namespace is made,
+/// which exec can enter from any thread.
+#[test]
+fn exec_from_a_threaded_process_is_refused_clearly_unless_root() {
+    let fx = Fixture::new();
+    let mut command = as_user(sandbox_run());
+    command
+        .args(["--idle-thread", "--tree"])
+        .arg(fx.hello())
+        .args(["--", "pak-hello"])
+        .env("PATH", PATH);
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("several threads"), "{stderr}");
+    assert!(stderr.contains("Sandbox::run"), "{stderr}");
+    if is_root() {
+        let out = Command::new(sandbox_run())
+            .args(["--idle-thread", "--tree"])
+            .arg(fx.hello())
+            .args(["--", "pak-hello"])
+            .env("PATH", PATH)
+            .output()
+            .unwrap();
+        assert_eq!(assert_ok(&out), "hello from pak-hello\n");
+    }
+}

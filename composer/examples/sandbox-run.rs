@@ -1,11 +1,12 @@
 //! Test and benchmark entry to `pak::sandbox`, until `pak run` and `pak taste`
 //! expose it to users. Internal: not installed, not a stable interface.
 //!
-//! usage: sandbox-run [--fork] [--tree DIR]... -- CMD [ARGS...]
+//! usage: sandbox-run [--fork] [--idle-thread] [--tree DIR]... -- CMD [ARGS...]
 //!
 //! Without `--fork` the process becomes CMD (`Sandbox::exec`); with it, CMD
 //! runs in a child (`Sandbox::run`) and its end is reported and mirrored:
 //! same exit status, or the same signal raised on ourselves.
+//! `--idle-thread` starts a thread first, as a multi-threaded caller would.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -15,6 +16,7 @@ use pak::sandbox::{Sandbox, describe_status};
 
 struct Args {
     fork: bool,
+    idle_thread: bool,
     trees: Vec<OsString>,
     cmd: OsString,
     args: Vec<OsString>,
@@ -22,11 +24,13 @@ struct Args {
 
 fn parse(mut raw: impl Iterator<Item = OsString>) -> Result<Args, String> {
     let mut fork = false;
+    let mut idle_thread = false;
     let mut trees = Vec::new();
     loop {
         let arg = raw.next().ok_or("missing `-- CMD`")?;
         match arg.to_str() {
             Some("--fork") => fork = true,
+            Some("--idle-thread") => idle_thread = true,
             Some("--tree") => trees.push(raw.next().ok_or("--tree needs a directory")?),
             Some("--") => break,
             _ => return Err(format!("unexpected argument {arg:?}")),
@@ -35,6 +39,7 @@ fn parse(mut raw: impl Iterator<Item = OsString>) -> Result<Args, String> {
     let cmd = raw.next().ok_or("missing CMD after --")?;
     Ok(Args {
         fork,
+        idle_thread,
         trees,
         cmd,
         args: raw.collect(),
@@ -46,11 +51,18 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(message) => {
             eprintln!(
-                "sandbox-run: {message}\nusage: sandbox-run [--fork] [--tree DIR]... -- CMD [ARGS...]"
+                "sandbox-run: {message}\nusage: sandbox-run [--fork] [--idle-thread] [--tree DIR]... -- CMD [ARGS...]"
             );
             return ExitCode::from(2);
         }
     };
+    if args.idle_thread {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
     let sandbox = Sandbox::from_paths(args.trees.iter().map(std::path::PathBuf::from));
     if !args.fork {
         let Err(err) = sandbox.exec(&args.cmd, &args.args);

@@ -179,7 +179,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     #[error(
-        "cannot enter a private mount namespace: the process already runs several threads and unshare(2) requires one. Call Sandbox::exec before starting threads, or use Sandbox::run."
+        "cannot create a user namespace: the process already runs several threads and unshare(CLONE_NEWUSER) requires one. Call Sandbox::exec before starting threads, or use Sandbox::run."
     )]
     Threaded,
     #[error("cannot set up the sandbox, {step} failed: {source}")]
@@ -1100,12 +1100,21 @@ fn userns_blocker(proc_sys: &Path) -> Option<SandboxError> {
     })
 }
 
-/// SIGINT and SIGQUIT dispositions saved while a child runs.
+/// While any `run` child is alive, SIGINT and SIGQUIT are ignored here. The
+/// dispositions are process-wide, so concurrent `run` calls share one
+/// guard: the first saves and ignores, the last restores, and every child
+/// gets the original ones back.
 struct IgnoredSignals {
-    saved: [(i32, libc::sigaction); 2],
+    original: SavedDispositions,
 }
 
-/// Dispositions to put back in the child, copied so the closure owns them.
+/// (children running, dispositions before the first of them)
+static INTERACTIVE: std::sync::Mutex<(usize, Option<SavedDispositions>)> =
+    std::sync::Mutex::new((0, None));
+
+const INTERACTIVE_SIGNALS: [i32; 2] = [libc::SIGINT, libc::SIGQUIT];
+
+/// Signal dispositions, copied so the pre-exec closure owns them.
 #[derive(Clone, Copy)]
 struct SavedDispositions {
     saved: [(i32, libc::sigaction); 2],
@@ -1117,9 +1126,36 @@ unsafe impl Sync for SavedDispositions {}
 
 impl IgnoredSignals {
     fn ignore_interactive() -> IgnoredSignals {
-        let saved = [libc::SIGINT, libc::SIGQUIT].map(|signal| {
-            // SAFETY: zeroed sigaction is a valid "default" value; the calls
-            // only read and write the structs passed.
+        let mut state = INTERACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let original = match state.1 {
+            Some(original) if state.0 > 0 => original,
+            _ => SavedDispositions::replace_with_ignore(),
+        };
+        *state = (state.0 + 1, Some(original));
+        IgnoredSignals { original }
+    }
+
+    fn dispositions(&self) -> SavedDispositions {
+        self.original
+    }
+}
+
+impl Drop for IgnoredSignals {
+    fn drop(&mut self) {
+        let mut state = INTERACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
+        if state.0 == 0 {
+            self.original.apply();
+            state.1 = None;
+        }
+    }
+}
+
+impl SavedDispositions {
+    fn replace_with_ignore() -> SavedDispositions {
+        let saved = INTERACTIVE_SIGNALS.map(|signal| {
+            // SAFETY: a zeroed sigaction is a valid value to fill in; the
+            // call only reads and writes the structs passed.
             unsafe {
                 let mut ignore: libc::sigaction = std::mem::zeroed();
                 ignore.sa_sigaction = libc::SIG_IGN;
@@ -1128,27 +1164,15 @@ impl IgnoredSignals {
                 (signal, old)
             }
         });
-        IgnoredSignals { saved }
+        SavedDispositions { saved }
     }
 
-    fn dispositions(&self) -> SavedDispositions {
-        SavedDispositions { saved: self.saved }
-    }
-}
-
-impl SavedDispositions {
     /// Async-signal-safe: sigaction(2) only.
     fn apply(&self) {
         for (signal, action) in &self.saved {
             // SAFETY: restores a disposition previously returned by sigaction.
             unsafe { libc::sigaction(*signal, action, std::ptr::null_mut()) };
         }
-    }
-}
-
-impl Drop for IgnoredSignals {
-    fn drop(&mut self) {
-        self.dispositions().apply();
     }
 }
 
@@ -1407,6 +1431,44 @@ mod tests {
         let direct = path_candidates(OsStr::new("./x/jq"), Some(OsStr::new("/a"))).unwrap();
         assert_eq!(direct, [CString::new("./x/jq").unwrap()]);
         assert!(path_candidates(OsStr::new(""), None).unwrap().is_empty());
+    }
+
+    fn unit_tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("unit-tree");
+        let bin = tree.join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("pak-unit"), "#!/bin/sh\nexit 7\n").unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(bin.join("pak-unit"), mode).unwrap();
+        (dir, tree)
+    }
+
+    /// `run` forks from this multi-threaded test process; concurrent calls
+    /// must leave SIGINT as it was.
+    #[test]
+    fn run_works_from_a_threaded_process_and_restores_signals() {
+        let (_dir, tree) = unit_tree();
+        let sandbox = Sandbox::from_paths([&tree]);
+        let disposition = |signal| unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut old);
+            old.sa_sigaction
+        };
+        let before = disposition(libc::SIGINT);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    let status = sandbox.run(OsStr::new("pak-unit"), &[]).unwrap();
+                    assert_eq!(status.code(), Some(7));
+                });
+            }
+        });
+        assert_eq!(disposition(libc::SIGINT), before);
+        let err = sandbox
+            .run(OsStr::new("pak-unit-missing"), &[])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 127, "{err}");
     }
 
     #[test]
