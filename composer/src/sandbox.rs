@@ -23,6 +23,11 @@
 //!   extra layers are the trees' `bin` directories. So `bin/x` and `/usr/bin/x`
 //!   both work inside, the way they do for the host's own files. When a tree
 //!   ships both `usr/bin/x` and `bin/x`, the `bin/x` copy wins.
+//! * An overlay takes the directory it covers without the mounts beneath it
+//!   (in a user namespace the kernel refuses it; as root it would hide them).
+//!   So a directory with mounts below, such as `/usr` with `/usr/local`
+//!   mounted, is covered one subdirectory at a time, down to where no mount
+//!   is in the way; a mount point the trees provide gets its own overlay.
 //! * Runtime and state directories (`/var`, `/run`, `/tmp`, `/home`, `/dev`,
 //!   ...) are never overlaid: the command must see and write the real ones.
 //!   What trees ship there is reported in [`Layout::skipped`].
@@ -229,7 +234,8 @@ impl Sandbox {
 
     /// Replace the calling process by `cmd` inside the sandbox. `cmd` is
     /// looked up in `PATH` inside, so commands from the trees are found.
-    /// The calling process must be single-threaded.
+    /// Without `CAP_SYS_ADMIN` the calling process must be single-threaded
+    /// (the kernel's rule for entering a user namespace).
     pub fn exec(&self, cmd: &OsStr, args: &[OsString]) -> Result<Infallible, SandboxError> {
         let context = self.context(cmd)?;
         let mut steps = Steps::prepare(&context, cmd, args)?;
