@@ -34,6 +34,7 @@ pub mod repo;
 pub mod requirement;
 pub mod resolve;
 pub mod root;
+pub mod sandbox;
 pub mod selfpkg;
 pub mod sources;
 pub mod squashfs;
