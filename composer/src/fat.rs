@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 const SECTOR: u64 = 512;
 const RESERVED: u64 = 32;
@@ -480,5 +480,525 @@ mod tests {
             std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap(),
             "reproducible"
         );
+    }
+}
+
+/// A FAT32 filesystem opened in place (an image file at an offset, or a
+/// block device), for the few edits the ESP needs after it is written:
+/// read a file, add a file, rename, remove. Both FATs and the FSInfo free
+/// count are kept in step, so `fsck.fat` stays clean after every edit.
+pub struct Volume<F> {
+    f: F,
+    offset: u64,
+    bytes_per_sector: u64,
+    cluster_bytes: u64,
+    fat_start: u64,
+    fat_bytes: u64,
+    fats: u64,
+    data_start: u64,
+    root: u32,
+    clusters: u32,
+}
+
+/// One directory entry, with where its slots are (for rename and remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub cluster: u32,
+    pub size: u32,
+    /// Absolute byte positions of its long-name slots and its 8.3 slot.
+    slots: Vec<u64>,
+}
+
+impl<F: std::io::Read + Write + Seek> Volume<F> {
+    pub fn open(mut f: F, offset: u64) -> Result<Volume<F>> {
+        let mut bs = [0u8; 512];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut bs)?;
+        if bs[510..512] != [0x55, 0xAA] || &bs[82..87] != b"FAT32" {
+            bail!("no FAT32 file system here (is this the ESP of a pak disk?)");
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
+        let u32_at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]) as u64;
+        let bps = u16_at(11);
+        let spc = bs[13] as u64;
+        let reserved = u16_at(14);
+        let fats = bs[16] as u64;
+        let total = u32_at(32);
+        let fat_sectors = u32_at(36);
+        if bps != 512 || spc == 0 || fats == 0 {
+            bail!("unsupported FAT32 geometry");
+        }
+        let data_start = offset + (reserved + fats * fat_sectors) * bps;
+        let clusters = ((total - reserved - fats * fat_sectors) / spc) as u32;
+        Ok(Volume {
+            f,
+            offset,
+            bytes_per_sector: bps,
+            cluster_bytes: spc * bps,
+            fat_start: offset + reserved * bps,
+            fat_bytes: fat_sectors * bps,
+            fats,
+            data_start,
+            root: u32_at(44) as u32,
+            clusters,
+        })
+    }
+
+    fn cluster_pos(&self, c: u32) -> u64 {
+        self.data_start + (c as u64 - 2) * self.cluster_bytes
+    }
+
+    fn fat_get(&mut self, c: u32) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.f
+            .seek(SeekFrom::Start(self.fat_start + c as u64 * 4))?;
+        self.f.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b) & 0x0FFF_FFFF)
+    }
+
+    fn fat_set(&mut self, c: u32, v: u32) -> Result<()> {
+        for k in 0..self.fats {
+            self.f.seek(SeekFrom::Start(
+                self.fat_start + k * self.fat_bytes + c as u64 * 4,
+            ))?;
+            self.f.write_all(&v.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn chain(&mut self, first: u32) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut c = first;
+        while (2..0x0FFF_FFF8).contains(&c) {
+            if out.len() as u32 > self.clusters {
+                bail!("a FAT chain loops: the ESP is corrupt");
+            }
+            out.push(c);
+            c = self.fat_get(c)?;
+        }
+        Ok(out)
+    }
+
+    fn entries(&mut self, dir: u32) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut lfn: Vec<(u8, Vec<u16>)> = Vec::new();
+        let mut slots = Vec::new();
+        for c in self.chain(dir)? {
+            let pos = self.cluster_pos(c);
+            let mut buf = vec![0u8; self.cluster_bytes as usize];
+            self.f.seek(SeekFrom::Start(pos))?;
+            self.f.read_exact(&mut buf)?;
+            for (i, e) in buf.chunks(32).enumerate() {
+                let at = pos + i as u64 * 32;
+                match e[0] {
+                    0x00 => return Ok(out),
+                    0xE5 => {
+                        lfn.clear();
+                        slots.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if e[11] == ATTR_LFN {
+                    let mut units = Vec::new();
+                    for off in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30] {
+                        units.push(u16::from_le_bytes([e[off], e[off + 1]]));
+                    }
+                    lfn.push((e[0] & 0x1F, units));
+                    slots.push(at);
+                    continue;
+                }
+                if e[11] & ATTR_VOLUME != 0 || e[0] == b'.' {
+                    lfn.clear();
+                    slots.clear();
+                    continue;
+                }
+                let name = if lfn.is_empty() {
+                    let base = String::from_utf8_lossy(&e[0..8]).trim_end().to_string();
+                    let ext = String::from_utf8_lossy(&e[8..11]).trim_end().to_string();
+                    if ext.is_empty() {
+                        base
+                    } else {
+                        format!("{base}.{ext}")
+                    }
+                } else {
+                    lfn.sort_by_key(|(n, _)| *n);
+                    let units: Vec<u16> = lfn
+                        .iter()
+                        .flat_map(|(_, u)| u.iter().copied())
+                        .take_while(|u| *u != 0)
+                        .collect();
+                    String::from_utf16_lossy(&units)
+                };
+                slots.push(at);
+                let cluster = (u16::from_le_bytes([e[20], e[21]]) as u32) << 16
+                    | u16::from_le_bytes([e[26], e[27]]) as u32;
+                out.push(DirEntry {
+                    name,
+                    is_dir: e[11] & ATTR_DIR != 0,
+                    cluster,
+                    size: u32::from_le_bytes([e[28], e[29], e[30], e[31]]),
+                    slots: std::mem::take(&mut slots),
+                });
+                lfn.clear();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The directory holding `path` (`a/b/c` → the cluster of `a/b`) and
+    /// the last component.
+    fn parent<'p>(&mut self, path: &'p str) -> Result<(u32, &'p str)> {
+        let (dir, name) = path
+            .trim_matches('/')
+            .rsplit_once('/')
+            .unwrap_or(("", path.trim_matches('/')));
+        let mut c = self.root;
+        for comp in dir.split('/').filter(|s| !s.is_empty()) {
+            let e = self
+                .entries(c)?
+                .into_iter()
+                .find(|e| e.is_dir && e.name.eq_ignore_ascii_case(comp));
+            c = e
+                .with_context(|| format!("no directory {comp} on the ESP"))?
+                .cluster;
+        }
+        Ok((c, name))
+    }
+
+    /// The entries of a directory (`""` is the root).
+    pub fn list(&mut self, dir: &str) -> Result<Vec<DirEntry>> {
+        let mut c = self.root;
+        for comp in dir.split('/').filter(|s| !s.is_empty()) {
+            let e = self
+                .entries(c)?
+                .into_iter()
+                .find(|e| e.is_dir && e.name.eq_ignore_ascii_case(comp));
+            c = e
+                .with_context(|| format!("no directory {dir} on the ESP"))?
+                .cluster;
+        }
+        self.entries(c)
+    }
+
+    pub fn find(&mut self, path: &str) -> Result<Option<DirEntry>> {
+        let (dir, name) = self.parent(path)?;
+        Ok(self
+            .entries(dir)?
+            .into_iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name)))
+    }
+
+    pub fn read(&mut self, path: &str) -> Result<Vec<u8>> {
+        let e = self
+            .find(path)?
+            .with_context(|| format!("no file {path} on the ESP"))?;
+        let mut out = Vec::with_capacity(e.size as usize);
+        for c in self.chain(e.cluster)? {
+            let mut buf = vec![0u8; self.cluster_bytes as usize];
+            self.f.seek(SeekFrom::Start(self.cluster_pos(c)))?;
+            self.f.read_exact(&mut buf)?;
+            out.extend(buf);
+        }
+        out.truncate(e.size as usize);
+        Ok(out)
+    }
+
+    fn free_clusters(&mut self, n: usize) -> Result<Vec<u32>> {
+        let mut fat = vec![0u8; self.fat_bytes as usize];
+        self.f.seek(SeekFrom::Start(self.fat_start))?;
+        self.f.read_exact(&mut fat)?;
+        let free: Vec<u32> = (2..self.clusters + 2)
+            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
+            .take(n)
+            .collect();
+        if free.len() < n {
+            bail!(
+                "the ESP is full: {} KiB more are needed; raise [image] esp_size",
+                n as u64 * self.cluster_bytes / 1024
+            );
+        }
+        Ok(free)
+    }
+
+    /// Free directory slots for `n` entries in `dir`, growing it if needed.
+    fn slots_for(&mut self, dir: u32, n: usize) -> Result<Vec<u64>> {
+        let per = (self.cluster_bytes / 32) as usize;
+        let chain = self.chain(dir)?;
+        let mut run = Vec::new();
+        for &c in &chain {
+            let pos = self.cluster_pos(c);
+            let mut buf = vec![0u8; self.cluster_bytes as usize];
+            self.f.seek(SeekFrom::Start(pos))?;
+            self.f.read_exact(&mut buf)?;
+            for i in 0..per {
+                if buf[i * 32] == 0x00 || buf[i * 32] == 0xE5 {
+                    run.push(pos + i as u64 * 32);
+                    if run.len() == n {
+                        return Ok(run);
+                    }
+                } else {
+                    run.clear();
+                }
+            }
+        }
+        // Grow the directory by a zeroed cluster.
+        let new = self.free_clusters(1)?[0];
+        let last = *chain.last().expect("a directory has a cluster");
+        let pos = self.cluster_pos(new);
+        self.f.seek(SeekFrom::Start(pos))?;
+        self.f.write_all(&vec![0u8; self.cluster_bytes as usize])?;
+        self.fat_set(new, END)?;
+        self.fat_set(last, new)?;
+        run.extend((0..n - run.len()).map(|i| pos + i as u64 * 32));
+        Ok(run)
+    }
+
+    fn put_entries(
+        &mut self,
+        dir: u32,
+        name: &str,
+        attr: u8,
+        cluster: u32,
+        size: u32,
+    ) -> Result<()> {
+        let taken: Vec<[u8; 11]> = {
+            let mut v = Vec::new();
+            for e in self.entries(dir)? {
+                let mut b = [0u8; 11];
+                let mut s = [0u8; 32];
+                self.f
+                    .seek(SeekFrom::Start(*e.slots.last().expect("8.3 slot")))?;
+                self.f.read_exact(&mut s)?;
+                b.copy_from_slice(&s[0..11]);
+                v.push(b);
+            }
+            v
+        };
+        let short = exact_short(name).unwrap_or_else(|| {
+            (1..)
+                .map(|n| short_alias(name, n))
+                .find(|s| !taken.contains(s))
+                .expect("some alias is free")
+        });
+        let mut bytes = Vec::new();
+        named_entries(name, short, attr, cluster, size, &mut bytes);
+        let slots = self.slots_for(dir, bytes.len() / 32)?;
+        for (k, at) in slots.iter().enumerate() {
+            self.f.seek(SeekFrom::Start(*at))?;
+            self.f.write_all(&bytes[k * 32..k * 32 + 32])?;
+        }
+        Ok(())
+    }
+
+    /// Adds a new file (the name must be free). Data and the FAT chain are
+    /// written before the directory entry, so a cut leaves no entry that
+    /// points at unwritten data.
+    pub fn create(&mut self, path: &str, data: &[u8]) -> Result<()> {
+        if self.find(path)?.is_some() {
+            bail!("{path} already exists on the ESP");
+        }
+        let (dir, name) = self.parent(path)?;
+        let n = data.len().div_ceil(self.cluster_bytes as usize);
+        let clusters = self.free_clusters(n)?;
+        for (k, c) in clusters.iter().enumerate() {
+            let chunk = &data[k * self.cluster_bytes as usize
+                ..((k + 1) * self.cluster_bytes as usize).min(data.len())];
+            self.f.seek(SeekFrom::Start(self.cluster_pos(*c)))?;
+            self.f.write_all(chunk)?;
+            self.fat_set(*c, clusters.get(k + 1).copied().unwrap_or(END))?;
+        }
+        self.f.flush()?;
+        self.put_entries(
+            dir,
+            name,
+            ATTR_ARCHIVE,
+            clusters.first().copied().unwrap_or(0),
+            data.len() as u32,
+        )?;
+        self.update_fsinfo()
+    }
+
+    /// Renames within one directory: the new name is written before the
+    /// old one is removed, so a cut leaves the file under one name or both.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let e = self
+            .find(from)?
+            .with_context(|| format!("no file {from} on the ESP"))?;
+        if self.find(to)?.is_some() {
+            bail!("{to} already exists on the ESP");
+        }
+        let (dir, name) = self.parent(to)?;
+        self.put_entries(
+            dir,
+            name,
+            if e.is_dir { ATTR_DIR } else { ATTR_ARCHIVE },
+            e.cluster,
+            e.size,
+        )?;
+        self.f.flush()?;
+        for at in &e.slots {
+            self.f.seek(SeekFrom::Start(*at))?;
+            self.f.write_all(&[0xE5])?;
+        }
+        self.f.flush()?;
+        Ok(())
+    }
+
+    /// Removes a file: its entry first, then its clusters are freed.
+    pub fn remove(&mut self, path: &str) -> Result<()> {
+        let e = self
+            .find(path)?
+            .with_context(|| format!("no file {path} on the ESP"))?;
+        for at in &e.slots {
+            self.f.seek(SeekFrom::Start(*at))?;
+            self.f.write_all(&[0xE5])?;
+        }
+        self.f.flush()?;
+        for c in self.chain(e.cluster)? {
+            self.fat_set(c, 0)?;
+        }
+        self.update_fsinfo()
+    }
+
+    fn update_fsinfo(&mut self) -> Result<()> {
+        let mut fat = vec![0u8; self.fat_bytes as usize];
+        self.f.seek(SeekFrom::Start(self.fat_start))?;
+        self.f.read_exact(&mut fat)?;
+        let free = (2..self.clusters + 2)
+            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
+            .count() as u32;
+        for sector in [1u64, 7] {
+            self.f.seek(SeekFrom::Start(
+                self.offset + sector * self.bytes_per_sector + 488,
+            ))?;
+            self.f.write_all(&free.to_le_bytes())?;
+            self.f.write_all(&0xFFFF_FFFFu32.to_le_bytes())?;
+        }
+        self.f.flush()?;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> F {
+        self.f
+    }
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::*;
+
+    fn fsck(img: &std::path::Path) {
+        let out = std::process::Command::new("fsck.fat")
+            .arg("-n")
+            .arg(img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+    }
+
+    #[test]
+    fn edits_keep_fsck_clean_and_mtools_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("esp.img");
+        let size = 128u64 << 20;
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(size).unwrap();
+        let files = vec![
+            (
+                "loader/entries/pak-a-1+3.conf".to_string(),
+                b"title a\n".to_vec(),
+            ),
+            ("pak/a/vmlinuz".to_string(), vec![1u8; 10_000]),
+        ];
+        let mut w = std::io::BufWriter::new(f);
+        write(&mut w, 0, size, "ESP", &files).unwrap();
+        drop(w);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let mut v = Volume::open(f, 0).unwrap();
+        assert_eq!(
+            v.read("loader/entries/pak-a-1+3.conf").unwrap(),
+            b"title a\n"
+        );
+        let kernel: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        v.create("pak/b/../b-kernel", b"x").unwrap_err();
+        v.create("pak/a/vmlinuz-new", &kernel).unwrap();
+        v.create("loader/entries/pak-b-2+3.conf", b"title b\n")
+            .unwrap();
+        v.rename(
+            "loader/entries/pak-a-1+3.conf",
+            "loader/entries/pak-a-1.conf",
+        )
+        .unwrap();
+        v.remove("pak/a/vmlinuz").unwrap();
+        for i in 0..80 {
+            // Enough long names to grow the directory past one cluster.
+            v.create(
+                &format!("loader/entries/a-rather-long-entry-name-number-{i}.conf"),
+                b"e",
+            )
+            .unwrap();
+        }
+        drop(v);
+        fsck(&img);
+        let ls = std::process::Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(&img)
+            .arg("::/loader/entries")
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&ls.stdout);
+        assert!(
+            listing.contains("pak-a-1.conf")
+                && listing.contains("pak-b-2+3.conf")
+                && !listing.contains("pak-a-1+3.conf"),
+            "{listing}"
+        );
+        assert!(listing.contains("number-79.conf"), "{listing}");
+        let t = std::process::Command::new("mtype")
+            .arg("-i")
+            .arg(&img)
+            .arg("::/pak/a/vmlinuz-new")
+            .output()
+            .unwrap();
+        assert!(t.stdout == kernel);
+        let f = std::fs::File::open(&img).unwrap();
+        let mut v = Volume::open(ReadOnly(f), 0).unwrap();
+        let names: Vec<String> = v
+            .list("pak/a")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["vmlinuz-new"]);
+    }
+
+    /// Lets a read-only file satisfy the editor's bounds in tests.
+    struct ReadOnly(std::fs::File);
+    impl std::io::Read for ReadOnly {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for ReadOnly {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("read-only"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for ReadOnly {
+        fn seek(&mut self, p: SeekFrom) -> std::io::Result<u64> {
+            self.0.seek(p)
+        }
     }
 }
