@@ -191,3 +191,61 @@ fn missing_qemu_names_the_packages_to_install() {
         "{err}"
     );
 }
+
+fn pak_cli(args: &[&str]) -> String {
+    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "pak {args:?}: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+#[test]
+fn system_status_and_mark_good_offline_and_inside_the_guest() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("minimal.raw");
+    build("minimal", &img);
+    let disk = img.to_str().unwrap();
+    let status = pak_cli(&["system", "status", "--disk", disk]);
+    assert!(
+        status.contains("boots next: generation 1 from slot a"),
+        "{status}"
+    );
+    assert!(
+        status.contains("slot a: pending, generation 1, 3 tries left, 0 done"),
+        "{status}"
+    );
+    assert!(status.contains("slot b: empty"), "{status}");
+
+    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    m.wait_for("pak-init: switching to /sbin/init", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let live = m.succeed("pak system status").unwrap();
+    assert!(
+        live.contains("booted: generation 1 from slot a") && live.contains("2 tries left, 1 done"),
+        "{live}"
+    );
+    assert!(
+        m.succeed("pak system mark-good")
+            .unwrap()
+            .contains("marked generation 1 (slot a) good")
+    );
+    m.reboot().unwrap();
+    assert!(
+        m.succeed("pak system status")
+            .unwrap()
+            .contains("slot a: good, generation 1")
+    );
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+    drop(m);
+    // A good entry is not counted down any more, and the ESP stays clean.
+    let offline = pak_cli(&["system", "status", "--disk", disk]);
+    assert!(offline.contains("default entry: pak-a-1.conf"), "{offline}");
+}

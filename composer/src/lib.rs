@@ -40,6 +40,7 @@ pub mod sources;
 pub mod squashfs;
 pub mod store;
 pub mod sysconfig;
+pub mod system;
 pub mod timefmt;
 pub mod version;
 pub mod vmtest;

@@ -114,6 +114,9 @@ pub enum Command {
     Owns { path: String },
     /// Remove store entries that no lock, generation or environment needs
     Gc,
+    /// The A/B lifecycle of a pak disk: what boots, what each slot holds
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Build, inspect and convert packages
     #[command(subcommand)]
     Pkg(PkgCommand),
@@ -123,6 +126,26 @@ pub enum Command {
     /// Maintain a repository
     #[command(subcommand)]
     Repo(RepoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// What boots, each slot's generation and state, tries left
+    Status {
+        /// A disk image instead of the running system
+        #[arg(long)]
+        disk: Option<PathBuf>,
+    },
+    /// The generations on the disk, newest first
+    Generations {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+    },
+    /// Mark the booted generation good: strip its boot-tries counter
+    MarkGood {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,
         Command::Gc => pkg::gc(g)?,
+        Command::System(cmd) => system(g, cmd)?,
         Command::Pkg(PkgCommand::Create { dir, output }) => pkg::create(&dir, output)?,
         Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,
         Command::Pkg(PkgCommand::Verify { file }) => pkg::verify(g, &file)?,
@@ -243,4 +267,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => pkg::repo_index(&dir, &key, expires_in, version)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn system(g: &Global, cmd: SystemCommand) -> anyhow::Result<()> {
+    use crate::system::PakDisk;
+    let open = |disk: Option<PathBuf>| match disk {
+        Some(d) => PakDisk::open_image(&d),
+        None => PakDisk::open_live(),
+    };
+    match cmd {
+        SystemCommand::Status { disk } => {
+            let status = open(disk)?.status()?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::system::render(&status));
+            }
+        }
+        SystemCommand::Generations { disk } => {
+            let status = open(disk)?.status()?;
+            let mut slots: Vec<_> = status
+                .slots
+                .iter()
+                .filter(|s| s.generation.is_some())
+                .collect();
+            slots.sort_by_key(|s| std::cmp::Reverse(s.generation));
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&slots)?);
+            } else {
+                for s in slots {
+                    let mark = if status.booted_slot == Some(s.slot) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        "{mark} {:>4}  slot {}  {}",
+                        s.generation.unwrap_or(0),
+                        s.slot,
+                        s.state
+                    );
+                }
+            }
+        }
+        SystemCommand::MarkGood { disk } => println!("{}", open(disk)?.mark_good()?),
+    }
+    Ok(())
 }
