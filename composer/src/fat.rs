@@ -648,28 +648,8 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         Ok(out)
     }
 
-    /// The directory holding `path` (`a/b/c` → the cluster of `a/b`) and
-    /// the last component.
-    fn parent<'p>(&mut self, path: &'p str) -> Result<(u32, &'p str)> {
-        let (dir, name) = path
-            .trim_matches('/')
-            .rsplit_once('/')
-            .unwrap_or(("", path.trim_matches('/')));
-        let mut c = self.root;
-        for comp in dir.split('/').filter(|s| !s.is_empty()) {
-            let e = self
-                .entries(c)?
-                .into_iter()
-                .find(|e| e.is_dir && e.name.eq_ignore_ascii_case(comp));
-            c = e
-                .with_context(|| format!("no directory {comp} on the ESP"))?
-                .cluster;
-        }
-        Ok((c, name))
-    }
-
-    /// The entries of a directory (`""` is the root).
-    pub fn list(&mut self, dir: &str) -> Result<Vec<DirEntry>> {
+    /// The first cluster of a directory (`""` is the root).
+    fn dir_cluster(&mut self, dir: &str) -> Result<u32> {
         let mut c = self.root;
         for comp in dir.split('/').filter(|s| !s.is_empty()) {
             let e = self
@@ -680,6 +660,22 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
                 .with_context(|| format!("no directory {dir} on the ESP"))?
                 .cluster;
         }
+        Ok(c)
+    }
+
+    /// The directory holding `path` (`a/b/c` → the cluster of `a/b`) and
+    /// the last component.
+    fn parent<'p>(&mut self, path: &'p str) -> Result<(u32, &'p str)> {
+        let (dir, name) = path
+            .trim_matches('/')
+            .rsplit_once('/')
+            .unwrap_or(("", path.trim_matches('/')));
+        Ok((self.dir_cluster(dir)?, name))
+    }
+
+    /// The entries of a directory (`""` is the root).
+    pub fn list(&mut self, dir: &str) -> Result<Vec<DirEntry>> {
+        let c = self.dir_cluster(dir)?;
         self.entries(c)
     }
 
