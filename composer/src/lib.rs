@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod deb;
 pub mod debian;
 pub mod disk;
+pub mod env;
 pub mod fat;
 pub mod fetch;
 pub mod fsutil;

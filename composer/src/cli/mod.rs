@@ -1,5 +1,6 @@
 //! The command line: a thin layer that parses arguments and calls the library.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::project::Update;
 use crate::root::Root;
 
+mod env;
 mod pkg;
 mod project;
 
@@ -126,6 +128,38 @@ pub enum Command {
     /// Maintain a repository
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// User environments: packages shown over the read-only system, unprivileged
+    #[command(subcommand)]
+    Env(env::EnvCommand),
+    /// Run a command inside an environment (default: the current directory's Pakfile)
+    Run {
+        /// The environment (default: the Pakfile of the current directory, locked on first use)
+        #[arg(short = 'e', long = "env", value_name = "NAME")]
+        env: Option<String>,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// A throwaway environment with PKG: a shell, or `-- CMD`; nothing is kept
+    Taste {
+        /// NAME or NAME==VERSION
+        pkg: String,
+        /// Run this command instead of $SHELL
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Add a package (NAME or NAME==VERSION) to an environment and fetch it
+    Install {
+        #[command(flatten)]
+        target: env::Target,
+        pkg: String,
+    },
+    /// Remove a package from an environment
+    Uninstall {
+        #[command(flatten)]
+        target: env::Target,
+        pkg: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +299,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expires_in,
             version,
         }) => pkg::repo_index(&dir, &key, expires_in, version)?,
+        Command::Env(cmd) => env::command(g, cmd)?,
+        Command::Run { env: name, cmd } => return env::run(g, name, cmd),
+        Command::Taste { pkg, cmd } => return env::taste(g, &pkg, cmd),
+        Command::Install { target, pkg } => env::install(g, target, &pkg)?,
+        Command::Uninstall { target, pkg } => env::uninstall(g, target, &pkg)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -100,6 +100,8 @@ pub fn owns(g: &Global, path: &str) -> Result<()> {
 }
 
 pub fn gc(g: &Global) -> Result<()> {
+    // Environments' locks may have changed since their packages were fetched.
+    crate::env::register_gc_roots(&g.root())?;
     let store = Store::open(&g.root())?;
     let removed = store.gc()?;
     if !g.quiet {
