@@ -1,5 +1,8 @@
 //! How long entering a sandbox costs: process start to the command's exit,
-//! warm, for `true` run plainly and through `pak::sandbox` with ten trees.
+//! warm, for `true` run plainly, through `pak::sandbox` with ten trees, and
+//! through the real `pak run -e NAME -- true` binary path (an environment of
+//! ten packages from a signed local repository: Pakfile and lock read, lock
+//! checked, store looked up, sandbox entered, `true` exec'd).
 //!
 //! `cargo bench --bench run` prints median and p95 per case and fails when
 //! the sandbox's median overhead over `env true` exceeds the budget.
@@ -123,6 +126,19 @@ fn bench((warmup, iterations): (usize, usize)) -> ExitCode {
         args
     };
     let plain: Vec<OsString> = vec!["--child".into(), "--".into(), "true".into()];
+    let pak_root = make_env(scratch.path(), &trees);
+    let pak_run = |env: &str| -> Vec<OsString> {
+        vec![
+            "--root".into(),
+            pak_root.clone().into_os_string(),
+            "run".into(),
+            "-e".into(),
+            env.into(),
+            "--".into(),
+            "true".into(),
+        ]
+    };
+    let pak = Path::new(env!("CARGO_BIN_EXE_pak"));
     let mut cases = vec![
         Case::new(
             &format!("env true ({who})"),
@@ -144,6 +160,18 @@ fn bench((warmup, iterations): (usize, usize)) -> ExitCode {
             user,
         ),
     ];
+    cases.push(Case::new(
+        &format!("pak run -e bench -- true, {TREES} pkgs ({who})"),
+        pak,
+        &pak_run("bench"),
+        user,
+    ));
+    cases.push(Case::new(
+        &format!("pak run -e empty -- true, 0 pkgs ({who})"),
+        pak,
+        &pak_run("empty"),
+        user,
+    ));
     if root {
         cases.push(Case::new(
             &format!("sandbox exec, {TREES} trees (root, mount ns only)"),
@@ -227,6 +255,68 @@ fn make_trees(dir: &Path) -> Vec<PathBuf> {
             tree
         })
         .collect()
+}
+
+/// A pak root holding environment `bench` (the ten trees as packages from a
+/// signed repository, locked and fetched) and an empty one, `empty`. Made
+/// by the pak binary itself, so the timed runs take the warm path a user's
+/// second `pak run` takes. World-readable: the runs may be as nobody.
+fn make_env(dir: &Path, trees: &[PathBuf]) -> PathBuf {
+    let pak = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pak"))
+            .args(args)
+            .current_dir(dir)
+            .env("PAK_NO_PROGRESS", "1")
+            .output()
+            .expect("run pak");
+        assert!(
+            out.status.success(),
+            "pak {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let repo = dir.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let mut packages = String::new();
+    for (i, tree) in trees.iter().enumerate() {
+        std::fs::write(
+            tree.join(".PAKINFO"),
+            format!("name = \"bench-pkg-{i:02}\"\nversion = \"1.0\"\narch = \"any\"\n"),
+        )
+        .unwrap();
+        pak(&[
+            "pkg".as_ref(),
+            "create".as_ref(),
+            tree.as_ref(),
+            "-o".as_ref(),
+            repo.as_ref(),
+        ]);
+        std::fs::remove_file(tree.join(".PAKINFO")).unwrap();
+        packages.push_str(&format!("bench-pkg-{i:02} = \"*\"\n"));
+    }
+    pak(&["key".as_ref(), "generate".as_ref(), "bench".as_ref()]);
+    pak(&[
+        "repo".as_ref(),
+        "index".as_ref(),
+        repo.as_ref(),
+        "--key".as_ref(),
+        "bench.key".as_ref(),
+    ]);
+    std::fs::write(
+        dir.join("Pakfile"),
+        format!("[packages]\n{packages}\n[[repository]]\nname = \"bench\"\nurl = \"repo\"\nkey = \"bench.pub\"\n"),
+    )
+    .unwrap();
+    let root = dir.join("pak-root");
+    for args in [
+        ["env", "create", "bench", "--pakfile", "Pakfile"],
+        ["env", "create", "empty", "--pakfile", "/dev/null"],
+    ] {
+        let mut full: Vec<&std::ffi::OsStr> = vec!["--root".as_ref(), root.as_ref()];
+        full.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        pak(&full);
+    }
+    root
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -194,6 +194,9 @@ impl Env {
             dir: tmp.path().to_path_buf(),
             root: root.clone(),
         };
+        // tempfile makes it private; an environment is no secret, and a
+        // root-made one may be run by others (benchmarks run it as nobody).
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
         crate::fsutil::write_atomic(&staged.pakfile_path(), text.as_bytes())?;
         let mut changes = Vec::new();
         if !packages.is_empty() {
@@ -348,6 +351,13 @@ pub struct Prepared {
 /// path reads two files and checks directories, nothing else.
 pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
     let project = Project::open(pakfile, root.clone())?;
+    // An empty environment needs no resolving (nor a repository).
+    if project.pakfile.packages.is_empty() && !project.lock_path().exists() {
+        return Ok(Prepared {
+            sandbox: Sandbox::default(),
+            fetched: false,
+        });
+    }
     let outcome = project.lock(Update::IfNeeded)?;
     let located = locate(&outcome.lock, root);
     let mut found = located.found;
