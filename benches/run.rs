@@ -313,7 +313,7 @@ fn make_env(dir: &Path, trees: &[PathBuf]) -> PathBuf {
         ["env", "create", "empty", "--pakfile", "/dev/null"],
     ] {
         let mut full: Vec<&std::ffi::OsStr> = vec!["--root".as_ref(), root.as_ref()];
-        full.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        full.extend(args.iter().map(std::ffi::OsStr::new));
         pak(&full);
     }
     root
