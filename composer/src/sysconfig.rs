@@ -216,8 +216,12 @@ mkdir -p /var/log /var/lib /var/cache /var/tmp /var/www /root
 chmod 1777 /var/tmp
 "#;
 
+// The `user` environment's commands come first; it lives where pak's root
+// is for that user (see root.rs): /var/lib/pak for root, XDG data otherwise.
 const PROFILE: &str = r#"# Written by pak. Login shells read this.
-export PATH="$HOME/.local/share/pak/envs/user/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+if [ "$(id -u)" = 0 ]; then pak_envs=/var/lib/pak/envs; else pak_envs="${XDG_DATA_HOME:-$HOME/.local/share}/pak/envs"; fi
+export PATH="$pak_envs/user/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+unset pak_envs
 export PS1='\h:\w\$ '
 "#;
 
