@@ -779,3 +779,36 @@ fn enter_starts_a_shell_inside_that_names_the_environment() {
         "{stdout}"
     );
 }
+
+/// Without -e or --user, install edits the Pakfile of the current
+/// directory, the way `pak run` without -e uses it.
+#[test]
+fn install_without_an_environment_edits_the_project_pakfile() {
+    let fx = Fixture::new();
+    assert_ok(&fx.run(&["install", "other"]));
+    let text = read(&fx.work.join("Pakfile"));
+    assert!(
+        text.starts_with("# the project's own Pakfile\n")
+            && text.contains("hello = \"< 2\"\nother = \"*\"\n"),
+        "{text}"
+    );
+    assert!(read(&fx.work.join("Pakfile.lock")).contains("name = \"other\""));
+    assert_eq!(
+        assert_ok(&fx.run(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "pak-envtest-other && /bin/pak-envtest-other"
+        ])),
+        "other\nother\n"
+    );
+    assert!(
+        !fx.user_root().join("envs").exists(),
+        "no environment is made"
+    );
+    assert_ok(&fx.run(&["uninstall", "other"]));
+    assert!(!read(&fx.work.join("Pakfile")).contains("other"));
+    let out = fx.run(&["run", "--", "pak-envtest-other"]);
+    assert_eq!(out.status.code(), Some(127));
+}

@@ -60,9 +60,9 @@ pub fn command(g: &Global, cmd: EnvCommand) -> Result<()> {
                 }
                 let summary = env.summary();
                 println!(
-                    "created environment {name} at {} ({} packages requested, {} locked)",
+                    "created environment {name} at {} ({} requested, {} locked)",
                     env.dir.display(),
-                    summary.packages.len(),
+                    count(summary.packages.len(), "package"),
                     summary.locked.unwrap_or(0)
                 );
                 println!(
@@ -86,7 +86,7 @@ pub fn command(g: &Global, cmd: EnvCommand) -> Result<()> {
                     let packages: Vec<&str> = s.packages.keys().map(String::as_str).collect();
                     let state = match (&s.problem, s.locked) {
                         (Some(problem), _) => format!("broken: {problem}"),
-                        (None, Some(n)) => format!("{n} packages locked"),
+                        (None, Some(n)) => format!("{} locked", count(n, "package")),
                         (None, None) => "not locked yet".to_string(),
                     };
                     println!(
@@ -418,11 +418,16 @@ fn threads() -> usize {
         .unwrap_or(1)
 }
 
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn describe_packages(sandbox: &crate::sandbox::Sandbox) -> String {
     match sandbox.lowers.len() {
         0 => "no packages".to_string(),
         n => format!(
-            "{n} packages: {}",
+            "{}: {}",
+            count(n, "package"),
             sandbox
                 .lowers
                 .iter()
