@@ -344,6 +344,8 @@ pub struct Prepared {
     pub sandbox: Sandbox,
     /// Whether this call fetched packages (and so may have started threads).
     pub fetched: bool,
+    /// The lock, when this call wrote it (first use, or the Pakfile changed).
+    pub wrote_lock: Option<PathBuf>,
 }
 
 /// Locks `pakfile` if its lock is missing or no longer fits, and makes every
@@ -356,6 +358,7 @@ pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
         return Ok(Prepared {
             sandbox: Sandbox::default(),
             fetched: false,
+            wrote_lock: None,
         });
     }
     let outcome = project.lock(Update::IfNeeded)?;
@@ -387,6 +390,7 @@ pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
     Ok(Prepared {
         sandbox: Sandbox::new(lowers),
         fetched,
+        wrote_lock: outcome.written.then(|| project.lock_path()),
     })
 }
 
@@ -716,6 +720,9 @@ fn edit(pakfile: &Path, root: &Root, name: &str, req: Option<&str>) -> Result<Ed
         };
         let outcome = project.lock(update)?;
         prepare(pakfile, root)?;
+        // prepare registers only what it fetched or locked itself; the new
+        // lock may need nothing new and still name other packages.
+        register_lock(root, &project.lock_path(), &outcome.lock)?;
         Ok(Edit {
             changes: outcome.changes,
         })

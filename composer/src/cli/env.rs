@@ -157,6 +157,15 @@ pub fn run(g: &Global, name: Option<String>, cmd: Vec<OsString>) -> Result<ExitC
             )
         }
     })?;
+    if let Some(lock) = &prepared.wrote_lock
+        && !g.quiet
+    {
+        eprintln!(
+            "pak: wrote {} ({}); later runs reuse it",
+            lock.display(),
+            count(prepared.sandbox.lowers.len(), "package")
+        );
+    }
     let mut argv = cmd.into_iter();
     let program = argv.next().context("no command given after --")?;
     let code = exec(g, prepared, name.as_deref(), program, argv.collect(), &[])?;
