@@ -812,3 +812,24 @@ fn install_without_an_environment_edits_the_project_pakfile() {
     let out = fx.run(&["run", "--", "pak-envtest-other"]);
     assert_eq!(out.status.code(), Some(127));
 }
+
+/// Concurrent installs into one environment are serialised: neither
+/// edit of the Pakfile is lost.
+#[test]
+fn concurrent_installs_keep_both_packages() {
+    let fx = Fixture::new();
+    assert_ok(&fx.run(&["env", "create", "dev"]));
+    for _ in 0..3 {
+        let a = fx.pak(&["install", "-e", "dev", "other"]).spawn().unwrap();
+        let b = fx.pak(&["install", "-e", "dev", "hello"]).spawn().unwrap();
+        assert_ok(&a.wait_with_output().unwrap());
+        assert_ok(&b.wait_with_output().unwrap());
+        let packages = read(&fx.env_dir("dev").join("Pakfile"));
+        assert!(
+            packages.contains("other = \"*\"") && packages.contains("hello = \"*\""),
+            "{packages}"
+        );
+        assert_ok(&fx.run(&["uninstall", "-e", "dev", "other"]));
+        assert_ok(&fx.run(&["uninstall", "-e", "dev", "hello"]));
+    }
+}

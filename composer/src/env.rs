@@ -139,6 +139,25 @@ impl Env {
         Ok(env)
     }
 
+    /// Serialises changes to this environment (install, uninstall, remove):
+    /// an exclusive flock on its directory, held until the guard drops.
+    /// Runs take no lock; they see the old lock or the new one, never a mix.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let dir = std::fs::File::open(&self.dir)
+            .with_context(|| format!("cannot open {}", self.dir.display()))?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", self.dir.display()))?;
+        // It may have been removed while we waited.
+        if !self.pakfile_path().is_file() {
+            bail!(
+                "environment {:?} was removed meanwhile; create it again with `pak env create {}`",
+                self.name,
+                self.name
+            );
+        }
+        Ok(dir)
+    }
+
     pub fn pakfile_path(&self) -> PathBuf {
         self.dir.join("Pakfile")
     }

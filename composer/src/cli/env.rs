@@ -103,6 +103,7 @@ pub fn command(g: &Global, cmd: EnvCommand) -> Result<()> {
         }
         EnvCommand::Remove { name } => {
             let env = Env::open(&root, &name)?;
+            let _guard = env.lock()?;
             env.remove()?;
             if !g.quiet {
                 println!("removed environment {name}; `pak gc` frees the packages only it used");
@@ -231,6 +232,7 @@ pub fn install(g: &Global, target: Target, spec: &str) -> Result<()> {
         .map(Env::pakfile_path)
         .unwrap_or_else(|| g.pakfile.clone());
     let where_ = describe_target(env.as_ref(), &pakfile);
+    let _guard = env.as_ref().map(Env::lock).transpose()?;
     let result = env::install(&pakfile, &root, &name, &req)
         .and_then(|edit| {
             if let Some(env) = &env {
@@ -265,6 +267,7 @@ pub fn uninstall(g: &Global, target: Target, name: &str) -> Result<()> {
         .map(Env::pakfile_path)
         .unwrap_or_else(|| g.pakfile.clone());
     let where_ = describe_target(env.as_ref(), &pakfile);
+    let _guard = env.as_ref().map(Env::lock).transpose()?;
     let edit = env::uninstall(&pakfile, &root, name)
         .and_then(|edit| {
             if let Some(env) = &env {
