@@ -155,7 +155,7 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
     std::fs::write(
         image_dir.join("Pakfile"),
         format!(
-            "{minimal}\n[files]\n\"/etc/pak/repositories.toml\" = {{ source = \"repositories.toml\" }}\n"
+            "{minimal}\n[files]\n\"/etc/pak/repositories.toml\" = {{ source = \"repositories.toml\" }}\n\n[users.alice]\nuid = 1000\n"
         ),
     )
     .unwrap();
@@ -201,6 +201,25 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
     // Shown over the system, never written into it.
     m.fail("test -e /usr/bin/e2e-hello").unwrap();
 
+    // An ordinary user: own store under ~/.local/share/pak, a user
+    // namespace for the sandbox, and /etc/profile's PATH for login shells.
+    m.succeed("mkdir -p /home/alice && chown 1000:1000 /home/alice")
+        .unwrap();
+    let (status, out) = m
+        .execute(
+            "su -l alice -c 'PAK_NO_PROGRESS=1 pak install --user e2e-hello'",
+            NET,
+        )
+        .unwrap();
+    assert_eq!(status, 0, "pak install --user as alice failed:\n{out}");
+    let alice = m
+        .succeed("su -l alice -c 'command -v e2e-hello && e2e-hello && id -u'")
+        .unwrap();
+    assert_eq!(
+        alice.trim(),
+        "/home/alice/.local/share/pak/envs/user/bin/e2e-hello\nhello from the user environment, env=user\n1000"
+    );
+
     m.reboot().unwrap();
     // No network now: the lock and the store on the data partition suffice.
     m.fail("ip addr show eth0 | grep -q 10.0.2.15").unwrap();
@@ -209,6 +228,10 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
         "hello from the user environment, env=user"
     );
     assert!(m.succeed("pak env list").unwrap().contains("e2e-hello"));
+    assert_eq!(
+        m.succeed("su -l alice -c e2e-hello").unwrap().trim(),
+        "hello from the user environment, env=user"
+    );
 
     // SWITCH STEP (to be added with `pak system switch`): switch this machine
     // to a new generation here, reboot into it, and check that `e2e-hello`
