@@ -1007,8 +1007,10 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
             let entries = self.entries(d)?;
             // Long-name slots that belong to no entry: what a cut in the
             // middle of adding or removing an entry leaves behind.
-            let owned: std::collections::HashSet<u64> =
-                entries.iter().flat_map(|e| e.slots.iter().copied()).collect();
+            let owned: std::collections::HashSet<u64> = entries
+                .iter()
+                .flat_map(|e| e.slots.iter().copied())
+                .collect();
             'scan: for c in chain {
                 let pos = self.cluster_pos(c);
                 let mut buf = vec![0u8; self.cluster_bytes as usize];
@@ -1091,6 +1093,11 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         Ok(())
     }
 
+    /// The device underneath, for writes outside the ESP (a slot).
+    pub fn device(&mut self) -> &mut F {
+        &mut self.f
+    }
+
     pub fn into_inner(self) -> F {
         self.f
     }
@@ -1159,7 +1166,10 @@ mod edit_tests {
         v.create("pak/b/lost", &kernel).unwrap();
         let lost = v.find("pak/b/lost").unwrap().unwrap();
         v.unlink(&lost).unwrap();
-        assert_eq!(v.reclaim_lost_clusters().unwrap() as u64, v.footprint(kernel.len() as u64) / v.cluster_bytes);
+        assert_eq!(
+            v.reclaim_lost_clusters().unwrap() as u64,
+            v.footprint(kernel.len() as u64) / v.cluster_bytes
+        );
         assert_eq!(v.reclaim_lost_clusters().unwrap(), 0);
         for i in 0..80 {
             // Enough long names to grow the directory past one cluster.
