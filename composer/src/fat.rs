@@ -1052,10 +1052,11 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
                 freed += 1;
             }
         }
-        if freed > 0 || orphans > 0 {
+        if orphans > 0 || freed > 0 {
             self.f.flush()?;
-            self.update_fsinfo()?;
         }
+        // The free count a cut may have left stale.
+        self.update_fsinfo()?;
         Ok(freed)
     }
 

@@ -72,8 +72,69 @@ impl Device for SyncFile {
     }
 }
 
+/// Fault injection: passes reads through and lets `n` writes and flushes
+/// reach the device, then fails every later one, as if the power had been
+/// cut there. `pak system` honours `PAK_CUT_AFTER_OPS=N` on `--disk` images
+/// so tests can stop a real run at any boundary; unset, nothing is cut.
+pub struct CutAfter<D> {
+    inner: D,
+    left: u64,
+    /// Writes and flushes that reached the device.
+    pub ops: u64,
+}
+
+impl<D> CutAfter<D> {
+    pub fn new(inner: D, n: u64) -> Self {
+        CutAfter {
+            inner,
+            left: n,
+            ops: 0,
+        }
+    }
+    pub fn into_inner(self) -> D {
+        self.inner
+    }
+    fn spend(&mut self) -> io::Result<()> {
+        if self.left == 0 {
+            return Err(io::Error::other("power cut (PAK_CUT_AFTER_OPS)"));
+        }
+        self.left -= 1;
+        self.ops += 1;
+        Ok(())
+    }
+}
+
+impl<D: Read> Read for CutAfter<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+impl<D: Write> Write for CutAfter<D> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.spend()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.spend()?;
+        self.inner.flush()
+    }
+}
+impl<D: Seek> Seek for CutAfter<D> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+impl<D: Device> Device for CutAfter<D> {
+    fn forget_cache(&mut self) -> io::Result<()> {
+        self.inner.forget_cache()
+    }
+}
+
+/// A disk file or device as `pak system` opens it.
+pub type DiskFile = CutAfter<SyncFile>;
+
 /// A pak disk, opened for reading and edits.
-pub struct PakDisk<D: Device = SyncFile> {
+pub struct PakDisk<D: Device = DiskFile> {
     name: String,
     esp: Volume<D>,
     root_a: Partition,
@@ -183,11 +244,21 @@ impl<S: Read + Seek> Incoming<S> {
     }
 }
 
-impl PakDisk<SyncFile> {
+impl PakDisk<DiskFile> {
     /// A disk image file.
     pub fn open_image(path: &Path) -> Result<Self> {
         let f = open_locked(path)?;
-        Self::open(SyncFile(f), &path.display().to_string(), None)
+        let cut = match std::env::var("PAK_CUT_AFTER_OPS") {
+            Ok(n) => n
+                .parse()
+                .context("PAK_CUT_AFTER_OPS must be a number of operations")?,
+            Err(_) => u64::MAX,
+        };
+        Self::open(
+            CutAfter::new(SyncFile(f), cut),
+            &path.display().to_string(),
+            None,
+        )
     }
 
     /// The disk of the running pak system.
@@ -204,7 +275,7 @@ impl PakDisk<SyncFile> {
         let disk = disk_of_partition("esp")?;
         let f = open_locked(&disk)?;
         Self::open(
-            SyncFile(f),
+            CutAfter::new(SyncFile(f), u64::MAX),
             &disk.display().to_string(),
             Some((slot, generation)),
         )
@@ -396,6 +467,13 @@ impl<D: Device> PakDisk<D> {
         Ok(format!(
             "marked generation {generation} (slot {slot}) good: {entry} -> {good}"
         ))
+    }
+
+    /// Tidies what an interrupted edit left on the ESP (clusters and
+    /// long-name slots no file owns, a stale free count). Every switch and
+    /// rollback does this first.
+    pub fn repair(&mut self) -> Result<u32> {
+        self.esp.reclaim_lost_clusters()
     }
 
     /// The highest generation number on the disk.
