@@ -222,7 +222,7 @@ fn disk_with(dir: &Path, g: &Gen) -> Vec<u8> {
     std::fs::read(&img).unwrap()
 }
 
-fn open(bytes: Vec<u8>) -> PakDisk<Cursor<Vec<u8>>> {
+fn open(bytes: Vec<u8>) -> MemDisk {
     PakDisk::open(Cursor::new(bytes), "test disk", None).unwrap()
 }
 
@@ -437,11 +437,13 @@ fn bad_inputs_are_refused_and_change_nothing() {
 /// Runs `op` over `base` cut after every possible number of writes and
 /// flushes; checks each result boots a good generation, and that a retry
 /// after the cut completes. Returns (cut points, generations booted).
+type MemDisk = PakDisk<Cursor<Vec<u8>>>;
+
 fn cut_everywhere(
     dir: &Path,
     base: &[u8],
     op: &dyn Fn(&mut PakDisk<CutAfter<CowDisk>>) -> anyhow::Result<()>,
-    retry: &dyn Fn(&mut PakDisk<Cursor<Vec<u8>>>) -> anyhow::Result<()>,
+    retry: &dyn Fn(&mut MemDisk) -> anyhow::Result<()>,
 ) -> (u64, Vec<u64>) {
     let base = CowDisk::new(base);
     // The whole operation's length, uncut.
@@ -475,7 +477,7 @@ fn cut_everywhere(
 
 /// What an operator does after a cut switch: switch again, unless the new
 /// generation already boots next (then only tidy the ESP).
-fn finish_switch(d: &mut PakDisk<Cursor<Vec<u8>>>, g: &Gen) -> anyhow::Result<()> {
+fn finish_switch(d: &mut MemDisk, g: &Gen) -> anyhow::Result<()> {
     if d.status()?.booted_generation == Some(g.meta.number) {
         d.repair()?;
         return Ok(());
