@@ -329,6 +329,11 @@ impl<D: Device> PakDisk<D> {
         })
     }
 
+    /// The device underneath.
+    pub fn device(&mut self) -> &mut D {
+        self.esp.device()
+    }
+
     /// The device, for tests that inspect what was written.
     pub fn into_device(self) -> D {
         self.esp.into_inner()
@@ -881,6 +886,15 @@ impl Diff {
         }
         out
     }
+}
+
+/// Whether the running system booted an entry that still counts tries
+/// (what `/init` asks before arming the watchdog). Unknown counts as no:
+/// a watchdog must never be armed where nothing will stop it.
+pub fn booted_on_trial() -> bool {
+    PakDisk::open_live()
+        .and_then(|mut d| d.status())
+        .is_ok_and(|s| s.booted_good == Some(false))
 }
 
 /// The whole-disk device holding the partition with this GPT label.

@@ -99,6 +99,10 @@ pub enum Command {
         /// Guest memory in MiB
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// Attach FILE as another read-only disk (/dev/vdb, ...), e.g. a
+        /// generation to `pak system switch /dev/vdb` to
+        #[arg(long, value_name = "FILE")]
+        drive: Vec<PathBuf>,
     },
     /// Boot an image and run a test script against it; exit 0 on pass
     #[command(
@@ -113,6 +117,9 @@ pub enum Command {
         /// Discard the guest's writes to the image
         #[arg(long)]
         snapshot: bool,
+        /// Attach FILE as another read-only disk (/dev/vdb, ...)
+        #[arg(long, value_name = "FILE")]
+        drive: Vec<PathBuf>,
     },
     /// Search the Pakfile's repositories
     Search { term: String },
@@ -267,17 +274,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             image,
             snapshot,
             memory,
+            drive,
         } => crate::qemu::run_interactive(&crate::qemu::VmConfig {
             image,
             memory_mib: memory,
             snapshot,
             interactive: true,
+            drives: drive,
         })?,
         Command::Test {
             image,
             script,
             log,
             snapshot,
+            drive,
         } => {
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("cannot read {}", script.display()))?;
@@ -288,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mib: 1024,
                 snapshot,
                 interactive: false,
+                drives: drive,
             };
             crate::vmtest::run_script(&cfg, &steps, &log)?;
             println!(

@@ -90,6 +90,9 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                     d.switch(&mut incoming, force)?
                 }
             };
+            if std::env::var_os("PAK_CUT_AFTER_OPS").is_some() {
+                eprintln!("pak: device operations: {}", d.device().ops);
+            }
             println!(
                 "generation {} written to slot {} ({} MiB, sha256 {}); it boots next, with {}",
                 done.generation,
