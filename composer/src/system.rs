@@ -289,12 +289,15 @@ fn open_locked(path: &Path) -> Result<File> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        anyhow::anyhow!(
-            "another pak command is working on {}; wait for it to finish",
+    use rustix::fs::FlockOperation;
+    if rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+        eprintln!(
+            "waiting for another pak command working on {}",
             path.display()
-        )
-    })?;
+        );
+        rustix::fs::flock(&f, FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+    }
     Ok(f)
 }
 
