@@ -75,7 +75,11 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
     let gen1 = pakfile(w, "gen1", "");
     pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
     // Generation 2: one package more.
-    let gen2 = pakfile(w, "gen2", "\n[packages]\nhello = \"*\"\n");
+    let gen2 = pakfile(
+        w,
+        "gen2",
+        "\n[packages]\nhello = \"*\"\n\n[files]\n\"/etc/motd\" = \"generation 2\\n\"\n",
+    );
     let sqfs = w.join("gen2.sqfs");
     pak(&[
         "--pakfile",
@@ -91,6 +95,8 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
     m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     m.fail("hello").unwrap();
+    // A local change to a file the next generation changes too.
+    m.succeed("echo mine > /etc/motd").unwrap();
     let out = m.succeed("pak system switch /dev/vdb").unwrap();
     assert!(
         out.contains("generation 2 written to slot b") && out.contains("pak-b-2+3.conf"),
@@ -112,8 +118,13 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
             && status.contains("slot a: good, generation 1"),
         "{status}"
     );
-    m.succeed("echo survives > /var/switch-test && echo mine > /etc/motd")
-        .unwrap();
+    // The user's /etc/motd wins, and status says so.
+    assert_eq!(m.succeed("cat /etc/motd").unwrap().trim(), "mine");
+    assert!(
+        status.contains("/etc files you changed") && status.contains("  /etc/motd"),
+        "{status}"
+    );
+    m.succeed("echo survives > /var/switch-test").unwrap();
 
     let out = m.succeed("pak system rollback").unwrap();
     assert!(out.contains("generation 1 (slot a) boots next"), "{out}");
@@ -137,6 +148,76 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
     );
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
+}
+
+/// A generation whose init hangs instead of exiting: the watchdog armed for
+/// the boot on trial resets the machine each time, then the fallback.
+#[test]
+fn a_generation_that_hangs_is_reset_by_the_watchdog() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let img = w.join("minimal.raw");
+    let gen1 = pakfile(w, "gen1", "");
+    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
+    let hangs = pakfile(w, "hangs", "");
+    let text = std::fs::read_to_string(&hangs).unwrap().replace(
+        "cmdline = \"console=ttyS0 panic=10\"",
+        "cmdline = \"console=ttyS0 panic=10 init=/bin/cat pak.watchdog=10\"",
+    );
+    std::fs::write(&hangs, text).unwrap();
+    let sqfs = w.join("hangs.sqfs");
+    pak(&[
+        "--pakfile",
+        &hangs,
+        "build",
+        "--generation",
+        s(&sqfs),
+        "--number",
+        "2",
+    ]);
+    let mut m = Machine::start(&vm(&img, &[&sqfs]), &w.join("console.log")).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    m.succeed("pak system switch /dev/vdb").unwrap();
+    m.send("sync; reboot\n").unwrap();
+    for _ in 0..3 {
+        m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+            .unwrap();
+        m.wait_for(
+            "watchdog resets the machine unless it is marked good within 10s",
+            BOOT,
+        )
+        .unwrap();
+        m.wait_for("switching to /bin/cat", BOOT).unwrap();
+    }
+    m.wait_for("pak-init: starting generation 1 from slot a", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let status = m.succeed("pak system status").unwrap();
+    assert!(status.contains("slot b: bad, generation 2"), "{status}");
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
+
+/// `pak system switch --pakfile` builds the generation first, numbered
+/// after the disk's newest.
+#[test]
+fn switch_builds_from_a_pakfile() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let img = w.join("minimal.raw");
+    let gen1 = pakfile(w, "gen1", "");
+    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
+    pak(&["system", "mark-good", "--disk", s(&img)]);
+    let gen2 = pakfile(w, "gen2", "\n[packages]\nhello = \"*\"\n");
+    let out = pak(&["--pakfile", &gen2, "system", "switch", "--disk", s(&img)]);
+    assert!(
+        out.contains("built generation 2 of minimal") && out.contains("written to slot b"),
+        "{out}"
+    );
+    let diff = pak(&["system", "diff", "--disk", s(&img), "1", "2"]);
+    assert!(diff.contains("+ hello "), "{diff}");
+    pak(&["system", "verify", "--disk", s(&img)]);
 }
 
 #[test]
@@ -247,7 +328,8 @@ fn disks_cut_during_a_switch_boot_under_qemu() {
         let cmdline = m.succeed("cat /proc/cmdline").unwrap();
         assert!(
             cmdline.contains(&format!("pak.generation={expect}")),
-            "cut after {n} of {total}: {cmdline}"
+            "cut after {n} of {total}: {cmdline}\n{}",
+            m.tail(200)
         );
         m.send("poweroff\n").unwrap();
         m.wait_for_shutdown(BOOT).unwrap();

@@ -33,7 +33,7 @@ const MODULE_LIST: &str = "/etc/pak/modules";
 const FACTORY_VAR: &str = "usr/share/factory/var";
 const ETC_UPPER: &str = "lib/pak/etc/upper";
 const ETC_WORK: &str = "lib/pak/etc/work";
-const ETC_BASE: &str = "lib/pak/etc/base";
+const ETC_STATE: &str = "lib/pak/etc";
 const ETC_CONFLICTS: &str = "lib/pak/etc/conflicts";
 const WAIT_FOR_DISKS: Duration = Duration::from_secs(30);
 /// Seconds a boot on trial has to be marked good, unless `pak.watchdog=`.
@@ -185,7 +185,7 @@ fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
         fs::create_dir_all(&upper).and_then(|_| fs::create_dir_all(&work)),
     )?;
     let etc = Path::new(SYSROOT).join("etc");
-    let conflicts = etc_conflicts(&etc, &upper, &var.join(ETC_BASE)).unwrap_or_else(|e| {
+    let conflicts = etc_conflicts(&etc, &upper, &var.join(ETC_STATE)).unwrap_or_else(|e| {
         say(&format!("could not compare /etc with your changes: {e}"));
         Vec::new()
     });
@@ -275,31 +275,58 @@ fn arm_watchdog(seconds: u32) -> Result<bool> {
 }
 
 /// The `/etc` files the user changed (in `upper`) whose image copy (in
-/// `lower`) changed since the user's copy was first seen, as `/etc/...`
-/// paths. `base` records, per user-changed file, a digest of the image's
-/// copy when the user's first appeared; entries whose user copy is gone are
-/// dropped, so removing your copy resolves a conflict.
-fn etc_conflicts(lower: &Path, upper: &Path, base: &Path) -> Result<Vec<String>> {
+/// `lower`) changed since the user's copy was made, as `/etc/...` paths.
+///
+/// `state` keeps two records. `lower` holds a digest of every image file as
+/// of the last boot. `base` holds, per user-changed file, the digest of the
+/// image's copy the user's copy was made against: when a user file first
+/// appears, that is the one from the last boot's record (the user edited it
+/// then), or the current one on the first boot. Entries whose user copy is
+/// gone are dropped, so removing your copy resolves a conflict.
+fn etc_conflicts(lower: &Path, upper: &Path, state: &Path) -> Result<Vec<String>> {
+    let read = |name: &str| -> std::collections::BTreeMap<String, String> {
+        fs::read_to_string(state.join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(p, d)| (p.to_string(), d.to_string()))
+            .collect()
+    };
+    let write = |name: &str, m: &std::collections::BTreeMap<String, String>| {
+        let text: String = m.iter().map(|(p, d)| format!("{p}\t{d}\n")).collect();
+        fs::write(state.join(name), text).map_err(|e| format!("write {name}: {e}"))
+    };
+    let mut image = Vec::new();
+    walk_files(lower, lower, &mut image).map_err(|e| format!("read {}: {e}", lower.display()))?;
+    let now: std::collections::BTreeMap<String, String> = image
+        .into_iter()
+        .map(|p| {
+            let d = digest(&lower.join(&p));
+            (p, d)
+        })
+        .collect();
     let mut changed = Vec::new();
     walk_files(upper, upper, &mut changed).map_err(|e| format!("read {}: {e}", upper.display()))?;
-    let old: std::collections::BTreeMap<String, String> = fs::read_to_string(base)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(p, d)| (p.to_string(), d.to_string()))
-        .collect();
-    let mut new = std::collections::BTreeMap::new();
+    let (old_base, last) = (read("base"), read("lower"));
+    let first_boot = !state.join("lower").exists();
+    let mut base = std::collections::BTreeMap::new();
     let mut conflicts = Vec::new();
     for rel in changed {
-        let now = digest(&lower.join(&rel));
-        let was = old.get(&rel).cloned().unwrap_or_else(|| now.clone());
-        if was != now {
+        let current = now.get(&rel).cloned().unwrap_or_else(|| "absent".into());
+        let made_against = old_base.get(&rel).cloned().unwrap_or_else(|| {
+            if first_boot {
+                current.clone()
+            } else {
+                last.get(&rel).cloned().unwrap_or_else(|| "absent".into())
+            }
+        });
+        if made_against != current {
             conflicts.push(format!("/etc/{rel}"));
         }
-        new.insert(rel, was);
+        base.insert(rel, made_against);
     }
-    let text: String = new.iter().map(|(p, d)| format!("{p}\t{d}\n")).collect();
-    fs::write(base, text).map_err(|e| format!("write {}: {e}", base.display()))?;
+    write("base", &base)?;
+    write("lower", &now)?;
     Ok(conflicts)
 }
 
@@ -569,43 +596,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn etc_conflicts_follow_the_image_copy_from_the_users_first_edit() {
+    fn etc_conflicts_follow_the_image_copy_the_user_edited() {
         let t = std::env::temp_dir().join(format!("pak-etc-{}", std::process::id()));
-        let (lower, upper, base) = (t.join("lower"), t.join("upper"), t.join("base"));
-        fs::create_dir_all(lower.join("ssh")).unwrap();
-        fs::create_dir_all(upper.join("ssh")).unwrap();
+        let (lower, upper, state) = (t.join("lower"), t.join("upper"), t.join("state"));
+        for d in [lower.join("ssh"), upper.join("ssh"), state.clone()] {
+            fs::create_dir_all(d).unwrap();
+        }
         fs::write(lower.join("hosts"), "image 1").unwrap();
         fs::write(lower.join("ssh/sshd_config"), "image 1").unwrap();
+        // First boot: nothing changed by the user.
+        assert!(etc_conflicts(&lower, &upper, &state).unwrap().is_empty());
+        // The user edits hosts and adds motd while generation 1 runs; then
+        // generation 2 changes hosts and sshd_config and ships a motd.
         fs::write(upper.join("hosts"), "mine").unwrap();
-        // First boot with the user's copy: recorded, no conflict.
-        assert!(etc_conflicts(&lower, &upper, &base).unwrap().is_empty());
-        // A new generation changes hosts and sshd_config; only hosts was edited.
+        fs::write(upper.join("motd"), "mine").unwrap();
         fs::write(lower.join("hosts"), "image 2").unwrap();
         fs::write(lower.join("ssh/sshd_config"), "image 2").unwrap();
-        assert_eq!(
-            etc_conflicts(&lower, &upper, &base).unwrap(),
-            ["/etc/hosts"]
-        );
+        fs::write(lower.join("motd"), "image 2").unwrap();
+        let both = ["/etc/hosts", "/etc/motd"];
+        assert_eq!(etc_conflicts(&lower, &upper, &state).unwrap(), both);
         // Still listed on the next boot, until the user's copy goes.
-        assert_eq!(
-            etc_conflicts(&lower, &upper, &base).unwrap(),
-            ["/etc/hosts"]
-        );
-        // A file the user adds that the image later ships.
-        fs::write(upper.join("ssh/extra"), "mine").unwrap();
-        assert_eq!(
-            etc_conflicts(&lower, &upper, &base).unwrap(),
-            ["/etc/hosts"]
-        );
-        fs::write(lower.join("ssh/extra"), "image 3").unwrap();
-        assert_eq!(
-            etc_conflicts(&lower, &upper, &base).unwrap(),
-            ["/etc/hosts", "/etc/ssh/extra"]
-        );
+        assert_eq!(etc_conflicts(&lower, &upper, &state).unwrap(), both);
         fs::remove_file(upper.join("hosts")).unwrap();
         assert_eq!(
-            etc_conflicts(&lower, &upper, &base).unwrap(),
-            ["/etc/ssh/extra"]
+            etc_conflicts(&lower, &upper, &state).unwrap(),
+            ["/etc/motd"]
+        );
+        // An edit made against the current image is no conflict.
+        fs::write(upper.join("ssh/sshd_config"), "mine").unwrap();
+        assert_eq!(
+            etc_conflicts(&lower, &upper, &state).unwrap(),
+            ["/etc/motd"]
         );
         fs::remove_dir_all(&t).unwrap();
     }
