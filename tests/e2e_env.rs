@@ -175,10 +175,14 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
         memory_mib: 1024,
         snapshot: false,
         interactive: false,
+        drives: vec![],
     };
     let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
         .unwrap();
+    // The boot's health check prints on the console when it is done; wait
+    // for it so it cannot land inside a command's output.
+    m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     m.fail("command -v e2e-hello").unwrap();
     // The guest's NIC: QEMU's user network, static addressing.
@@ -220,7 +224,12 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
         "/home/alice/.local/share/pak/envs/user/bin/e2e-hello\nhello from the user environment, env=user\n1000"
     );
 
-    m.reboot().unwrap();
+    // Machine::reboot, with the health check's message awaited before the
+    // shell, so it is behind the console cursor either way.
+    m.send("sync; reboot\n").unwrap();
+    m.wait_for("pak-init: starting generation", BOOT).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
     // No network now: the lock and the store on the data partition suffice.
     m.fail("ip addr show eth0 | grep -q 10.0.2.15").unwrap();
     assert_eq!(

@@ -84,10 +84,36 @@ impl fmt::Display for EntryName {
 }
 
 /// The content of an entry for `slot` holding `generation`.
-pub fn render_entry(system: &str, slot: char, generation: u64, cmdline: &str) -> String {
+///
+/// `priority` goes into `version`: all pak entries share one `sort-key`, so
+/// systemd-boot orders them by it, highest first, and `default pak-*` picks
+/// the first that is not bad. A switch gives the new entry the highest
+/// priority; a rollback raises the other slot's entry above the booted one.
+/// `panic=10` is added unless the command line sets `panic=` itself: a
+/// generation whose init dies must reboot (and so use up a try), not hang.
+pub fn render_entry(
+    system: &str,
+    slot: char,
+    generation: u64,
+    priority: u64,
+    cmdline: &str,
+) -> String {
+    let panic = if cmdline.split_whitespace().any(|w| w.starts_with("panic=")) {
+        ""
+    } else {
+        " panic=10"
+    };
     format!(
-        "title {system} (generation {generation}, slot {slot})\nversion {generation}\nsort-key pak\nlinux /pak/{slot}/vmlinuz\ninitrd /pak/{slot}/initrd\noptions {cmdline} pak.slot={slot} pak.generation={generation}\n"
+        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nlinux /pak/{slot}/vmlinuz\ninitrd /pak/{slot}/initrd\noptions {cmdline}{panic} pak.slot={slot} pak.generation={generation}\n"
     )
+}
+
+/// The `version` of an entry's content: its boot priority.
+pub fn priority(content: &str) -> Option<u64> {
+    content.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once(char::is_whitespace)?;
+        (k == "version").then(|| v.trim().parse().ok())?
+    })
 }
 
 pub const LOADER_CONF: &str =
@@ -125,7 +151,11 @@ mod tests {
         ] {
             assert!(EntryName::parse(bad).is_none(), "{bad}");
         }
-        let e = render_entry("minimal", 'a', 1, "console=ttyS0");
-        assert!(e.contains("options console=ttyS0 pak.slot=a pak.generation=1"));
+        let e = render_entry("minimal", 'a', 1, 7, "console=ttyS0");
+        assert!(e.contains("options console=ttyS0 panic=10 pak.slot=a pak.generation=1"));
+        assert_eq!(priority(&e), Some(7));
+        let e = render_entry("minimal", 'b', 2, 3, "console=ttyS0 panic=5");
+        assert!(e.contains("options console=ttyS0 panic=5 pak.slot=b"));
+        assert_eq!(priority("title x\n"), None);
     }
 }

@@ -11,6 +11,9 @@ pub struct BootArgs {
     pub debug_shell: bool,
     /// `init=`: the system's init (default `/sbin/init`).
     pub init: Option<String>,
+    /// `pak.watchdog=SECONDS`: how long a boot on trial may take to be
+    /// marked good before the watchdog resets the machine; 0 disables.
+    pub watchdog: Option<u32>,
 }
 
 pub fn parse(cmdline: &str) -> BootArgs {
@@ -21,6 +24,7 @@ pub fn parse(cmdline: &str) -> BootArgs {
             Some(("pak.generation", v)) => a.generation = v.parse().ok(),
             Some(("pak.debug", "shell")) => a.debug_shell = true,
             Some(("init", v)) => a.init = Some(v.to_string()),
+            Some(("pak.watchdog", v)) => a.watchdog = v.parse().ok(),
             _ => {}
         }
     }
@@ -38,6 +42,7 @@ mod tests {
         assert_eq!(a.generation, Some(7));
         assert!(a.debug_shell);
         assert_eq!(a.init.as_deref(), Some("/bin/sh"));
+        assert_eq!(super::parse("pak.watchdog=30").watchdog, Some(30));
         assert_eq!(super::parse("").slot, None);
     }
 }

@@ -6,6 +6,12 @@
 //! image's factory copy → overlay /etc (upper on data) → bind /home →
 //! switch_root into `/sbin/init`.
 //!
+//! A boot on trial (its loader entry still counts tries) arms the watchdog
+//! before leaving, so a generation that hangs in userspace is reset too;
+//! the image's boot-complete step stops it once the system is marked good.
+//! `/etc` files the user changed that this generation changed as well are
+//! listed in `/var/lib/pak/etc/conflicts` (the user's copy stays in use).
+//!
 //! Each step prints one line. A failure prints what failed and why and
 //! reboots after a few seconds, so that the boot loader's counting can
 //! fall back to the other slot; `pak.debug=shell` gives a shell instead.
@@ -27,7 +33,17 @@ const MODULE_LIST: &str = "/etc/pak/modules";
 const FACTORY_VAR: &str = "usr/share/factory/var";
 const ETC_UPPER: &str = "lib/pak/etc/upper";
 const ETC_WORK: &str = "lib/pak/etc/work";
+const ETC_STATE: &str = "lib/pak/etc";
+const ETC_CONFLICTS: &str = "lib/pak/etc/conflicts";
 const WAIT_FOR_DISKS: Duration = Duration::from_secs(30);
+/// Seconds a boot on trial has to be marked good, unless `pak.watchdog=`.
+const TRIAL_SECONDS: u32 = 120;
+
+/// What `/init` asks of the host side, which knows the ESP.
+pub struct Hooks {
+    /// Whether this boot is on trial: its loader entry still counts tries.
+    pub on_trial: fn() -> bool,
+}
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -62,13 +78,18 @@ fn errno<T>(what: &str, r: rustix::io::Result<T>) -> Result<T> {
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-/// Runs `/init`. Never returns: it execs the system's init, or reboots.
+/// Runs `/init` without knowledge of the ESP (no watchdog). Never returns.
 pub fn main() -> ! {
+    main_with(&Hooks { on_trial: || false })
+}
+
+/// Runs `/init`. Never returns: it execs the system's init, or reboots.
+pub fn main_with(hooks: &Hooks) -> ! {
     let args = match early() {
         Ok(a) => a,
         Err(e) => fail(&e, false),
     };
-    match boot(&args) {
+    match boot(&args, hooks) {
         Ok(never) => match never {},
         Err(e) => fail(&e, args.debug_shell),
     }
@@ -118,7 +139,7 @@ fn early() -> Result<BootArgs> {
     Ok(args)
 }
 
-fn boot(args: &BootArgs) -> Result<std::convert::Infallible> {
+fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
     load_modules()?;
     let slot = args
         .slot
@@ -164,6 +185,19 @@ fn boot(args: &BootArgs) -> Result<std::convert::Infallible> {
         fs::create_dir_all(&upper).and_then(|_| fs::create_dir_all(&work)),
     )?;
     let etc = Path::new(SYSROOT).join("etc");
+    let conflicts = etc_conflicts(&etc, &upper, &var.join(ETC_STATE)).unwrap_or_else(|e| {
+        say(&format!("could not compare /etc with your changes: {e}"));
+        Vec::new()
+    });
+    if !conflicts.is_empty() {
+        say(&format!(
+            "{} /etc files you changed were changed by this generation too; yours stay in use: {}",
+            conflicts.len(),
+            conflicts.join(" ")
+        ));
+    }
+    let listing: String = conflicts.iter().map(|c| format!("{c}\n")).collect();
+    let _ = fs::write(var.join(ETC_CONFLICTS), listing);
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         etc.display(),
@@ -189,6 +223,17 @@ fn boot(args: &BootArgs) -> Result<std::convert::Infallible> {
         rustix::mount::mount_bind(&home, Path::new(SYSROOT).join("home")),
     )?;
 
+    if (hooks.on_trial)() {
+        let seconds = args.watchdog.unwrap_or(TRIAL_SECONDS);
+        match arm_watchdog(seconds) {
+            Ok(true) => say(&format!(
+                "boot on trial: the watchdog resets the machine unless it is marked good within {seconds}s"
+            )),
+            Ok(false) => {}
+            Err(e) => say(&format!("boot on trial, but no watchdog: {e}")),
+        }
+    }
+
     for m in ["/proc", "/sys", "/dev"] {
         errno(
             &format!("move {m}"),
@@ -198,6 +243,125 @@ fn boot(args: &BootArgs) -> Result<std::convert::Infallible> {
     let init = args.init.clone().unwrap_or_else(|| "/sbin/init".into());
     say(&format!("switching to {init}"));
     switch_root(&init)
+}
+
+/// Starts the watchdog with a timeout and lets go of it without the magic
+/// close, so it keeps running until someone writes `V` to it. Returns
+/// whether it was armed.
+fn arm_watchdog(seconds: u32) -> Result<bool> {
+    if seconds == 0 {
+        return Ok(false);
+    }
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/watchdog")
+        .map_err(|e| format!("/dev/watchdog: {e}"))?;
+    // WDIOC_SETTIMEOUT = _IOWR('W', 6, int)
+    const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+    let mut t: libc::c_int = seconds as libc::c_int;
+    // SAFETY: the ioctl reads and writes one int through a valid pointer.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
+    if r != 0 {
+        return Err(format!(
+            "cannot set the watchdog timeout: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    f.write_all(b"\0")
+        .map_err(|e| format!("cannot pet the watchdog: {e}"))?;
+    Ok(true)
+}
+
+/// The `/etc` files the user changed (in `upper`) whose image copy (in
+/// `lower`) changed since the user's copy was made, as `/etc/...` paths.
+///
+/// `state` keeps two records. `lower` holds a digest of every image file as
+/// of the last boot. `base` holds, per user-changed file, the digest of the
+/// image's copy the user's copy was made against: when a user file first
+/// appears, that is the one from the last boot's record (the user edited it
+/// then), or the current one on the first boot. Entries whose user copy is
+/// gone are dropped, so removing your copy resolves a conflict.
+fn etc_conflicts(lower: &Path, upper: &Path, state: &Path) -> Result<Vec<String>> {
+    let read = |name: &str| -> std::collections::BTreeMap<String, String> {
+        fs::read_to_string(state.join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(p, d)| (p.to_string(), d.to_string()))
+            .collect()
+    };
+    let write = |name: &str, m: &std::collections::BTreeMap<String, String>| {
+        let text: String = m.iter().map(|(p, d)| format!("{p}\t{d}\n")).collect();
+        fs::write(state.join(name), text).map_err(|e| format!("write {name}: {e}"))
+    };
+    let mut image = Vec::new();
+    walk_files(lower, lower, &mut image).map_err(|e| format!("read {}: {e}", lower.display()))?;
+    let now: std::collections::BTreeMap<String, String> = image
+        .into_iter()
+        .map(|p| {
+            let d = digest(&lower.join(&p));
+            (p, d)
+        })
+        .collect();
+    let mut changed = Vec::new();
+    walk_files(upper, upper, &mut changed).map_err(|e| format!("read {}: {e}", upper.display()))?;
+    let (old_base, last) = (read("base"), read("lower"));
+    let first_boot = !state.join("lower").exists();
+    let mut base = std::collections::BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for rel in changed {
+        let current = now.get(&rel).cloned().unwrap_or_else(|| "absent".into());
+        let made_against = old_base.get(&rel).cloned().unwrap_or_else(|| {
+            if first_boot {
+                current.clone()
+            } else {
+                last.get(&rel).cloned().unwrap_or_else(|| "absent".into())
+            }
+        });
+        if made_against != current {
+            conflicts.push(format!("/etc/{rel}"));
+        }
+        base.insert(rel, made_against);
+    }
+    write("base", &base)?;
+    write("lower", &now)?;
+    Ok(conflicts)
+}
+
+/// Files below `dir` (relative to `root`), sorted; overlay whiteouts count.
+fn walk_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk_files(root, &e.path(), out)?;
+        } else if let Ok(rel) = e.path().strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a over a file's bytes (or its link target); "absent" when missing.
+/// Only compares two versions of one file, so a short hash does.
+fn digest(p: &Path) -> String {
+    let bytes = match fs::symlink_metadata(p) {
+        Err(_) => return "absent".into(),
+        Ok(m) if m.file_type().is_symlink() => fs::read_link(p)
+            .map(|t| t.to_string_lossy().into_owned().into_bytes())
+            .unwrap_or_default(),
+        Ok(m) if m.is_file() => fs::read(p).unwrap_or_default(),
+        Ok(_) => b"(not a file)".to_vec(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn load_modules() -> Result<()> {
@@ -424,5 +588,46 @@ fn fail(msg: &str, shell: bool) -> ! {
     let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_conflicts_follow_the_image_copy_the_user_edited() {
+        let t = std::env::temp_dir().join(format!("pak-etc-{}", std::process::id()));
+        let (lower, upper, state) = (t.join("lower"), t.join("upper"), t.join("state"));
+        for d in [lower.join("ssh"), upper.join("ssh"), state.clone()] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(lower.join("hosts"), "image 1").unwrap();
+        fs::write(lower.join("ssh/sshd_config"), "image 1").unwrap();
+        // First boot: nothing changed by the user.
+        assert!(etc_conflicts(&lower, &upper, &state).unwrap().is_empty());
+        // The user edits hosts and adds motd while generation 1 runs; then
+        // generation 2 changes hosts and sshd_config and ships a motd.
+        fs::write(upper.join("hosts"), "mine").unwrap();
+        fs::write(upper.join("motd"), "mine").unwrap();
+        fs::write(lower.join("hosts"), "image 2").unwrap();
+        fs::write(lower.join("ssh/sshd_config"), "image 2").unwrap();
+        fs::write(lower.join("motd"), "image 2").unwrap();
+        let both = ["/etc/hosts", "/etc/motd"];
+        assert_eq!(etc_conflicts(&lower, &upper, &state).unwrap(), both);
+        // Still listed on the next boot, until the user's copy goes.
+        assert_eq!(etc_conflicts(&lower, &upper, &state).unwrap(), both);
+        fs::remove_file(upper.join("hosts")).unwrap();
+        assert_eq!(
+            etc_conflicts(&lower, &upper, &state).unwrap(),
+            ["/etc/motd"]
+        );
+        // An edit made against the current image is no conflict.
+        fs::write(upper.join("ssh/sshd_config"), "mine").unwrap();
+        assert_eq!(
+            etc_conflicts(&lower, &upper, &state).unwrap(),
+            ["/etc/motd"]
+        );
+        fs::remove_dir_all(&t).unwrap();
     }
 }

@@ -584,6 +584,7 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
     fn entries(&mut self, dir: u32) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         let mut lfn: Vec<(u8, Vec<u16>)> = Vec::new();
+        let mut lfn_sum: Vec<u8> = Vec::new();
         let mut slots = Vec::new();
         for c in self.chain(dir)? {
             let pos = self.cluster_pos(c);
@@ -596,6 +597,7 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
                     0x00 => return Ok(out),
                     0xE5 => {
                         lfn.clear();
+                        lfn_sum.clear();
                         slots.clear();
                         continue;
                     }
@@ -606,15 +608,38 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
                     for off in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30] {
                         units.push(u16::from_le_bytes([e[off], e[off + 1]]));
                     }
+                    if e[0] & 0x40 != 0 {
+                        // The first slot of a new sequence: whatever came
+                        // before belonged to no entry.
+                        lfn.clear();
+                        slots.clear();
+                    }
                     lfn.push((e[0] & 0x1F, units));
+                    lfn_sum.push(e[13]);
                     slots.push(at);
                     continue;
                 }
                 if e[11] & ATTR_VOLUME != 0 || e[0] == b'.' {
                     lfn.clear();
+                    lfn_sum.clear();
                     slots.clear();
                     continue;
                 }
+                // A long name counts only when it is complete (ordinals
+                // n..1) and made for this 8.3 entry (checksum); leftovers
+                // of an interrupted edit are ignored, as firmware does.
+                let short: [u8; 11] = e[0..11].try_into().expect("11 bytes");
+                let complete = lfn
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .all(|(i, (n, _))| *n as usize == i + 1)
+                    && lfn_sum.iter().all(|c| *c == lfn_checksum(&short));
+                if !complete {
+                    lfn.clear();
+                    slots.clear();
+                }
+                lfn_sum.clear();
                 let name = if lfn.is_empty() {
                     let base = String::from_utf8_lossy(&e[0..8]).trim_end().to_string();
                     let ext = String::from_utf8_lossy(&e[8..11]).trim_end().to_string();
@@ -827,20 +852,62 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
             bail!("{to} already exists on the ESP");
         }
         let (dir, name) = self.parent(to)?;
-        self.put_entries(
-            dir,
-            name,
-            if e.is_dir { ATTR_DIR } else { ATTR_ARCHIVE },
-            e.cluster,
-            e.size,
-        )?;
+        let (from_dir, _) = self.parent(from)?;
+        let attr = if e.is_dir { ATTR_DIR } else { ATTR_ARCHIVE };
+        if from_dir == dir && self.rename_in_place(dir, &e, name, attr)? {
+            return Ok(());
+        }
+        self.put_entries(dir, name, attr, e.cluster, e.size)?;
         self.f.flush()?;
-        for at in &e.slots {
+        self.unlink(&e)
+    }
+
+    /// Rewrites an entry's name over the tail of its own slots in a single
+    /// write, when the new name needs no more slots and they share a
+    /// sector: a cut leaves the old name or the new one, never both (the
+    /// renames boot counting and mark-good make always shrink the name).
+    fn rename_in_place(&mut self, dir: u32, e: &DirEntry, name: &str, attr: u8) -> Result<bool> {
+        let taken: Vec<[u8; 11]> = {
+            let mut v = Vec::new();
+            for other in self.entries(dir)? {
+                if other.slots == e.slots {
+                    continue;
+                }
+                let mut s = [0u8; 32];
+                self.f
+                    .seek(SeekFrom::Start(*other.slots.last().expect("8.3 slot")))?;
+                self.f.read_exact(&mut s)?;
+                v.push(s[0..11].try_into().expect("11 bytes"));
+            }
+            v
+        };
+        let short = exact_short(name).unwrap_or_else(|| {
+            (1..)
+                .map(|n| short_alias(name, n))
+                .find(|s| !taken.contains(s))
+                .expect("some alias is free")
+        });
+        let mut bytes = Vec::new();
+        named_entries(name, short, attr, e.cluster, e.size, &mut bytes);
+        let n = bytes.len() / 32;
+        if n > e.slots.len() {
+            return Ok(false);
+        }
+        let tail = &e.slots[e.slots.len() - n..];
+        let one_sector = tail.windows(2).all(|w| w[1] == w[0] + 32)
+            && tail[0] / self.bytes_per_sector == tail[n - 1] / self.bytes_per_sector;
+        if !one_sector {
+            return Ok(false);
+        }
+        self.f.seek(SeekFrom::Start(tail[0]))?;
+        self.f.write_all(&bytes)?;
+        self.f.flush()?;
+        for at in e.slots[..e.slots.len() - n].iter().rev() {
             self.f.seek(SeekFrom::Start(*at))?;
             self.f.write_all(&[0xE5])?;
         }
         self.f.flush()?;
-        Ok(())
+        Ok(true)
     }
 
     /// Removes a file: its entry first, then its clusters are freed.
@@ -848,15 +915,165 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         let e = self
             .find(path)?
             .with_context(|| format!("no file {path} on the ESP"))?;
-        for at in &e.slots {
-            self.f.seek(SeekFrom::Start(*at))?;
-            self.f.write_all(&[0xE5])?;
-        }
-        self.f.flush()?;
+        self.unlink(&e)?;
         for c in self.chain(e.cluster)? {
             self.fat_set(c, 0)?;
         }
         self.update_fsinfo()
+    }
+
+    /// Deletes an entry's slots, the 8.3 slot first: that one write is what
+    /// removes the file; long-name slots left by a cut after it are ignored.
+    fn unlink(&mut self, e: &DirEntry) -> Result<()> {
+        for at in e.slots.iter().rev() {
+            self.f.seek(SeekFrom::Start(*at))?;
+            self.f.write_all(&[0xE5])?;
+        }
+        self.f.flush()?;
+        Ok(())
+    }
+
+    /// Creates a directory (its parent must exist): a zeroed cluster with
+    /// `.` and `..`, then the entry in the parent.
+    pub fn create_dir(&mut self, path: &str) -> Result<()> {
+        if self.find(path)?.is_some() {
+            bail!("{path} already exists on the ESP");
+        }
+        let (parent, name) = self.parent(path)?;
+        let c = self.free_clusters(1)?[0];
+        let mut bytes = vec![0u8; self.cluster_bytes as usize];
+        bytes[..32].copy_from_slice(&entry(b".          ", ATTR_DIR, c, 0));
+        // `..` of a directory in the root names cluster 0.
+        let up = if parent == self.root { 0 } else { parent };
+        bytes[32..64].copy_from_slice(&entry(b"..         ", ATTR_DIR, up, 0));
+        self.f.seek(SeekFrom::Start(self.cluster_pos(c)))?;
+        self.f.write_all(&bytes)?;
+        self.fat_set(c, END)?;
+        self.f.flush()?;
+        self.put_entries(parent, name, ATTR_DIR, c, 0)?;
+        self.update_fsinfo()
+    }
+
+    /// Makes `to` hold the content of `from`, and `from` disappear, so that
+    /// a cut at any point leaves `to` with its complete old or complete new
+    /// content: (1) `from`'s entry is deleted, its clusters kept; (2) `to`'s
+    /// 8.3 entry is repointed at them, one 32-byte write inside a sector;
+    /// (3) `to`'s old clusters are freed. A cut after (1) leaves clusters
+    /// no entry reaches; [`Volume::reclaim_lost_clusters`] frees them.
+    pub fn replace(&mut self, from: &str, to: &str) -> Result<()> {
+        let src = self
+            .find(from)?
+            .with_context(|| format!("no file {from} on the ESP"))?;
+        let Some(dst) = self.find(to)? else {
+            return self.rename(from, to);
+        };
+        if src.is_dir || dst.is_dir {
+            bail!("cannot replace {to} with {from}: only files can be replaced");
+        }
+        self.unlink(&src)?;
+        let at = *dst.slots.last().expect("8.3 slot");
+        let mut e = [0u8; 32];
+        self.f.seek(SeekFrom::Start(at))?;
+        self.f.read_exact(&mut e)?;
+        e[20..22].copy_from_slice(&((src.cluster >> 16) as u16).to_le_bytes());
+        e[26..28].copy_from_slice(&(src.cluster as u16).to_le_bytes());
+        e[28..32].copy_from_slice(&src.size.to_le_bytes());
+        self.f.seek(SeekFrom::Start(at))?;
+        self.f.write_all(&e)?;
+        self.f.flush()?;
+        for c in self.chain(dst.cluster)? {
+            self.fat_set(c, 0)?;
+        }
+        self.update_fsinfo()
+    }
+
+    /// Frees clusters that are allocated but that no directory entry
+    /// reaches, and clears long-name slots that belong to no entry, as a
+    /// cut in the middle of an edit can leave. Returns how many clusters
+    /// it freed.
+    pub fn reclaim_lost_clusters(&mut self) -> Result<u32> {
+        let mut reachable = vec![false; self.clusters as usize + 2];
+        let mut orphans = 0;
+        let mut dirs = vec![self.root];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(d) = dirs.pop() {
+            if !seen.insert(d) {
+                continue;
+            }
+            let chain = self.chain(d)?;
+            for c in &chain {
+                reachable[*c as usize] = true;
+            }
+            let entries = self.entries(d)?;
+            // Long-name slots that belong to no entry: what a cut in the
+            // middle of adding or removing an entry leaves behind.
+            let owned: std::collections::HashSet<u64> = entries
+                .iter()
+                .flat_map(|e| e.slots.iter().copied())
+                .collect();
+            'scan: for c in chain {
+                let pos = self.cluster_pos(c);
+                let mut buf = vec![0u8; self.cluster_bytes as usize];
+                self.f.seek(SeekFrom::Start(pos))?;
+                self.f.read_exact(&mut buf)?;
+                for (i, e) in buf.chunks(32).enumerate() {
+                    let at = pos + i as u64 * 32;
+                    if e[0] == 0 {
+                        break 'scan;
+                    }
+                    if e[0] != 0xE5 && e[11] == ATTR_LFN && !owned.contains(&at) {
+                        self.f.seek(SeekFrom::Start(at))?;
+                        self.f.write_all(&[0xE5])?;
+                        orphans += 1;
+                    }
+                }
+            }
+            for e in entries {
+                if e.cluster < 2 || e.cluster as usize >= reachable.len() {
+                    continue;
+                }
+                if e.is_dir {
+                    dirs.push(e.cluster);
+                } else {
+                    for c in self.chain(e.cluster)? {
+                        reachable[c as usize] = true;
+                    }
+                }
+            }
+        }
+        let mut fat = vec![0u8; self.fat_bytes as usize];
+        self.f.seek(SeekFrom::Start(self.fat_start))?;
+        self.f.read_exact(&mut fat)?;
+        let mut freed = 0;
+        for c in 2..self.clusters + 2 {
+            let i = c as usize * 4;
+            if fat[i..i + 4] != [0, 0, 0, 0] && !reachable[c as usize] {
+                self.fat_set(c, 0)?;
+                freed += 1;
+            }
+        }
+        if orphans > 0 || freed > 0 {
+            self.f.flush()?;
+        }
+        // The free count a cut may have left stale.
+        self.update_fsinfo()?;
+        Ok(freed)
+    }
+
+    /// Bytes free for file data.
+    pub fn free_bytes(&mut self) -> Result<u64> {
+        let mut fat = vec![0u8; self.fat_bytes as usize];
+        self.f.seek(SeekFrom::Start(self.fat_start))?;
+        self.f.read_exact(&mut fat)?;
+        let free = (2..self.clusters + 2)
+            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
+            .count() as u64;
+        Ok(free * self.cluster_bytes)
+    }
+
+    /// Bytes a file of `len` bytes takes, in whole clusters.
+    pub fn footprint(&self, len: u64) -> u64 {
+        len.div_ceil(self.cluster_bytes) * self.cluster_bytes
     }
 
     fn update_fsinfo(&mut self) -> Result<()> {
@@ -875,6 +1092,11 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         }
         self.f.flush()?;
         Ok(())
+    }
+
+    /// The device underneath, for writes outside the ESP (a slot).
+    pub fn device(&mut self) -> &mut F {
+        &mut self.f
     }
 
     pub fn into_inner(self) -> F {
@@ -935,6 +1157,21 @@ mod edit_tests {
         )
         .unwrap();
         v.remove("pak/a/vmlinuz").unwrap();
+        v.create_dir("pak/b").unwrap();
+        v.create("pak/b/x.tmp", b"new contents").unwrap();
+        v.create("pak/b/x", &kernel).unwrap();
+        v.replace("pak/b/x.tmp", "pak/b/x").unwrap();
+        assert_eq!(v.read("pak/b/x").unwrap(), b"new contents");
+        assert!(v.find("pak/b/x.tmp").unwrap().is_none());
+        // A cut after step (1) of a replace: clusters nobody reaches.
+        v.create("pak/b/lost", &kernel).unwrap();
+        let lost = v.find("pak/b/lost").unwrap().unwrap();
+        v.unlink(&lost).unwrap();
+        assert_eq!(
+            v.reclaim_lost_clusters().unwrap() as u64,
+            v.footprint(kernel.len() as u64) / v.cluster_bytes
+        );
+        assert_eq!(v.reclaim_lost_clusters().unwrap(), 0);
         for i in 0..80 {
             // Enough long names to grow the directory past one cluster.
             v.create(

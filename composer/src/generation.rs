@@ -38,8 +38,23 @@ pub struct GenerationMeta {
     pub kernel: String,
     pub kernel_version: String,
     pub initrd: String,
+    /// Only in the copy beside the slot's kernel on the ESP: what was
+    /// written, so the host side can check a slot and its boot files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<Written>,
     #[serde(default, rename = "package")]
     pub packages: Vec<PackageRef>,
+}
+
+/// The sha256 of what a switch (or `pak build`) wrote for a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Written {
+    /// The squashfs in the slot's partition: its first `image_size` bytes.
+    pub image_sha256: String,
+    pub image_size: u64,
+    pub kernel_sha256: String,
+    pub initrd_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +130,7 @@ pub fn assemble(
         kernel,
         kernel_version,
         initrd: INITRD_FILE.into(),
+        written: None,
         packages: lock
             .packages
             .iter()
@@ -240,6 +256,76 @@ pub fn read_meta(root: &Path) -> Result<GenerationMeta> {
         )
     })?;
     GenerationMeta::parse(&text).with_context(|| format!("{} is malformed", path.display()))
+}
+
+/// What follows the squashfs in a generation file, in its padding: this
+/// magic and the sha256 of the squashfs bytes. A generation file checks
+/// itself, wherever it was copied from; the kernel ignores the padding.
+const SEAL_MAGIC: &[u8; 8] = b"PAKSEAL1";
+
+fn sealed_size(used: u64) -> u64 {
+    (used + SEAL_MAGIC.len() as u64 + 32).div_ceil(4096) * 4096
+}
+
+/// Seals the generation file at `path` (a squashfs as [`crate::squashfs::write`]
+/// left it).
+pub fn seal(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let used = crate::squashfs::Reader::open(&mut f, 0)?.bytes_used();
+    f.seek(SeekFrom::Start(0))?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut (&mut f).take(used), &mut hash)?;
+    f.set_len(sealed_size(used))?;
+    f.seek(SeekFrom::Start(used))?;
+    f.write_all(SEAL_MAGIC)?;
+    f.write_all(&hash.finalize())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Checks the seal of a generation file whose squashfs occupies `used`
+/// bytes. Returns the size of the sealed file and its sha256.
+pub fn check_seal<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<(u64, String)> {
+    use std::io::SeekFrom;
+    let size = sealed_size(used);
+    let len = r.seek(SeekFrom::End(0))?;
+    if len < size {
+        bail!("it ends at byte {len}, before its seal at {used}");
+    }
+    r.seek(SeekFrom::Start(0))?;
+    let mut inner = Sha256::new();
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    let mut seal = Vec::new();
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        let chunk = &buf[..n];
+        whole.update(chunk);
+        let inner_end = used.saturating_sub(at).min(n as u64) as usize;
+        inner.update(&chunk[..inner_end]);
+        let seal_from = inner_end;
+        let seal_to = (used + 40).saturating_sub(at).min(n as u64) as usize;
+        if seal_to > seal_from {
+            seal.extend_from_slice(&chunk[seal_from..seal_to]);
+        }
+        at += n as u64;
+    }
+    if &seal[..8] != SEAL_MAGIC {
+        bail!(
+            "it carries no pak seal behind its squashfs; was it written by `pak build --generation`?"
+        );
+    }
+    if seal[8..40] != inner.finalize()[..] {
+        bail!("its content does not match the sha256 sealed into it");
+    }
+    Ok((size, hex::encode(whole.finalize())))
 }
 
 #[cfg(test)]

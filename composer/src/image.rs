@@ -181,6 +181,7 @@ pub fn build_generation(project: &Project, number: u64, out: &Path) -> Result<Bu
         ..squashfs::Options::default()
     };
     let stats = squashfs::write(&to_squashfs(&tree), out, &opts)?;
+    generation::seal(out)?;
     Ok(Built {
         meta,
         tree,
@@ -191,7 +192,17 @@ pub fn build_generation(project: &Project, number: u64, out: &Path) -> Result<Bu
 
 /// The ESP's files for a new disk whose slot a holds `built`.
 pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
-    let m = &built.meta;
+    let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
+    let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
+    let image = std::fs::read(&built.squashfs)
+        .with_context(|| format!("cannot read {}", built.squashfs.display()))?;
+    let mut m = built.meta.clone();
+    m.written = Some(generation::Written {
+        image_sha256: crate::fsutil::sha256_hex(&image),
+        image_size: image.len() as u64,
+        kernel_sha256: crate::fsutil::sha256_hex(&kernel),
+        initrd_sha256: crate::fsutil::sha256_hex(&initrd),
+    });
     let sdboot = read_from_tree(&built.tree, SYSTEMD_BOOT).context(
         "the image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi); add systemd-boot-efi to [packages] (the base profile has it)",
     )?;
@@ -208,16 +219,10 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
         ),
         (
             format!("loader/entries/{entry}"),
-            pak_boot::bls::render_entry(&m.system, 'a', m.number, &m.cmdline).into_bytes(),
+            pak_boot::bls::render_entry(&m.system, 'a', m.number, 1, &m.cmdline).into_bytes(),
         ),
-        (
-            "pak/a/vmlinuz".into(),
-            read_from_tree(&built.tree, &m.kernel)?,
-        ),
-        (
-            "pak/a/initrd".into(),
-            read_from_tree(&built.tree, &m.initrd)?,
-        ),
+        ("pak/a/vmlinuz".into(), kernel),
+        ("pak/a/initrd".into(), initrd),
         // The slot's description beside its kernel, so the host side can
         // report slots without reading their squashfs.
         ("pak/a/generation.toml".into(), m.to_toml().into_bytes()),

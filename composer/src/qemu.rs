@@ -166,6 +166,9 @@ pub struct VmConfig {
     /// Serial console on stdio multiplexed with the QEMU monitor
     /// (interactive use: Ctrl-a x quits).
     pub interactive: bool,
+    /// More disks, read-only, after the image (`/dev/vdb`, `/dev/vdc`, ...
+    /// in the guest): a generation file to switch to, for instance.
+    pub drives: Vec<PathBuf>,
 }
 
 /// The machine's UEFI variable store, kept beside the image so boot
@@ -212,6 +215,12 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
             cfg.image.display(),
             if cfg.snapshot { ",snapshot=on" } else { "" }
         ))
+        .args(cfg.drives.iter().flat_map(|d| {
+            [
+                "-drive".to_string(),
+                format!("file={},format=raw,if=virtio,readonly=on", d.display()),
+            ]
+        }))
         .args([
             "-device",
             "virtio-rng-pci",

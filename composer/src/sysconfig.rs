@@ -85,6 +85,11 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
         RC_SYSINIT.to_string(),
         0o755,
     ));
+    add(text(
+        "/usr/lib/pak/boot-complete",
+        boot_complete(pakfile),
+        0o755,
+    ));
     add(text("/etc/profile", PROFILE.to_string(), 0o644));
     add(text(
         "/etc/fstab",
@@ -196,10 +201,53 @@ fn inittab(p: &Pakfile) -> String {
     for (name, svc) in &p.services {
         s.push_str(&format!("# service {name}\n::respawn:{}\n", svc.exec));
     }
+    s.push_str("::once:/usr/lib/pak/boot-complete\n");
     s.push_str("ttyS0::respawn:-/bin/sh\n");
     s.push_str("::ctrlaltdel:/sbin/reboot\n");
     s.push_str("::shutdown:/bin/umount -a -r\n");
     s
+}
+
+/// Seconds the services get to pass their health checks after boot.
+const HEALTH_SECONDS: u32 = 60;
+
+/// The boot-complete step: once every declared service's health check
+/// passes, mark the boot good (strip the entry's tries) and stop the
+/// watchdog `/init` armed for a boot on trial (the magic close, `V`). If
+/// the checks keep failing nothing is marked: the watchdog resets the
+/// machine, the try is used up, and systemd-boot falls back to the other
+/// slot once the tries are gone.
+fn boot_complete(p: &Pakfile) -> String {
+    let mut checks = String::new();
+    for (name, svc) in &p.services {
+        if let Some(h) = &svc.health {
+            let quoted = h.replace('\'', "'\\''");
+            checks.push_str(&format!(
+                "    sh -c '{quoted}' >/dev/null 2>&1 || {{ ok=0; failing={name}; }}\n"
+            ));
+        }
+    }
+    format!(
+        r#"#!/bin/sh
+# Written by pak from the Pakfile's [services] health checks.
+n=0
+while :; do
+    ok=1
+{checks}    [ "$ok" = 1 ] && break
+    n=$((n + 1))
+    if [ "$n" -ge {HEALTH_SECONDS} ]; then
+        echo "pak: service $failing is still unhealthy after {HEALTH_SECONDS}s; this boot is not marked good"
+        exit 1
+    fi
+    sleep 1
+done
+pak system mark-good || exit 1
+if [ -c /dev/watchdog ]; then
+    printf V > /dev/watchdog
+fi
+echo "pak: boot complete"
+"#
+    )
 }
 
 const RC_SYSINIT: &str = r#"#!/bin/sh

@@ -38,7 +38,37 @@ struct Console {
     closed: bool,
 }
 
+/// Machines running in this process. Emulated CPUs are slow; more guests
+/// than host cores make each boot take several times as long, and a boot
+/// on trial must be marked good before its watchdog fires. So a process
+/// runs at most one machine per core at once; later ones wait to start.
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (lock, cv) = &RUNNING;
+        let mut n = lock.lock().expect("machine count");
+        while *n >= cores {
+            n = cv.wait(n).expect("machine count");
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cv) = &RUNNING;
+        *lock.lock().expect("machine count") -= 1;
+        cv.notify_one();
+    }
+}
+
 pub struct Machine {
+    _slot: Slot,
     child: Child,
     stdin: ChildStdin,
     console: Arc<(Mutex<Console>, Condvar)>,
@@ -51,6 +81,7 @@ pub struct Machine {
 impl Machine {
     /// Boots `cfg.image`; the full console goes to `log`.
     pub fn start(cfg: &VmConfig, log: &Path) -> Result<Machine> {
+        let slot = Slot::take();
         let (mut cmd, _) = qemu::command(cfg)?;
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -101,6 +132,7 @@ impl Machine {
             }
         });
         Ok(Machine {
+            _slot: slot,
             child,
             stdin,
             console,

@@ -13,6 +13,7 @@ use crate::root::Root;
 mod env;
 mod pkg;
 mod project;
+mod system;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,9 +77,14 @@ pub enum Command {
         /// The disk image to write
         #[arg(short, long, default_value = "image.raw")]
         output: PathBuf,
-        /// Write only the generation (a squashfs) to this file
+        /// Write only the generation (a sealed squashfs, what `pak system
+        /// switch` takes) to this file
         #[arg(long, value_name = "FILE.sqfs")]
         generation: Option<PathBuf>,
+        /// The generation's number (with --generation); a switch needs one
+        /// higher than the running generation's
+        #[arg(long, default_value_t = 1)]
+        number: u64,
         /// Build a second time (another store root, umask and working
         /// directory) and check both images are identical
         #[arg(long)]
@@ -95,6 +101,10 @@ pub enum Command {
         /// Guest memory in MiB
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// Attach FILE as another read-only disk (/dev/vdb, ...), e.g. a
+        /// generation to `pak system switch /dev/vdb` to
+        #[arg(long, value_name = "FILE")]
+        drive: Vec<PathBuf>,
     },
     /// Boot an image and run a test script against it; exit 0 on pass
     #[command(
@@ -109,6 +119,9 @@ pub enum Command {
         /// Discard the guest's writes to the image
         #[arg(long)]
         snapshot: bool,
+        /// Attach FILE as another read-only disk (/dev/vdb, ...)
+        #[arg(long, value_name = "FILE")]
+        drive: Vec<PathBuf>,
     },
     /// Search the Pakfile's repositories
     Search { term: String },
@@ -164,7 +177,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
-    /// What boots, each slot's generation and state, tries left
+    /// What boots, each slot's generation and state, tries left, /etc conflicts
     Status {
         /// A disk image instead of the running system
         #[arg(long)]
@@ -175,8 +188,47 @@ pub enum SystemCommand {
         #[arg(long)]
         disk: Option<PathBuf>,
     },
+    /// Write a generation to the other slot and boot it next, with tries
+    #[command(
+        after_help = "Without GENERATION.sqfs, builds the generation from the Pakfile (--pakfile, default ./Pakfile) first.\nThe running generation stays the fallback: if the new one is never marked good, the machine returns to it by itself."
+    )]
+    Switch {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// A generation file from `pak build --generation` (or a block device holding one)
+        #[arg(value_name = "GENERATION.sqfs")]
+        generation: Option<PathBuf>,
+        /// Overwrite the other slot even though the running generation is
+        /// not marked good yet
+        #[arg(long)]
+        force: bool,
+        /// Reboot into the new generation once it is written
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Boot the other slot's generation next, if it is good
+    Rollback {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// Reboot into it right away
+        #[arg(long)]
+        reboot: bool,
+    },
     /// Mark the booted generation good: strip its boot-tries counter
     MarkGood {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+    },
+    /// Packages added, removed and changed between two generations
+    /// (default: the booted one and the other slot's)
+    Diff {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        from: Option<u64>,
+        to: Option<u64>,
+    },
+    /// Check every bootable entry's kernel, initrd and slot against their sha256
+    Verify {
         #[arg(long)]
         disk: Option<PathBuf>,
     },
@@ -248,24 +300,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build {
             output,
             generation,
+            number,
             check,
-        } => project::build(g, &output, generation.as_deref(), check)?,
+        } => project::build(g, &output, generation.as_deref(), number, check)?,
         Command::List => project::list(g)?,
         Command::Qemu {
             image,
             snapshot,
             memory,
+            drive,
         } => crate::qemu::run_interactive(&crate::qemu::VmConfig {
             image,
             memory_mib: memory,
             snapshot,
             interactive: true,
+            drives: drive,
         })?,
         Command::Test {
             image,
             script,
             log,
             snapshot,
+            drive,
         } => {
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("cannot read {}", script.display()))?;
@@ -276,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mib: 1024,
                 snapshot,
                 interactive: false,
+                drives: drive,
             };
             crate::vmtest::run_script(&cfg, &steps, &log)?;
             println!(
@@ -287,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,
         Command::Gc => pkg::gc(g)?,
-        Command::System(cmd) => system(g, cmd)?,
+        Command::System(cmd) => system::run(g, cmd)?,
         Command::Pkg(PkgCommand::Create { dir, output }) => pkg::create(&dir, output)?,
         Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,
         Command::Pkg(PkgCommand::Verify { file }) => pkg::verify(g, &file)?,
@@ -306,50 +363,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Uninstall { target, pkg } => env::uninstall(g, target, &pkg)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn system(g: &Global, cmd: SystemCommand) -> anyhow::Result<()> {
-    use crate::system::PakDisk;
-    let open = |disk: Option<PathBuf>| match disk {
-        Some(d) => PakDisk::open_image(&d),
-        None => PakDisk::open_live(),
-    };
-    match cmd {
-        SystemCommand::Status { disk } => {
-            let status = open(disk)?.status()?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", crate::system::render(&status));
-            }
-        }
-        SystemCommand::Generations { disk } => {
-            let status = open(disk)?.status()?;
-            let mut slots: Vec<_> = status
-                .slots
-                .iter()
-                .filter(|s| s.generation.is_some())
-                .collect();
-            slots.sort_by_key(|s| std::cmp::Reverse(s.generation));
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&slots)?);
-            } else {
-                for s in slots {
-                    let mark = if status.booted_slot == Some(s.slot) {
-                        "*"
-                    } else {
-                        " "
-                    };
-                    println!(
-                        "{mark} {:>4}  slot {}  {}",
-                        s.generation.unwrap_or(0),
-                        s.slot,
-                        s.state
-                    );
-                }
-            }
-        }
-        SystemCommand::MarkGood { disk } => println!("{}", open(disk)?.mark_good()?),
-    }
-    Ok(())
 }

@@ -30,7 +30,7 @@ fn display(p: &Path) -> String {
     p.strip_prefix("./").unwrap_or(p).display().to_string()
 }
 
-fn project(g: &Global) -> Result<Project> {
+pub(super) fn project(g: &Global) -> Result<Project> {
     Project::open(&g.pakfile, g.root())
 }
 
@@ -134,11 +134,20 @@ pub fn search(g: &Global, term: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn build(g: &Global, output: &Path, generation: Option<&Path>, check: bool) -> Result<()> {
+pub fn build(
+    g: &Global,
+    output: &Path,
+    generation: Option<&Path>,
+    number: u64,
+    check: bool,
+) -> Result<()> {
     let p = project(g)?;
     let start = std::time::Instant::now();
+    if number != 1 && generation.is_none() {
+        bail!("--number applies to --generation; a new disk image always starts at generation 1");
+    }
     let built = match generation {
-        Some(out) => crate::image::build_generation(&p, 1, out)?,
+        Some(out) => crate::image::build_generation(&p, number, out)?,
         None => crate::image::build_image(&p, output)?,
     };
     if !g.quiet {

@@ -27,6 +27,9 @@ use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+mod reader;
+pub use reader::{ReadNode, Reader};
+
 const MAGIC: u32 = 0x7371_7368;
 const ZSTD_ID: u16 = 6;
 const META_SIZE: usize = 8192;
