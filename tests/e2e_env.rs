@@ -136,7 +136,7 @@ fn make_repo(work: &Path) -> (PathBuf, String) {
 }
 
 #[test]
-fn install_user_from_an_http_repository_survives_a_reboot() {
+fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     let work = tempfile::tempdir().unwrap();
     let (repo, public) = make_repo(work.path());
     let port = serve(repo);
@@ -170,12 +170,27 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
         img.as_ref(),
     ]);
 
+    // Generation 2 of the same system, for the switch at the end: it
+    // reaches the guest as a second disk.
+    let next = work.path().join("next.sqfs");
+    pak(&[
+        "--root".as_ref(),
+        store_root().as_ref(),
+        "--pakfile".as_ref(),
+        image_dir.join("Pakfile").as_ref(),
+        "build".as_ref(),
+        "--generation".as_ref(),
+        next.as_ref(),
+        "--number".as_ref(),
+        "2".as_ref(),
+    ]);
+
     let cfg = VmConfig {
         image: img.clone(),
         memory_mib: 1024,
         snapshot: false,
         interactive: false,
-        drives: vec![],
+        drives: vec![next],
     };
     let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
@@ -242,10 +257,31 @@ fn install_user_from_an_http_repository_survives_a_reboot() {
         "hello from the user environment, env=user"
     );
 
-    // SWITCH STEP (to be added with `pak system switch`): switch this machine
-    // to a new generation here, reboot into it, and check that `e2e-hello`
-    // still runs — environments live on the data partition, so a new
-    // generation must keep them working.
+    // A new system generation: environments live on the data partition,
+    // so they keep working after a switch.
+    let out = m
+        .succeed("PAK_NO_PROGRESS=1 pak system switch /dev/vdb")
+        .unwrap();
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+    m.send("sync; reboot\n").unwrap();
+    m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+        .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    assert!(
+        m.succeed("cat /proc/cmdline")
+            .unwrap()
+            .contains("pak.generation=2")
+    );
+    assert_eq!(
+        m.succeed("e2e-hello").unwrap().trim(),
+        "hello from the user environment, env=user"
+    );
+    assert!(
+        m.succeed("su -l alice -c e2e-hello")
+            .unwrap()
+            .contains("hello from the user environment")
+    );
 
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
