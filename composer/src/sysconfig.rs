@@ -90,6 +90,9 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
         boot_complete(pakfile),
         0o755,
     ));
+    if let Some(list) = repositories(pakfile)? {
+        add(text("/usr/lib/pak/repositories.toml", list, 0o644));
+    }
     add(text("/etc/profile", PROFILE.to_string(), 0o644));
     add(text(
         "/etc/fstab",
@@ -206,6 +209,43 @@ fn inittab(p: &Pakfile) -> String {
     s.push_str("::ctrlaltdel:/sbin/reboot\n");
     s.push_str("::shutdown:/bin/umount -a -r\n");
     s
+}
+
+/// The Pakfile's repositories a running image can reach itself (signed
+/// indexes over http(s)), with their keys inlined: where `pak install
+/// --user` and new environments look when `/etc/pak/repositories.toml` does
+/// not say otherwise. `None` when there are none.
+fn repositories(p: &Pakfile) -> Result<Option<String>> {
+    let mut out = String::from(
+        "# Written by pak from the image's Pakfile: the repositories users'\n# environments start from. /etc/pak/repositories.toml overrides this.\n",
+    );
+    let mut any = false;
+    for r in &p.repository {
+        let Some(url) = r
+            .url
+            .as_deref()
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            continue;
+        };
+        if r.kind != "pak" {
+            continue;
+        }
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        out.push_str(&format!(
+            "\n[[repository]]\nname = {}\nurl = {}\n",
+            q(&r.name),
+            q(url)
+        ));
+        if let Some(key) = &r.key {
+            let dir = p.resolve_path(".");
+            let public = crate::key::PublicKey::from_pakfile_field(key, &dir)
+                .with_context(|| format!("repository {:?}: its key", r.name))?;
+            out.push_str(&format!("key = {}\n", q(&public.to_text())));
+        }
+        any = true;
+    }
+    Ok(any.then_some(out))
 }
 
 /// Seconds the services get to pass their health checks after boot.
@@ -361,6 +401,31 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
         assert_eq!(
             sorted,
             files.iter().map(|f| f.path.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn http_repositories_are_carried_for_user_environments() {
+        let public = crate::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        let text = format!(
+            "[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n\n[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n"
+        );
+        let files = render(&Pakfile::parse(&text).unwrap()).unwrap();
+        let list = content(find(&files, "/usr/lib/pak/repositories.toml"));
+        assert!(list.contains("url = \"https://example.org/pak\""), "{list}");
+        assert!(list.contains(public.lines().last().unwrap()), "{list}");
+        assert!(
+            !list.contains("local") && !list.contains("debian"),
+            "{list}"
+        );
+        let files = render(&Pakfile::parse("[system]\nname = \"x\"\n").unwrap()).unwrap();
+        assert!(
+            files
+                .iter()
+                .all(|f| f.path != "/usr/lib/pak/repositories.toml")
         );
     }
 
