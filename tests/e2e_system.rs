@@ -154,21 +154,41 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
 /// the boot on trial resets the machine each time, then the fallback.
 #[test]
 fn a_generation_that_hangs_is_reset_by_the_watchdog() {
+    falls_back(
+        "init=/bin/cat pak.watchdog=10",
+        &[
+            "watchdog resets the machine unless it is marked good within 10s",
+            "switching to /bin/cat",
+        ],
+    );
+}
+
+/// Its init exits at once: the kernel panics, and panic= reboots.
+#[test]
+fn a_generation_that_cannot_boot_falls_back_by_itself() {
+    falls_back("init=/bin/false", &["Attempted to kill init"]);
+}
+
+/// Switches a fresh minimal machine to a generation 2 whose kernel command
+/// line has `cmdline_extra`, and checks `per_boot` appears in each of its
+/// three tries before the machine comes back to generation 1 by itself.
+fn falls_back(cmdline_extra: &str, per_boot: &[&str]) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let img = w.join("minimal.raw");
     let gen1 = pakfile(w, "gen1", "");
     pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
-    let hangs = pakfile(w, "hangs", "");
-    let text = std::fs::read_to_string(&hangs).unwrap().replace(
+    let broken = pakfile(w, "broken", "");
+    let text = std::fs::read_to_string(&broken).unwrap().replace(
         "cmdline = \"console=ttyS0 panic=10\"",
-        "cmdline = \"console=ttyS0 panic=10 init=/bin/cat pak.watchdog=10\"",
+        &format!("cmdline = \"console=ttyS0 panic=10 {cmdline_extra}\""),
     );
-    std::fs::write(&hangs, text).unwrap();
-    let sqfs = w.join("hangs.sqfs");
+    assert!(text.contains(cmdline_extra));
+    std::fs::write(&broken, text).unwrap();
+    let sqfs = w.join("broken.sqfs");
     pak(&[
         "--pakfile",
-        &hangs,
+        &broken,
         "build",
         "--generation",
         s(&sqfs),
@@ -183,18 +203,20 @@ fn a_generation_that_hangs_is_reset_by_the_watchdog() {
     for _ in 0..3 {
         m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
             .unwrap();
-        m.wait_for(
-            "watchdog resets the machine unless it is marked good within 10s",
-            BOOT,
-        )
-        .unwrap();
-        m.wait_for("switching to /bin/cat", BOOT).unwrap();
+        for text in per_boot {
+            m.wait_for(text, BOOT).unwrap();
+        }
     }
     m.wait_for("pak-init: starting generation 1 from slot a", BOOT)
         .unwrap();
     m.wait_for_shell(BOOT).unwrap();
     let status = m.succeed("pak system status").unwrap();
-    assert!(status.contains("slot b: bad, generation 2"), "{status}");
+    assert!(
+        status.contains("rolled back: generation 2 (slot b) failed to boot 3 times")
+            && status.contains("slot b: bad, generation 2, 0 tries left, 3 done")
+            && status.contains("booted: generation 1 from slot a (marked good)"),
+        "{status}"
+    );
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
 }
@@ -218,58 +240,6 @@ fn switch_builds_from_a_pakfile() {
     let diff = pak(&["system", "diff", "--disk", s(&img), "1", "2"]);
     assert!(diff.contains("+ hello "), "{diff}");
     pak(&["system", "verify", "--disk", s(&img)]);
-}
-
-#[test]
-fn a_generation_that_cannot_boot_falls_back_by_itself() {
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let img = w.join("minimal.raw");
-    let gen1 = pakfile(w, "gen1", "");
-    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
-    // Its init exits at once: the kernel panics, and panic= reboots.
-    let broken = pakfile(w, "broken", "");
-    let text = std::fs::read_to_string(&broken).unwrap().replace(
-        "cmdline = \"console=ttyS0 panic=10\"",
-        "cmdline = \"console=ttyS0 panic=2 init=/bin/false\"",
-    );
-    assert!(text.contains("init=/bin/false"));
-    std::fs::write(&broken, text).unwrap();
-    let sqfs = w.join("broken.sqfs");
-    pak(&[
-        "--pakfile",
-        &broken,
-        "build",
-        "--generation",
-        s(&sqfs),
-        "--number",
-        "2",
-    ]);
-
-    let log = w.join("console.log");
-    let mut m = Machine::start(&vm(&img, &[&sqfs]), &log).unwrap();
-    m.wait_for("pak: boot complete", BOOT).unwrap();
-    m.wait_for_shell(BOOT).unwrap();
-    m.succeed("pak system switch /dev/vdb").unwrap();
-    m.send("sync; reboot\n").unwrap();
-    // Three tries of generation 2, then systemd-boot picks slot a again.
-    for _ in 0..3 {
-        m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
-            .unwrap();
-        m.wait_for("Attempted to kill init", BOOT).unwrap();
-    }
-    m.wait_for("pak-init: starting generation 1 from slot a", BOOT)
-        .unwrap();
-    m.wait_for_shell(BOOT).unwrap();
-    let status = m.succeed("pak system status").unwrap();
-    assert!(
-        status.contains("rolled back: generation 2 (slot b) failed to boot 3 times")
-            && status.contains("slot b: bad, generation 2, 0 tries left, 3 done")
-            && status.contains("booted: generation 1 from slot a (marked good)"),
-        "{status}"
-    );
-    m.send("poweroff\n").unwrap();
-    m.wait_for_shutdown(BOOT).unwrap();
 }
 
 /// A sample of the cut points the offline fault-injection test covers,

@@ -727,10 +727,22 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         Ok(out)
     }
 
-    fn free_clusters(&mut self, n: usize) -> Result<Vec<u32>> {
+    /// The first FAT, whole.
+    fn read_fat(&mut self) -> Result<Vec<u8>> {
         let mut fat = vec![0u8; self.fat_bytes as usize];
         self.f.seek(SeekFrom::Start(self.fat_start))?;
         self.f.read_exact(&mut fat)?;
+        Ok(fat)
+    }
+
+    fn count_free(&self, fat: &[u8]) -> usize {
+        (2..self.clusters + 2)
+            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
+            .count()
+    }
+
+    fn free_clusters(&mut self, n: usize) -> Result<Vec<u32>> {
+        let fat = self.read_fat()?;
         let free: Vec<u32> = (2..self.clusters + 2)
             .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
             .take(n)
@@ -1041,9 +1053,7 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
                 }
             }
         }
-        let mut fat = vec![0u8; self.fat_bytes as usize];
-        self.f.seek(SeekFrom::Start(self.fat_start))?;
-        self.f.read_exact(&mut fat)?;
+        let fat = self.read_fat()?;
         let mut freed = 0;
         for c in 2..self.clusters + 2 {
             let i = c as usize * 4;
@@ -1062,12 +1072,8 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
 
     /// Bytes free for file data.
     pub fn free_bytes(&mut self) -> Result<u64> {
-        let mut fat = vec![0u8; self.fat_bytes as usize];
-        self.f.seek(SeekFrom::Start(self.fat_start))?;
-        self.f.read_exact(&mut fat)?;
-        let free = (2..self.clusters + 2)
-            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
-            .count() as u64;
+        let fat = self.read_fat()?;
+        let free = self.count_free(&fat) as u64;
         Ok(free * self.cluster_bytes)
     }
 
@@ -1077,12 +1083,8 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
     }
 
     fn update_fsinfo(&mut self) -> Result<()> {
-        let mut fat = vec![0u8; self.fat_bytes as usize];
-        self.f.seek(SeekFrom::Start(self.fat_start))?;
-        self.f.read_exact(&mut fat)?;
-        let free = (2..self.clusters + 2)
-            .filter(|c| fat[*c as usize * 4..*c as usize * 4 + 4] == [0, 0, 0, 0])
-            .count() as u32;
+        let fat = self.read_fat()?;
+        let free = self.count_free(&fat) as u32;
         for sector in [1u64, 7] {
             self.f.seek(SeekFrom::Start(
                 self.offset + sector * self.bytes_per_sector + 488,
