@@ -7,6 +7,9 @@
 //! names the host's repository (QEMU's user network shows the host as
 //! 10.0.2.2). The HTTP server is a small one in this test, over real TCP.
 
+mod common;
+use common::{BOOT, e2e_store, workspace};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,20 +19,7 @@ use std::time::Duration;
 use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
 
-const BOOT: Duration = Duration::from_secs(240);
 const NET: Duration = Duration::from_secs(120);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// One store for every e2e test of this run: Debian packages download once.
-fn store_root() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-root")
-}
 
 fn pak(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_pak"))
@@ -144,7 +134,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     // images/minimal, plus the repository users' environments start from.
     let image_dir = work.path().join("image");
     std::fs::create_dir(&image_dir).unwrap();
-    let minimal = std::fs::read_to_string(repo_root().join("images/minimal/Pakfile")).unwrap();
+    let minimal = std::fs::read_to_string(workspace().join("images/minimal/Pakfile")).unwrap();
     std::fs::write(
         image_dir.join("repositories.toml"),
         format!(
@@ -162,7 +152,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     let img = work.path().join("env.raw");
     pak(&[
         "--root".as_ref(),
-        store_root().as_ref(),
+        e2e_store().as_ref(),
         "--pakfile".as_ref(),
         image_dir.join("Pakfile").as_ref(),
         "build".as_ref(),
@@ -175,7 +165,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     let next = work.path().join("next.sqfs");
     pak(&[
         "--root".as_ref(),
-        store_root().as_ref(),
+        e2e_store().as_ref(),
         "--pakfile".as_ref(),
         image_dir.join("Pakfile").as_ref(),
         "build".as_ref(),

@@ -1,38 +1,27 @@
 //! End to end: build the shipped images from Debian's real packages and
 //! boot them under QEMU with OVMF (UEFI), as a user would.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{BOOT, e2e_store, workspace};
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
 
-const BOOT: Duration = Duration::from_secs(240);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// One store for every test of this run: packages download once.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-root")
-}
-
 fn build(image: &str, out: &Path) {
     let pakfile_dir = out.parent().unwrap().join(image);
     std::fs::create_dir_all(&pakfile_dir).unwrap();
     std::fs::copy(
-        repo().join("images").join(image).join("Pakfile"),
+        workspace().join("images").join(image).join("Pakfile"),
         pakfile_dir.join("Pakfile"),
     )
     .unwrap();
     let res = Command::new(env!("CARGO_BIN_EXE_pak"))
         .arg("--root")
-        .arg(root())
+        .arg(e2e_store())
         .arg("--pakfile")
         .arg(pakfile_dir.join("Pakfile"))
         .args(["build", "-o"])
@@ -161,7 +150,7 @@ fn builds_are_reproducible() {
     build("minimal", &img);
     let res = Command::new(env!("CARGO_BIN_EXE_pak"))
         .arg("--root")
-        .arg(root())
+        .arg(e2e_store())
         .arg("--pakfile")
         .arg(work.path().join("minimal/Pakfile"))
         .args(["build", "--check", "-o"])

@@ -6,31 +6,19 @@
 //! (`/dev/vdb`): `pak system switch` takes a generation file or a block
 //! device holding one.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{BOOT, e2e_store, workspace};
+
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
 
-const BOOT: Duration = Duration::from_secs(240);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The store the other QEMU tests use too: packages download once.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-root")
-}
-
 fn pak(args: &[&str]) -> String {
     let res = Command::new(env!("CARGO_BIN_EXE_pak"))
         .arg("--root")
-        .arg(root())
+        .arg(e2e_store())
         .args(args)
         .env("PAK_NO_PROGRESS", "1")
         .output()
@@ -47,7 +35,7 @@ fn pak(args: &[&str]) -> String {
 fn pakfile(dir: &Path, name: &str, extra: &str) -> String {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
-    let base = std::fs::read_to_string(repo().join("images/minimal/Pakfile")).unwrap();
+    let base = std::fs::read_to_string(workspace().join("images/minimal/Pakfile")).unwrap();
     let p = d.join("Pakfile");
     std::fs::write(&p, base + extra).unwrap();
     p.to_str().unwrap().to_string()

@@ -6,11 +6,13 @@
 //! Each test builds its own packages with `pak pkg create` and serves them
 //! from a signed local repository (`pak key generate`, `pak repo index`).
 
+mod common;
+use common::{User, is_root};
+
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 const TEST_USER: &str = "paktest-env";
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -21,56 +23,8 @@ fn pak() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pak"))
 }
 
-#[derive(Debug, Clone, Copy)]
-struct User {
-    uid: u32,
-    gid: u32,
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Who pak runs as: the test user when we are root, else ourselves.
 fn user() -> User {
-    static USER: OnceLock<User> = OnceLock::new();
-    *USER.get_or_init(|| {
-        if !is_root() {
-            return User {
-                uid: rustix::process::getuid().as_raw(),
-                gid: rustix::process::getgid().as_raw(),
-            };
-        }
-        let id = |flag: &str| {
-            Command::new("id")
-                .args([flag, TEST_USER])
-                .stderr(Stdio::null())
-                .output()
-                .expect("run id")
-        };
-        if !id("-u").status.success() {
-            let status = Command::new("useradd")
-                .args(["-m", TEST_USER])
-                .status()
-                .expect("run useradd");
-            // Another test binary may have created it meanwhile.
-            assert!(
-                status.success() || id("-u").status.success(),
-                "useradd -m {TEST_USER} failed"
-            );
-        }
-        let number = |flag: &str| -> u32 {
-            String::from_utf8(id(flag).stdout)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        User {
-            uid: number("-u"),
-            gid: number("-g"),
-        }
-    })
+    common::test_user(TEST_USER)
 }
 
 /// Run `program` as the test user; setpriv execs, so the pid stays the same.

@@ -2,6 +2,9 @@
 //! unprivileged user: when the tests run as root they create `paktest-sbx`
 //! and drop to it with setpriv(1), so the user-namespace path is what runs.
 
+mod common;
+use common::{User, is_root};
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -68,52 +71,8 @@ fn is_target_variable(name: &str) -> bool {
     EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
-#[derive(Debug, Clone, Copy)]
-struct User {
-    uid: u32,
-    gid: u32,
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Who the sandbox runs as: the test user when we are root, else ourselves.
 fn user() -> User {
-    static USER: OnceLock<User> = OnceLock::new();
-    *USER.get_or_init(|| {
-        if !is_root() {
-            return User {
-                uid: rustix::process::getuid().as_raw(),
-                gid: rustix::process::getgid().as_raw(),
-            };
-        }
-        let id = |flag: &str| {
-            Command::new("id")
-                .args([flag, TEST_USER])
-                .stderr(Stdio::null())
-                .output()
-                .expect("run id")
-        };
-        if !id("-u").status.success() {
-            let status = Command::new("useradd")
-                .args(["-m", TEST_USER])
-                .status()
-                .expect("run useradd");
-            assert!(status.success(), "useradd -m {TEST_USER} failed");
-        }
-        let number = |flag: &str| -> u32 {
-            String::from_utf8(id(flag).stdout)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        User {
-            uid: number("-u"),
-            gid: number("-g"),
-        }
-    })
+    common::test_user(TEST_USER)
 }
 
 /// Package trees, a working directory and a home owned by the test user.
