@@ -8,32 +8,16 @@
 //! 10.0.2.2). The HTTP server is a small one in this test, over real TCP.
 
 mod common;
-use common::{BOOT, e2e_store, workspace};
+use common::{BOOT, pak_e2e, vm, workspace};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
 
 const NET: Duration = Duration::from_secs(120);
-
-fn pak(args: &[&std::ffi::OsStr]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .args(args)
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pak {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Serves the files of `dir` over HTTP/1.0 GET, one thread per connection,
 /// for as long as the test runs. Returns the port.
@@ -105,7 +89,7 @@ fn make_repo(work: &Path) -> (PathBuf, String) {
     .unwrap();
     let repo = work.join("repo");
     std::fs::create_dir(&repo).unwrap();
-    pak(&[
+    pak_e2e::<&std::ffi::OsStr>(&[
         "pkg".as_ref(),
         "create".as_ref(),
         src.as_ref(),
@@ -113,8 +97,8 @@ fn make_repo(work: &Path) -> (PathBuf, String) {
         repo.as_ref(),
     ]);
     let key = work.join("e2e");
-    pak(&["key".as_ref(), "generate".as_ref(), key.as_ref()]);
-    pak(&[
+    pak_e2e::<&std::ffi::OsStr>(&["key".as_ref(), "generate".as_ref(), key.as_ref()]);
+    pak_e2e::<&std::ffi::OsStr>(&[
         "repo".as_ref(),
         "index".as_ref(),
         repo.as_ref(),
@@ -150,9 +134,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     )
     .unwrap();
     let img = work.path().join("env.raw");
-    pak(&[
-        "--root".as_ref(),
-        e2e_store().as_ref(),
+    pak_e2e::<&std::ffi::OsStr>(&[
         "--pakfile".as_ref(),
         image_dir.join("Pakfile").as_ref(),
         "build".as_ref(),
@@ -163,9 +145,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     // Generation 2 of the same system, for the switch at the end: it
     // reaches the guest as a second disk.
     let next = work.path().join("next.sqfs");
-    pak(&[
-        "--root".as_ref(),
-        e2e_store().as_ref(),
+    pak_e2e::<&std::ffi::OsStr>(&[
         "--pakfile".as_ref(),
         image_dir.join("Pakfile").as_ref(),
         "build".as_ref(),
@@ -175,13 +155,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
         "2".as_ref(),
     ]);
 
-    let cfg = VmConfig {
-        image: img.clone(),
-        memory_mib: 1024,
-        snapshot: false,
-        interactive: false,
-        drives: vec![next],
-    };
+    let cfg = vm(&img, &[&next]);
     let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
         .unwrap();

@@ -2,13 +2,12 @@
 //! boot them under QEMU with OVMF (UEFI), as a user would.
 
 mod common;
-use common::{BOOT, e2e_store, workspace};
+use common::{BOOT, e2e_store, pak_e2e, vm, workspace};
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
 
 fn build(image: &str, out: &Path) {
@@ -19,21 +18,9 @@ fn build(image: &str, out: &Path) {
         pakfile_dir.join("Pakfile"),
     )
     .unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .arg("--root")
-        .arg(e2e_store())
-        .arg("--pakfile")
-        .arg(pakfile_dir.join("Pakfile"))
-        .args(["build", "-o"])
-        .arg(out)
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "pak build {image} failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let pakfile = pakfile_dir.join("Pakfile");
+    let out = out.to_str().unwrap();
+    pak_e2e(&["--pakfile", pakfile.to_str().unwrap(), "build", "-o", out]);
 }
 
 fn esp_entries(image: &Path) -> String {
@@ -44,16 +31,6 @@ fn esp_entries(image: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn vm(image: &Path) -> VmConfig {
-    VmConfig {
-        image: image.to_path_buf(),
-        memory_mib: 1024,
-        snapshot: false,
-        interactive: false,
-        drives: vec![],
-    }
 }
 
 #[test]
@@ -76,7 +53,7 @@ fn minimal_boots_from_slot_a_with_a_read_only_root_and_persistent_var() {
         "the ESP describes slot a"
     );
 
-    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    let mut m = Machine::start(&vm(&img, &[]), &work.path().join("console.log")).unwrap();
     // The first boot is on trial: the watchdog runs until the boot is good.
     m.wait_for("boot on trial: the watchdog resets the machine", BOOT)
         .unwrap();
@@ -121,7 +98,7 @@ fn server_serves_http_from_its_files_configuration() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server.raw");
     build("server", &img);
-    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    let mut m = Machine::start(&vm(&img, &[]), &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
         .unwrap();
     m.wait_for_shell(BOOT).unwrap();
@@ -188,26 +165,13 @@ fn missing_qemu_names_the_packages_to_install() {
     );
 }
 
-fn pak_cli(args: &[&str]) -> String {
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "pak {args:?}: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    String::from_utf8_lossy(&res.stdout).into_owned()
-}
-
 #[test]
 fn system_status_and_mark_good_offline_and_inside_the_guest() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("minimal.raw");
     build("minimal", &img);
     let disk = img.to_str().unwrap();
-    let status = pak_cli(&["system", "status", "--disk", disk]);
+    let status = pak_e2e(&["system", "status", "--disk", disk]);
     assert!(
         status.contains("boots next: generation 1 from slot a"),
         "{status}"
@@ -218,7 +182,7 @@ fn system_status_and_mark_good_offline_and_inside_the_guest() {
     );
     assert!(status.contains("slot b: empty"), "{status}");
 
-    let mut m = Machine::start(&vm(&img), &work.path().join("console.log")).unwrap();
+    let mut m = Machine::start(&vm(&img, &[]), &work.path().join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     let live = m.succeed("pak system status").unwrap();
@@ -247,6 +211,6 @@ fn system_status_and_mark_good_offline_and_inside_the_guest() {
     m.wait_for_shutdown(BOOT).unwrap();
     drop(m);
     // A good entry is not counted down any more, and the ESP stays clean.
-    let offline = pak_cli(&["system", "status", "--disk", disk]);
+    let offline = pak_e2e(&["system", "status", "--disk", disk]);
     assert!(offline.contains("default entry: pak-a-1.conf"), "{offline}");
 }

@@ -7,29 +7,12 @@
 //! device holding one.
 
 mod common;
-use common::{BOOT, e2e_store, workspace};
+use common::{BOOT, pak_e2e, vm, workspace};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pak::qemu::VmConfig;
 use pak::vmtest::Machine;
-
-fn pak(args: &[&str]) -> String {
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .arg("--root")
-        .arg(e2e_store())
-        .args(args)
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "pak {args:?}: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    String::from_utf8_lossy(&res.stdout).into_owned()
-}
 
 /// `images/minimal`'s Pakfile in `dir/name/`, with `extra` appended.
 fn pakfile(dir: &Path, name: &str, extra: &str) -> String {
@@ -45,39 +28,42 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn vm(image: &Path, drives: &[&Path]) -> VmConfig {
-    VmConfig {
-        image: image.to_path_buf(),
-        memory_mib: 1024,
-        snapshot: false,
-        interactive: false,
-        drives: drives.iter().map(|d| d.to_path_buf()).collect(),
-    }
+/// `images/minimal` built as generation 1 into `w/minimal.raw`; the image
+/// and its Pakfile.
+fn minimal_image(w: &Path) -> (PathBuf, String) {
+    let img = w.join("minimal.raw");
+    let gen1 = pakfile(w, "gen1", "");
+    pak_e2e(&["--pakfile", &gen1, "build", "-o", s(&img)]);
+    (img, gen1)
+}
+
+/// `pakfile` built as the generation file `out`, numbered 2.
+fn generation_2(pakfile: &str, out: &Path) -> PathBuf {
+    let args = [
+        "--pakfile",
+        pakfile,
+        "build",
+        "--generation",
+        s(out),
+        "--number",
+        "2",
+    ];
+    pak_e2e(&args);
+    out.to_path_buf()
 }
 
 #[test]
 fn switch_reboot_and_roll_back_inside_the_guest() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = w.join("minimal.raw");
-    let gen1 = pakfile(w, "gen1", "");
-    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
+    let (img, _) = minimal_image(w);
     // Generation 2: one package more.
     let gen2 = pakfile(
         w,
         "gen2",
         "\n[packages]\nhello = \"*\"\n\n[files]\n\"/etc/motd\" = \"generation 2\\n\"\n",
     );
-    let sqfs = w.join("gen2.sqfs");
-    pak(&[
-        "--pakfile",
-        &gen2,
-        "build",
-        "--generation",
-        s(&sqfs),
-        "--number",
-        "2",
-    ]);
+    let sqfs = generation_2(&gen2, &w.join("gen2.sqfs"));
 
     let mut m = Machine::start(&vm(&img, &[&sqfs]), &w.join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
@@ -163,9 +149,7 @@ fn a_generation_that_cannot_boot_falls_back_by_itself() {
 fn falls_back(cmdline_extra: &str, per_boot: &[&str]) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = w.join("minimal.raw");
-    let gen1 = pakfile(w, "gen1", "");
-    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
+    let (img, _) = minimal_image(w);
     let broken = pakfile(w, "broken", "");
     let text = std::fs::read_to_string(&broken).unwrap().replace(
         "cmdline = \"console=ttyS0 panic=10\"",
@@ -173,16 +157,7 @@ fn falls_back(cmdline_extra: &str, per_boot: &[&str]) {
     );
     assert!(text.contains(cmdline_extra));
     std::fs::write(&broken, text).unwrap();
-    let sqfs = w.join("broken.sqfs");
-    pak(&[
-        "--pakfile",
-        &broken,
-        "build",
-        "--generation",
-        s(&sqfs),
-        "--number",
-        "2",
-    ]);
+    let sqfs = generation_2(&broken, &w.join("broken.sqfs"));
     let mut m = Machine::start(&vm(&img, &[&sqfs]), &w.join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
@@ -215,19 +190,17 @@ fn falls_back(cmdline_extra: &str, per_boot: &[&str]) {
 fn switch_builds_from_a_pakfile() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = w.join("minimal.raw");
-    let gen1 = pakfile(w, "gen1", "");
-    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
-    pak(&["system", "mark-good", "--disk", s(&img)]);
+    let (img, _) = minimal_image(w);
+    pak_e2e(&["system", "mark-good", "--disk", s(&img)]);
     let gen2 = pakfile(w, "gen2", "\n[packages]\nhello = \"*\"\n");
-    let out = pak(&["--pakfile", &gen2, "system", "switch", "--disk", s(&img)]);
+    let out = pak_e2e(&["--pakfile", &gen2, "system", "switch", "--disk", s(&img)]);
     assert!(
         out.contains("built generation 2 of minimal") && out.contains("written to slot b"),
         "{out}"
     );
-    let diff = pak(&["system", "diff", "--disk", s(&img), "1", "2"]);
+    let diff = pak_e2e(&["system", "diff", "--disk", s(&img), "1", "2"]);
     assert!(diff.contains("+ hello "), "{diff}");
-    pak(&["system", "verify", "--disk", s(&img)]);
+    pak_e2e(&["system", "verify", "--disk", s(&img)]);
 }
 
 /// A sample of the cut points the offline fault-injection test covers,
@@ -238,20 +211,9 @@ fn switch_builds_from_a_pakfile() {
 fn disks_cut_during_a_switch_boot_under_qemu() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = w.join("minimal.raw");
-    let gen1 = pakfile(w, "gen1", "");
-    pak(&["--pakfile", &gen1, "build", "-o", s(&img)]);
-    pak(&["system", "mark-good", "--disk", s(&img)]);
-    let sqfs = w.join("gen2.sqfs");
-    pak(&[
-        "--pakfile",
-        &gen1,
-        "build",
-        "--generation",
-        s(&sqfs),
-        "--number",
-        "2",
-    ]);
+    let (img, gen1) = minimal_image(w);
+    pak_e2e(&["system", "mark-good", "--disk", s(&img)]);
+    let sqfs = generation_2(&gen1, &w.join("gen2.sqfs"));
     // How many writes and flushes a whole switch takes, on a copy.
     let probe = w.join("probe.raw");
     copy(&img, &probe);

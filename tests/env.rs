@@ -7,10 +7,10 @@
 //! from a signed local repository (`pak key generate`, `pak repo index`).
 
 mod common;
-use common::{User, is_root};
+use common::{User, chmod};
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -27,23 +27,8 @@ fn user() -> User {
     common::test_user(TEST_USER)
 }
 
-/// Run `program` as the test user; setpriv execs, so the pid stays the same.
 fn as_user(program: &Path) -> Command {
-    if !is_root() {
-        return Command::new(program);
-    }
-    let user = user();
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .args(["--init-groups", "--"])
-        .arg(program);
-    command
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    common::as_user(program, user())
 }
 
 fn chown_user(path: &Path) {

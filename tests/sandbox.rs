@@ -3,10 +3,10 @@
 //! and drop to it with setpriv(1), so the user-namespace path is what runs.
 
 mod common;
-use common::{User, is_root};
+use common::{User, chmod, is_root};
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -153,23 +153,8 @@ impl Fixture {
     }
 }
 
-/// Run `program` as the test user; setpriv execs, so the pid stays the same.
 fn as_user(program: &Path) -> Command {
-    if !is_root() {
-        return Command::new(program);
-    }
-    let user = user();
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .args(["--init-groups", "--"])
-        .arg(program);
-    command
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    common::as_user(program, user())
 }
 
 fn text(bytes: &[u8]) -> String {

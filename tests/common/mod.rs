@@ -75,3 +75,51 @@ pub fn test_user(name: &str) -> User {
         }
     })
 }
+
+/// Runs pak with `args` (store: [`e2e_store`]), which must succeed; its stdout.
+pub fn pak_e2e<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
+        .arg("--root")
+        .arg(e2e_store())
+        .args(args)
+        .env("PAK_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "pak {args:?}: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+/// A test machine for `image`, with `drives` attached read-only.
+pub fn vm(image: &Path, drives: &[&Path]) -> pak::qemu::VmConfig {
+    pak::qemu::VmConfig {
+        image: image.to_path_buf(),
+        memory_mib: 1024,
+        snapshot: false,
+        interactive: false,
+        drives: drives.iter().map(|d| d.to_path_buf()).collect(),
+    }
+}
+
+/// Runs `program` as `user` when we are root; setpriv execs, so the pid
+/// stays the same.
+pub fn as_user(program: &Path, user: User) -> Command {
+    if !is_root() {
+        return Command::new(program);
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--init-groups", "--"])
+        .arg(program);
+    command
+}
+
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
