@@ -100,9 +100,13 @@ fn switch_reboot_and_roll_back_inside_the_guest() {
     );
     m.succeed("echo survives > /var/switch-test").unwrap();
 
-    let out = m.succeed("pak system rollback").unwrap();
-    assert!(out.contains("generation 1 (slot a) boots next"), "{out}");
-    m.reboot().unwrap();
+    // --reboot: rolls back and reboots in one go.
+    m.send("sync; pak system rollback --reboot\n").unwrap();
+    m.wait_for("generation 1 (slot a) boots next", BOOT)
+        .unwrap();
+    m.wait_for("pak-init: starting generation 1 from slot a", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
     let cmdline = m.succeed("cat /proc/cmdline").unwrap();
     assert!(
         cmdline.contains("pak.slot=a") && cmdline.contains("pak.generation=1"),

@@ -197,12 +197,12 @@ fn disk_with(dir: &Path, g: &Gen) -> Vec<u8> {
     let gen_path = dir.join("slot-a.sqfs");
     std::fs::write(&gen_path, &g.file).unwrap();
     let mut m = g.meta.clone();
-    m.written = Some(Written {
-        image_sha256: pak::fsutil::sha256_hex(&g.file),
-        image_size: g.file.len() as u64,
-        kernel_sha256: pak::fsutil::sha256_hex(&g.kernel),
-        initrd_sha256: pak::fsutil::sha256_hex(&g.initrd),
-    });
+    m.written = Some(Written::of(
+        &pak::fsutil::sha256_hex(&g.file),
+        g.file.len() as u64,
+        &g.kernel,
+        &g.initrd,
+    ));
     let files = vec![
         ("EFI/BOOT/BOOTX64.EFI".to_string(), b"MZ loader".to_vec()),
         (

@@ -34,7 +34,9 @@ const FACTORY_VAR: &str = "usr/share/factory/var";
 const ETC_UPPER: &str = "lib/pak/etc/upper";
 const ETC_WORK: &str = "lib/pak/etc/work";
 const ETC_STATE: &str = "lib/pak/etc";
-const ETC_CONFLICTS: &str = "lib/pak/etc/conflicts";
+/// Under `/var`: the `/etc` conflicts of this boot, one path per line
+/// (`pak system status` reads them from `/var/lib/pak/etc/conflicts`).
+pub const ETC_CONFLICTS: &str = "lib/pak/etc/conflicts";
 const WAIT_FOR_DISKS: Duration = Duration::from_secs(30);
 /// Seconds a boot on trial has to be marked good, unless `pak.watchdog=`.
 const TRIAL_SECONDS: u32 = 120;

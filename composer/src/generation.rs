@@ -65,6 +65,19 @@ pub struct PackageRef {
     pub sha256: String,
 }
 
+impl Written {
+    /// The record for a slot holding an image with this sha256 and size,
+    /// booted by these kernel and initrd bytes.
+    pub fn of(image_sha256: &str, image_size: u64, kernel: &[u8], initrd: &[u8]) -> Written {
+        Written {
+            image_sha256: image_sha256.to_string(),
+            image_size,
+            kernel_sha256: crate::fsutil::sha256_hex(kernel),
+            initrd_sha256: crate::fsutil::sha256_hex(initrd),
+        }
+    }
+}
+
 impl GenerationMeta {
     pub fn parse(text: &str) -> Result<Self> {
         Ok(toml::from_str(text)?)

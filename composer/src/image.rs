@@ -197,12 +197,12 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
     let image = std::fs::read(&built.squashfs)
         .with_context(|| format!("cannot read {}", built.squashfs.display()))?;
     let mut m = built.meta.clone();
-    m.written = Some(generation::Written {
-        image_sha256: crate::fsutil::sha256_hex(&image),
-        image_size: image.len() as u64,
-        kernel_sha256: crate::fsutil::sha256_hex(&kernel),
-        initrd_sha256: crate::fsutil::sha256_hex(&initrd),
-    });
+    m.written = Some(generation::Written::of(
+        &crate::fsutil::sha256_hex(&image),
+        image.len() as u64,
+        &kernel,
+        &initrd,
+    ));
     let sdboot = read_from_tree(&built.tree, SYSTEMD_BOOT).context(
         "the image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi); add systemd-boot-efi to [packages] (the base profile has it)",
     )?;

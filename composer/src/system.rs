@@ -29,9 +29,6 @@ use crate::gpt::Partition;
 use crate::squashfs::Reader;
 
 const ENTRIES: &str = "loader/entries";
-/// Written by `/init` on every boot: `/etc` files the user changed that the
-/// booted generation changed too (the user's copy wins).
-pub const ETC_CONFLICTS: &str = "/var/lib/pak/etc/conflicts";
 
 /// Storage a pak disk lives on. `flush` must be a durability barrier: what
 /// was written before it is on the medium when it returns.
@@ -432,7 +429,9 @@ impl<D: Device> PakDisk<D> {
                 .next()
         });
         let etc_conflicts = if self.booted.is_some() {
-            std::fs::read_to_string(ETC_CONFLICTS)
+            // Written by `/init` on every boot: `/etc` files the user changed
+            // that the booted generation changed too (the user's copy wins).
+            std::fs::read_to_string(Path::new("/var").join(pak_boot::init::ETC_CONFLICTS))
                 .map(|t| t.lines().map(String::from).collect())
                 .unwrap_or_default()
         } else {
@@ -549,12 +548,12 @@ impl<D: Device> PakDisk<D> {
                 part.size() >> 20
             );
         }
-        let written = Written {
-            image_sha256: incoming.image_sha256.clone(),
-            image_size: incoming.image_size,
-            kernel_sha256: sha256_hex(&incoming.kernel),
-            initrd_sha256: sha256_hex(&incoming.initrd),
-        };
+        let written = Written::of(
+            &incoming.image_sha256,
+            incoming.image_size,
+            &incoming.kernel,
+            &incoming.initrd,
+        );
         let mut esp_meta = meta.clone();
         esp_meta.written = Some(written);
         let meta_text = esp_meta.to_toml();

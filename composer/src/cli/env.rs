@@ -15,7 +15,8 @@ use crate::sandbox::{SandboxError, describe_status};
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
     /// Create an environment. Without --pakfile it is empty, with the
-    /// repositories of ./Pakfile, or else of /etc/pak/repositories.toml
+    /// repositories of ./Pakfile, or else of /etc/pak/repositories.toml,
+    /// or else of the image's /usr/lib/pak/repositories.toml
     Create { name: String },
     /// List the environments
     List,
