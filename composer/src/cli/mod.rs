@@ -14,6 +14,7 @@ mod env;
 mod pkg;
 mod project;
 mod system;
+mod verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,6 +93,12 @@ pub enum Command {
     },
     /// List the packages of the lock
     List,
+    /// Rebuild an image from its own lock and Pakfile and compare: identical,
+    /// or the first differing partition and file (exit 1)
+    Verify {
+        /// A disk image (`pak build -o`) or a generation file (`--generation`)
+        image: PathBuf,
+    },
     /// Boot an image interactively on the serial console (Ctrl-a x quits)
     Qemu {
         image: PathBuf,
@@ -304,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
         } => project::build(g, &output, generation.as_deref(), number, check)?,
         Command::List => project::list(g)?,
+        Command::Verify { image } => return verify::run(g, &image),
         Command::Qemu {
             image,
             snapshot,
