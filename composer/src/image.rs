@@ -719,3 +719,144 @@ fn fat_place(p: &Path, base: u64, at: u64) -> Result<String> {
     }
     Ok(format!("cluster {cluster}, which no file uses"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small disk whose slot holds `/etc/timezone` = `tz` (a config file
+    /// rendered from the environment: what a non-reproducible build step
+    /// would write) and whose ESP holds `entry`.
+    fn disk(dir: &Path, name: &str, tz: &str, entry: &str) -> std::path::PathBuf {
+        let mut t = squashfs::Tree::default();
+        let e = |kind| squashfs::Entry {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            xattrs: vec![],
+        };
+        t.entries.insert(String::new(), e(squashfs::Kind::Dir));
+        t.entries.insert("etc".into(), e(squashfs::Kind::Dir));
+        for (p, content) in [
+            ("etc/hostname", "box\n".to_string()),
+            ("etc/timezone", format!("{tz}\n")),
+            ("etc/zz", "last\n".to_string()),
+        ] {
+            t.entries.insert(
+                p.into(),
+                e(squashfs::Kind::File(squashfs::Source::Bytes(
+                    content.into_bytes(),
+                ))),
+            );
+        }
+        let sqfs = dir.join(format!("{name}.sqfs"));
+        squashfs::write(&t, &sqfs, &squashfs::Options::default()).unwrap();
+        generation::seal(&sqfs).unwrap();
+        let layout = Layout::new(Some(256 << 20), Some(64 << 20), Some(32 << 20)).unwrap();
+        let out = dir.join(format!("{name}.raw"));
+        let files = vec![
+            ("EFI/BOOT/BOOTX64.EFI".to_string(), vec![1u8; 5000]),
+            (
+                "loader/entries/pak-a-1.conf".to_string(),
+                entry.as_bytes().to_vec(),
+            ),
+        ];
+        disk::create(&out, &layout, &files, &sqfs, "seed").unwrap();
+        out
+    }
+
+    #[test]
+    fn differences_name_the_partition_and_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let a = disk(d.path(), "a", "Europe/Paris", "title a\n");
+        let same = disk(d.path(), "same", "Europe/Paris", "title a\n");
+        assert_eq!(first_difference(&a, &same).unwrap(), None);
+
+        // The same build under another TZ, had it leaked into a file (a
+        // zone name of the same length: the superblock stays the same).
+        let tz = disk(d.path(), "tz", "Asia/Kolkata", "title a\n");
+        let all = differences(&a, &tz).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        let diff = &all[0];
+        assert_eq!(diff.part, "root-a");
+        let path = diff.path.as_ref().unwrap();
+        assert_eq!(
+            (path.path.as_str(), path.field.as_str()),
+            ("/etc/timezone", "content")
+        );
+        assert!(
+            diff.place.as_ref().unwrap().contains("/etc/timezone"),
+            "{diff}"
+        );
+        let line = diff.describe("image", "rebuild");
+        assert!(
+            line.contains("partition root-a at byte")
+                && line.contains("first differing file: /etc/timezone, its content (image: sha256"),
+            "{line}"
+        );
+
+        let esp = disk(d.path(), "esp", "Europe/Paris", "title b\n");
+        let diff = first_difference(&a, &esp).unwrap().unwrap();
+        assert_eq!(diff.part, "esp");
+        assert_eq!(
+            diff.path.as_ref().unwrap().path,
+            "loader/entries/pak-a-1.conf"
+        );
+        // Its serial number derives from the content: the first byte that
+        // differs is the boot sector's; the file is still named.
+        assert_eq!(diff.place.as_deref(), Some("the FAT boot sector"), "{diff}");
+        // And a byte of the entry's own cluster is named as its data.
+        let base = diff.file_offset - diff.offset;
+        let bytes = std::fs::read(&esp).unwrap();
+        let at = (base as usize..base as usize + (64 << 20))
+            .find(|i| bytes[*i..].starts_with(b"title b\n"))
+            .unwrap() as u64;
+        let place = fat_place(&esp, base, at - base).unwrap();
+        assert!(
+            place.ends_with("the data of loader/entries/pak-a-1.conf"),
+            "{place}"
+        );
+
+        // Generation files compare the same way.
+        let g = differences(&d.path().join("a.sqfs"), &d.path().join("tz.sqfs")).unwrap();
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(g[0].part, "the generation");
+        assert_eq!(g[0].path.as_ref().unwrap().path, "/etc/timezone");
+    }
+
+    #[test]
+    fn a_path_only_one_side_has_is_named() {
+        let ok = |fields: &[(&'static str, &str)]| {
+            Ok(fields.iter().map(|(n, v)| (*n, v.to_string())).collect())
+        };
+        let a = vec![
+            ("/".to_string(), ok(&[("type", "directory")])),
+            ("/a".to_string(), ok(&[("type", "directory")])),
+            (
+                "/a/b".to_string(),
+                ok(&[("type", "file"), ("mode", "0644")]),
+            ),
+            ("/a-c".to_string(), ok(&[("type", "file")])),
+        ];
+        let mut b = a.clone();
+        let _ = b.remove(2);
+        let d = first_path_difference(a.clone(), b).unwrap();
+        assert_eq!(
+            (d.path.as_str(), d.first.as_str(), d.second.as_str()),
+            ("/a/b", "present", "absent")
+        );
+        let mut b = a.clone();
+        b[2].1 = ok(&[("type", "file"), ("mode", "0600")]);
+        let d = first_path_difference(a.clone(), b).unwrap();
+        assert_eq!(
+            (d.field.as_str(), d.first.as_str(), d.second.as_str()),
+            ("mode", "0644", "0600")
+        );
+        let mut b = a.clone();
+        b[3].1 = Err("its inode cannot be read".into());
+        let d = first_path_difference(a.clone(), b).unwrap();
+        assert_eq!((d.path.as_str(), d.field.as_str()), ("/a-c", "readability"));
+        assert_eq!(first_path_difference(a.clone(), a), None);
+    }
+}

@@ -700,3 +700,125 @@ fn current_umask() -> u32 {
     rustix::process::umask(m);
     m.as_raw_mode()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockedPackage;
+    use std::os::unix::fs::MetadataExt;
+
+    fn locked(name: &str, source: &str, sha: &str) -> LockedPackage {
+        LockedPackage {
+            name: name.into(),
+            version: "1.0-1".into(),
+            arch: "x86_64".into(),
+            sha256: sha.into(),
+            size: 4,
+            source: source.into(),
+            location: format!("{name}-1.0-1-x86_64.pak"),
+            requires: vec![],
+            provides: vec![],
+            conflicts: vec![],
+        }
+    }
+
+    #[test]
+    fn packages_of_a_relative_directory_come_from_a_cache_or_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let public = crate::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        let pakfile = Pakfile::parse(&format!(
+            "[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"\"\"\n{public}\"\"\"\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n"
+        ))
+        .unwrap();
+        let greet = locked("greet", "local", &"ab".repeat(32));
+        let lock = Lock::new(vec![
+            greet.clone(),
+            locked("busybox", "debian", &"cd".repeat(32)),
+            locked("pak", crate::selfpkg::REPO, &"ef".repeat(32)),
+        ]);
+        let root = Root::new(d.path().join("scratch"));
+        let err = seed_downloads(
+            &pakfile,
+            &lock,
+            &root,
+            &Seeds {
+                roots: vec![Root::new(d.path().join("empty"))],
+                project_dir: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("greet 1.0-1")
+                && err.contains("\"local\"")
+                && err.contains("pak fetch")
+                && err.contains("--root")
+                && !err.contains("busybox"),
+            "only the unreachable package is named, with what to do: {err}"
+        );
+        assert!(!root.dir().exists(), "nothing was written: {err}");
+
+        // From a download cache, by sha256: copied, the original kept.
+        let seed = Root::new(d.path().join("seed"));
+        let cached = seed
+            .cache_dir()
+            .join("pkgs")
+            .join(format!("{}.pak", greet.sha256));
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, b"greet").unwrap();
+        let seeds = Seeds {
+            roots: vec![seed.clone()],
+            project_dir: None,
+        };
+        seed_downloads(&pakfile, &lock, &root, &seeds).unwrap();
+        let copy = root
+            .cache_dir()
+            .join("pkgs")
+            .join(format!("{}.pak", greet.sha256));
+        assert_eq!(std::fs::read(&copy).unwrap(), b"greet");
+        assert_ne!(
+            std::fs::metadata(&copy).unwrap().ino(),
+            std::fs::metadata(&cached).unwrap().ino(),
+            "a copy, not a link"
+        );
+
+        // From the directory the Pakfile names, when its project is known.
+        let other = Root::new(d.path().join("other"));
+        let project = d.path().join("project");
+        std::fs::create_dir_all(project.join("repo")).unwrap();
+        std::fs::write(project.join("repo").join(&greet.location), b"from repo").unwrap();
+        seed_downloads(
+            &pakfile,
+            &lock,
+            &other,
+            &Seeds {
+                roots: vec![],
+                project_dir: Some(&project),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(
+                other
+                    .cache_dir()
+                    .join("pkgs")
+                    .join(format!("{}.pak", greet.sha256))
+            )
+            .unwrap(),
+            b"from repo"
+        );
+    }
+
+    #[test]
+    fn other_values_are_other() {
+        assert_eq!(other_than(&None, OTHER_TZ), OTHER_TZ[0]);
+        assert_eq!(other_than(&Some(OTHER_TZ[0].into()), OTHER_TZ), OTHER_TZ[1]);
+        assert_eq!(
+            other_than(&Some("C.UTF-8".into()), OTHER_LOCALE),
+            OTHER_LOCALE[0]
+        );
+    }
+}

@@ -995,7 +995,106 @@ mod tests {
                     let _ = r.read(p);
                 }
                 let _ = r.list("big");
+                let _ = r.walk();
+                let _ = r.place_of(state % good.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn a_walk_sees_every_field_and_a_place_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("g.sqfs");
+        let (mut tree, _) = sample();
+        tree.entries.insert("dev".into(), entry(Kind::Dir, 0o755));
+        tree.entries.insert(
+            "dev/null".into(),
+            Entry {
+                kind: Kind::CharDev { major: 1, minor: 3 },
+                mode: 0o666,
+                uid: 0,
+                gid: 5,
+                xattrs: vec![],
+            },
+        );
+        write(
+            &tree,
+            &img,
+            &Options {
+                mtime: 77,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let mut r = Reader::open(std::fs::File::open(&img).unwrap(), 0).unwrap();
+        assert_eq!(r.mtime(), 77);
+        let walk = r.walk();
+        let paths: Vec<&str> = walk.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths[0], "/");
+        assert_eq!(paths.len(), tree.entries.len());
+        let get = |p: &str, field: &str| -> String {
+            let (_, f) = walk.iter().find(|(q, _)| q == p).unwrap();
+            f.as_ref()
+                .unwrap()
+                .iter()
+                .find(|(n, _)| *n == field)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(get("/dev/null", "device"), "1:3");
+        assert_eq!(get("/dev/null", "owner"), "0:5");
+        assert_eq!(get("/dev/null", "mode"), "0666");
+        assert_eq!(get("/etc/hostname", "mtime"), "77");
+        assert_eq!(get("/etc/hard", "link count"), "2");
+        assert_eq!(
+            get("/usr/bin/tool", "content"),
+            format!(
+                "sha256 {}",
+                crate::fsutil::sha256_hex(&r.read("usr/bin/tool").unwrap())
+            )
+        );
+        assert_eq!(get("/bin", "target"), "usr/bin");
+
+        // A byte of the tool's second block, changed: the walk of the
+        // changed image differs at that file, and the place names it.
+        let first_block = match walk.iter().find(|(p, _)| p == "/usr/bin/tool") {
+            Some((_, Ok(f))) => f.iter().find(|(n, _)| *n == "storage").unwrap().1.clone(),
+            _ => panic!(),
+        };
+        let start: u64 = first_block
+            .strip_prefix("blocks at byte ")
+            .and_then(|s| s.split(',').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut bytes = std::fs::read(&img).unwrap();
+        let at = start + 10;
+        bytes[at as usize] ^= 0x40;
+        let mut bad = Reader::open(std::io::Cursor::new(bytes), 0).unwrap();
+        assert!(
+            r.place_of(at)
+                .starts_with("the data of /usr/bin/tool (its block 0"),
+            "{}",
+            r.place_of(at)
+        );
+        let changed = bad.walk();
+        let differing: Vec<&str> = walk
+            .iter()
+            .zip(&changed)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0.as_str())
+            .collect();
+        assert_eq!(differing, ["/usr/bin/tool"]);
+        assert_eq!(r.place_of(3), "the squashfs superblock");
+        assert_eq!(
+            r.place_of(r.bytes_used() + 1),
+            "the pak seal behind the squashfs (the sha256 of its bytes)"
+        );
+        assert_eq!(r.place_of(r.sb.inode_table), "the inode table");
+        assert!(
+            r.place_of(r.sb.inode_table - 1).contains("the tails of")
+                || r.place_of(r.sb.inode_table - 1).starts_with("the data of")
+        );
     }
 }
