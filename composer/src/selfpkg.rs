@@ -48,6 +48,7 @@ pub fn candidate() -> Result<Candidate> {
         location: LOCATION.into(),
         sha256,
         size,
+        archive_date: None,
     })
 }
 
