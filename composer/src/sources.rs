@@ -256,7 +256,7 @@ fn from_pak(
                     vanished(
                         p,
                         Kind::Pak,
-                        &format!("the repository has no index any more ({e:#})"),
+                        &format!("the repository has no index any more ({})", e.root_cause()),
                     )
                 } else {
                     e.context(format!(
@@ -290,7 +290,8 @@ fn from_pak(
             p,
             Kind::Pak,
             &format!(
-                "the repository's index still lists it, but {url} does not exist: the repository is broken"
+                "the repository's index still lists it, but {}: the repository is broken",
+                e.root_cause()
             ),
         )),
         Err(e) => Err(e),
@@ -312,7 +313,9 @@ fn from_apt(
     };
     let mirror = match fetch::download_verified(&url, &path, &p.sha256, p.size, &describe(p)) {
         Ok(()) => return Ok(done()),
-        Err(e) if fetch::is_not_found(&e) => format!("the mirror no longer has it ({e})"),
+        Err(e) if fetch::is_not_found(&e) => {
+            format!("the mirror no longer has it ({})", e.root_cause())
+        }
         Err(e) => return Err(e),
     };
     let (Some(base), Some(date)) = (snapshot, &p.archive_date) else {
@@ -331,7 +334,7 @@ fn from_apt(
         Err(e) if fetch::is_not_found(&e) => Err(vanished(
             p,
             Kind::Apt { snapshot: true },
-            &format!("{mirror}, nor does the snapshot ({e})"),
+            &format!("{mirror}, nor does the snapshot ({})", e.root_cause()),
         )),
         Err(e) => Err(e.context(format!("{mirror}; its snapshot copy failed"))),
     }
