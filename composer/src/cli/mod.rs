@@ -46,6 +46,10 @@ pub struct Global {
     /// Machine-readable output where a command lists or reports
     #[arg(long, global = true)]
     pub json: bool,
+    /// Refuse any change to the lock (for CI): fail, naming what would
+    /// change, and write nothing
+    #[arg(long, global = true)]
+    pub locked: bool,
     /// Use no network: only the store, the download cache and local repositories
     #[arg(long, global = true)]
     pub offline: bool,
@@ -56,6 +60,14 @@ impl Global {
         match &self.root {
             Some(dir) => Root::new(dir),
             None => Root::default_for_user(),
+        }
+    }
+
+    pub fn lock_policy(&self) -> crate::project::LockPolicy {
+        if self.locked {
+            crate::project::LockPolicy::Frozen
+        } else {
+            crate::project::LockPolicy::Update
         }
     }
 }
