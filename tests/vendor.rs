@@ -167,8 +167,12 @@ impl World {
 
     /// Runs pak in the project directory with store root `root`.
     fn pak(&self, root: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pak"))
-            .current_dir(&self.dir)
+        self.command(root, args).output().expect("run pak")
+    }
+
+    fn command(&self, root: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
+        c.current_dir(&self.dir)
             .arg("--root")
             .arg(self.root(root))
             .args(args)
@@ -176,8 +180,8 @@ impl World {
             .env("PAK_APT_ROOT", self.dir.join("apt"))
             .env_remove("PAKFILE")
             .env_remove("PAK_ROOT")
-            .output()
-            .expect("run pak")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
     }
 
     /// `pak pkg create` of a package with `files` into `out`.
@@ -670,10 +674,90 @@ fn a_vendored_copy_builds_the_same_image_offline() {
     assert_eq!(w.read("Vendored.lock"), w.read("Pakfile.lock"));
 
     // Vendoring again signs with the same key, the next index version.
-    ok(w.pak("r1", &["vendor", "vendor"]));
+    let again = ok(w.pak("r1", &["vendor", "vendor"]));
+    assert!(
+        again.contains("signed with") && !again.contains("new key"),
+        "{again}"
+    );
     assert!(
         std::fs::read_to_string(w.dir.join("vendor/debian/index"))
             .unwrap()
             .contains("version = 2")
     );
+
+    // With a given key and SOURCE_DATE_EPOCH, the copy is the same bytes
+    // and modes whatever the umask; the snippet carries the public key.
+    let mut trees = Vec::new();
+    for (dir, umask) in [("v1", "022"), ("v2", "077")] {
+        let out = w
+            .command("r1", &["vendor", dir, "--key", "local.key"])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .pre_exec_umask(umask)
+            .output()
+            .unwrap();
+        let text = ok(out);
+        let snippet = pak::pakfile::Pakfile::parse(&text).unwrap();
+        let local = pak::key::SecretKey::read(&w.dir.join("local.key")).unwrap();
+        for r in &snippet.repository {
+            let key = r.key.as_deref().unwrap();
+            assert!(key.starts_with("pak public key"), "the key itself: {text}");
+            let key = pak::key::PublicKey::from_pakfile_field(key, &w.dir).unwrap();
+            assert_eq!(key.id(), local.public().id());
+        }
+        assert!(!w.dir.join(dir).join("vendor.key").exists());
+        trees.push(tree_of(&w.dir.join(dir)));
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert!(
+        trees[0]
+            .iter()
+            .any(|(f, mode, _)| f.ends_with("/index") && *mode == 0o644)
+    );
+}
+
+/// Every path below `dir` with its mode and content's sha256 (empty for
+/// directories).
+fn tree_of(dir: &Path) -> Vec<(String, u32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(&f);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+            let content = if p.is_dir() {
+                String::new()
+            } else {
+                sha256(&std::fs::read(&p).unwrap())
+            };
+            (f, mode, content)
+        })
+        .collect()
+}
+
+trait Umask {
+    fn pre_exec_umask(&mut self, octal: &str) -> &mut Self;
+}
+
+impl Umask for Command {
+    /// Runs the program under this umask (through sh, which sets it).
+    fn pre_exec_umask(&mut self, octal: &str) -> &mut Self {
+        let program = self.get_program().to_os_string();
+        let args: Vec<_> = self.get_args().map(|a| a.to_os_string()).collect();
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("umask {octal} && exec \"$0\" \"$@\""))
+            .arg(program)
+            .args(args);
+        if let Some(d) = self.get_current_dir() {
+            sh.current_dir(d);
+        }
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        *self = sh;
+        self
+    }
 }

@@ -376,3 +376,73 @@ pub fn search<'a>(cands: &'a [Candidate], term: &str) -> Vec<&'a Candidate> {
     });
     hits.into_iter().map(|(_, c)| c).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deb_entry(dir: &Path, file: &str, bytes: &[u8]) -> IndexEntry {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        IndexEntry {
+            file: file.into(),
+            sha256: crate::fsutil::sha256_hex(bytes),
+            size: bytes.len() as u64,
+            format: Some(Format::Deb),
+            archive_date: Some("20230610T091320Z".into()),
+            info: PakInfo::from_toml("name = \"k\"\nversion = \"1\"\narch = \"x86_64\"\n").unwrap(),
+        }
+    }
+
+    #[test]
+    fn debian_entries_survive_reindexing_and_fetch_ignores_expiry() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("repo");
+        let key = SecretKey::generate().unwrap();
+        let deb = deb_entry(&dir, "bookworm/pool/k_1.deb", b"a deb");
+        let first = sign_index(&dir, &key, vec![deb.clone()], 1, None).unwrap();
+        assert_eq!((first.format, first.version), (FORMAT_ARTIFACTS, 1));
+
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            src.join(".PAKINFO"),
+            "name = \"p\"\nversion = \"1\"\narch = \"any\"\n",
+        )
+        .unwrap();
+        crate::package::create_from_dir(&src, &dir).unwrap();
+        // `pak repo index` on a vendored repository keeps its .deb entries.
+        let again = write_index(&dir, &key, 1, None).unwrap();
+        assert_eq!(again.version, 2);
+        let files: Vec<&str> = again.packages.iter().map(|e| e.file.as_str()).collect();
+        assert_eq!(files, ["bookworm/pool/k_1.deb", "p-1-any.pak"]);
+        assert_eq!(again.packages[0], deb);
+
+        let repo = Repository {
+            name: "v".into(),
+            base: dir.display().to_string(),
+            key: key.public(),
+        };
+        let root = Root::new(d.path().join("root"));
+        let cands = repo.load(&root).unwrap();
+        assert_eq!(cands[0].archive_date.as_deref(), Some("20230610T091320Z"));
+
+        // Expired: refused for resolving, still read for fetching a pinned
+        // artifact; a bad signature is refused by both.
+        sign_index(&dir, &key, again.packages.clone(), 0, Some(3)).unwrap();
+        let err = repo.load_index(&root).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        assert_eq!(repo.index_for_fetch().unwrap().packages.len(), 2);
+        let other = Repository {
+            key: SecretKey::generate().unwrap().public(),
+            ..repo
+        };
+        assert!(other.index_for_fetch().is_err());
+
+        // A vendored file that changed is not silently re-signed.
+        std::fs::write(dir.join("bookworm/pool/k_1.deb"), b"another deb").unwrap();
+        let err = write_index(&dir, &key, 1, None).unwrap_err();
+        assert!(err.to_string().contains("no longer matches"), "{err}");
+    }
+}
