@@ -43,5 +43,6 @@ pub mod store;
 pub mod sysconfig;
 pub mod system;
 pub mod timefmt;
+pub mod vendor;
 pub mod version;
 pub mod vmtest;

@@ -55,6 +55,12 @@ pub struct LockedPackage {
     pub provides: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// For Debian packages: the `Date:` of the suite's Release file they
+    /// were locked from, as a snapshot timestamp (`20240610T091320Z`). When
+    /// the mirror has dropped the exact version, a `snapshot` base on the
+    /// apt repository is asked for `<snapshot>/<archive>/<archive_date>/pool/...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_date: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -79,6 +85,7 @@ impl LockedPackage {
             requires: c.info.requires.clone(),
             provides: c.info.provides.clone(),
             conflicts: c.info.conflicts.clone(),
+            archive_date: c.archive_date.clone(),
         }
     }
 
@@ -102,6 +109,7 @@ impl LockedPackage {
             location: self.location.clone(),
             sha256: self.sha256.clone(),
             size: self.size,
+            archive_date: self.archive_date.clone(),
         }
     }
 
@@ -315,6 +323,7 @@ mod tests {
             requires: vec!["libc6 >= 2.34".into()],
             provides: vec![],
             conflicts: vec![],
+            archive_date: None,
         }
     }
 

@@ -725,6 +725,7 @@ mod tests {
             location: format!("{name}.pak"),
             sha256: "00".repeat(32),
             size: 0,
+            archive_date: None,
         }
     }
 

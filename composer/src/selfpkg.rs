@@ -53,6 +53,7 @@ pub fn candidate() -> Result<Candidate> {
         location: LOCATION.into(),
         sha256: String::new(),
         size: 0,
+        archive_date: None,
     })
 }
 
