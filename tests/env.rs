@@ -19,8 +19,10 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// A command no host has: proves it comes from the environment.
 const HELLO: &str = "pak-envtest-hello";
 
+/// The pak binary, where the test user can run it.
 fn pak() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_pak"))
+    static PAK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PAK.get_or_init(|| common::runnable_by_all(Path::new(env!("CARGO_BIN_EXE_pak"))))
 }
 
 fn user() -> User {

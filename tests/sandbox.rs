@@ -53,6 +53,7 @@ fn sandbox_run() -> &'static Path {
             .filter(|msg| msg["reason"] == "compiler-artifact")
             .filter(|msg| msg["target"]["name"] == "sandbox-run")
             .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+            .map(|exe| common::runnable_by_all(&exe))
             .expect("cargo reported no sandbox-run executable")
     })
 }

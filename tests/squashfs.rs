@@ -210,3 +210,69 @@ fn reproducible_across_threads_and_cache() {
         "warm build reuses blocks: {s2:?}"
     );
 }
+
+/// Many blocks compressed at once on many threads: every cache entry must
+/// hold its own block. (Threads once shared one temporary file name per
+/// process, so one block's bytes could land under another's key, and the
+/// next build from that cache wrote a corrupt image.)
+#[test]
+fn a_cache_filled_in_parallel_or_damaged_never_changes_the_bytes() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 48 MiB of distinct, poorly compressible blocks (xorshift noise).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = vec![0u8; 48 << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(src.join("noise"), &data).unwrap();
+    let tree = Tree::from_dir(&src).unwrap();
+    let cache = work.path().join("cache");
+    let build = |name: &str, cache: Option<&Path>| {
+        let p = work.path().join(name);
+        let opts = Options {
+            threads: 8,
+            cache: cache.map(Path::to_path_buf),
+            ..Options::default()
+        };
+        squashfs::write(&tree, &p, &opts).unwrap();
+        std::fs::read(p).unwrap()
+    };
+    let plain = build("plain", None);
+    assert!(
+        build("cold", Some(&cache)) == plain,
+        "a cold cache changed the bytes"
+    );
+    assert!(
+        build("warm", Some(&cache)) == plain,
+        "a cache filled in parallel changed the bytes"
+    );
+    // A damaged cache (a truncated entry, another block's bytes) is noticed
+    // and the block compressed again.
+    let mut entries: Vec<_> = walk(&cache);
+    entries.sort();
+    assert!(entries.len() > 300, "{} cache entries", entries.len());
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    std::fs::copy(&entries[2], &entries[1]).unwrap();
+    assert!(
+        build("damaged", Some(&cache)) == plain,
+        "a damaged cache changed the bytes"
+    );
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

@@ -11,6 +11,15 @@
 //! locks name no mirror, and the building host's own mirror for that suite
 //! is used to fetch.
 //!
+//! Mirrors keep only current versions; Debian's security archive drops a
+//! superseded version within days. So a candidate also records when the
+//! archive listed it: the `Date:` of the suite's `InRelease`/`Release` file
+//! apt holds, as a snapshot timestamp (`20240610T091320Z`). A repository
+//! with a `snapshot` base fetches a version the mirror dropped from
+//! `<snapshot>/<archive>/<timestamp>/pool/...`, the layout of Debian's
+//! snapshot archive, `<archive>` being the last path component of the
+//! source's URI (`debian`, `debian-security`).
+//!
 //! Parsing 60,000 stanzas takes a noticeable fraction of a second, so the
 //! parsed candidates are cached under the pak root, keyed by the list files'
 //! names, sizes and modification times; a changed list invalidates it.
@@ -98,6 +107,109 @@ impl AptHost {
             .map(|ext| self.lists.join(format!("{base}{ext}")))
             .find(|p| p.is_file())
     }
+
+    /// The suite's `InRelease` (or `Release`) file apt holds, if any.
+    fn release_file(&self, s: &Source) -> Option<PathBuf> {
+        ["InRelease", "Release"]
+            .iter()
+            .map(|f| {
+                self.lists.join(list_file_name(&format!(
+                    "{}/dists/{}/{f}",
+                    s.uri.trim_end_matches('/'),
+                    s.suite
+                )))
+            })
+            .find(|p| p.is_file())
+    }
+
+    /// The source of this host that serves the suite of `location`
+    /// (`SUITE/pool/...`), and the path below the archive root.
+    fn source_for<'a>(&self, location: &'a str) -> Result<(Source, &'a str)> {
+        let (suite, file) = location
+            .split_once('/')
+            .with_context(|| format!("{location:?} is not an apt location (SUITE/pool/...)"))?;
+        let src = self.sources()?.into_iter().find(|s| s.suite == suite).with_context(|| {
+            format!("no source in this host's apt configuration serves the suite {suite:?} needed for {file}; add it to apt's sources, or run `pak update`")
+        })?;
+        Ok((src, file))
+    }
+}
+
+/// The `Date:` of a Release file as a snapshot timestamp; `Ok(None)` when
+/// it has none.
+fn release_date(path: &Path) -> Result<Option<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Some(date) = text
+        .lines()
+        .take_while(|l| !l.starts_with("-----BEGIN PGP SIGNATURE"))
+        .find_map(|l| l.strip_prefix("Date:"))
+    else {
+        return Ok(None);
+    };
+    snapshot_timestamp(date.trim()).map(Some).with_context(|| {
+        format!(
+            "{}: its Date {:?} is not a date such as \"Sat, 10 Jun 2023 09:13:20 UTC\"; run `apt-get update`",
+            path.display(),
+            date.trim()
+        )
+    })
+}
+
+/// An RFC 2822 date as Release files write it (`Sat, 10 Jun 2023 09:13:20
+/// UTC`) as a snapshot timestamp (`20230610T091320Z`), in UTC.
+pub fn snapshot_timestamp(date: &str) -> Result<String> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mut w: Vec<&str> = date.split_whitespace().collect();
+    if w.first().is_some_and(|d| d.ends_with(',')) {
+        w.remove(0);
+    }
+    let [day, month, year, time, zone] = w[..] else {
+        bail!("expected DAY MONTH YEAR HH:MM:SS ZONE");
+    };
+    let num = |s: &str, max: i64| -> Result<i64> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|v| (0..=max).contains(v))
+            .with_context(|| format!("{s:?} is out of range"))
+    };
+    let day = num(day, 31)?;
+    let month = MONTHS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(month))
+        .with_context(|| format!("{month:?} is not a month"))? as i64
+        + 1;
+    let year = num(year, 9999)?;
+    let hms: Vec<&str> = time.split(':').collect();
+    let [h, m, sec] = hms[..] else {
+        bail!("{time:?} is not HH:MM:SS");
+    };
+    let (h, m, sec) = (num(h, 23)?, num(m, 59)?, num(sec, 60)?);
+    let offset = match zone {
+        "UTC" | "GMT" | "UT" | "Z" => 0,
+        z if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
+            let v = num(&z[1..3], 23)? * 3600 + num(&z[3..5], 59)? * 60;
+            if z.starts_with('-') { -v } else { v }
+        }
+        z => bail!("time zone {z:?} is not understood"),
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec - offset)
+        .context("the date is before 1970")?;
+    // `YYYY-MM-DD HH:MM:SS UTC` → `YYYYMMDDTHHMMSSZ`.
+    let utc = crate::timefmt::utc(secs).replace(['-', ':'], "");
+    let (d, t) = utc
+        .trim_end_matches(" UTC")
+        .split_once(' ')
+        .expect("timefmt::utc has a space");
+    Ok(format!("{d}T{t}Z"))
 }
 
 fn parse_deb822_sources(text: &str) -> Vec<Source> {
@@ -205,7 +317,12 @@ fn read_list(path: &Path) -> Result<String> {
 /// Parses one `Packages` index into candidates. Only the fields pak uses
 /// are looked at; the mapping to pak metadata is `debian`'s, shared with
 /// `.deb` import.
-pub fn parse_packages(text: &str, repo: &str, suite: &str) -> Vec<Candidate> {
+pub fn parse_packages(
+    text: &str,
+    repo: &str,
+    suite: &str,
+    archive_date: Option<&str>,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let mut f: BTreeMap<&str, &str> = BTreeMap::new();
@@ -238,6 +355,7 @@ pub fn parse_packages(text: &str, repo: &str, suite: &str) -> Vec<Candidate> {
             location: format!("{suite}/{file}"),
             sha256: sha.to_string(),
             size: f.get("Size").and_then(|s| s.parse().ok()).unwrap_or(0),
+            archive_date: archive_date.map(str::to_string),
         });
     }
     out
@@ -262,11 +380,15 @@ pub fn load_from(host: &AptHost, repo: &str, root: &Root) -> Result<Vec<Candidat
         );
     }
     let mut lists = Vec::new();
+    let mut releases = Vec::new();
     for s in &sources {
         for arch in ARCHES {
             if let Some(p) = host.list_file(s, arch) {
                 lists.push((s.clone(), p));
             }
+        }
+        if let Some(r) = host.release_file(s) {
+            releases.push((s.clone(), r));
         }
     }
     if lists.is_empty() {
@@ -275,16 +397,28 @@ pub fn load_from(host: &AptHost, repo: &str, root: &Root) -> Result<Vec<Candidat
             host.lists.display()
         );
     }
-    let key = cache_key(repo, &lists)?;
+    // A new Release (a new Date) with unchanged package lists happens at
+    // every archive run: it must refresh the cached dates too.
+    let key = cache_key(repo, lists.iter().chain(&releases))?;
     let cache = root.cache_dir().join("apt").join(format!("{key}.bin"));
     if let Ok(bytes) = std::fs::read(&cache)
         && let Some(c) = decode_chunks(&bytes)
     {
         return Ok(c);
     }
+    let mut dates = BTreeMap::new();
+    for (s, r) in &releases {
+        dates.insert((&s.uri, &s.suite), release_date(r)?);
+    }
     let mut out = Vec::new();
     for (s, p) in &lists {
-        out.extend(parse_packages(&read_list(p)?, repo, &s.suite));
+        let date = dates.get(&(&s.uri, &s.suite)).cloned().flatten();
+        out.extend(parse_packages(
+            &read_list(p)?,
+            repo,
+            &s.suite,
+            date.as_deref(),
+        ));
     }
     // A cache that cannot be written only costs time next run.
     if std::fs::create_dir_all(cache.parent().expect("has parent")).is_ok() {
@@ -293,9 +427,9 @@ pub fn load_from(host: &AptHost, repo: &str, root: &Root) -> Result<Vec<Candidat
     Ok(out)
 }
 
-fn cache_key(repo: &str, lists: &[(Source, PathBuf)]) -> Result<String> {
+fn cache_key<'a>(repo: &str, lists: impl Iterator<Item = &'a (Source, PathBuf)>) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(b"pak-apt-cache-3\0");
+    h.update(b"pak-apt-cache-4\0");
     h.update(repo.as_bytes());
     for (s, p) in lists {
         let md = std::fs::metadata(p)?;
@@ -375,6 +509,7 @@ fn encode(cands: &[Candidate]) -> Vec<u8> {
             &c.repo,
             &c.location,
             &c.sha256,
+            c.archive_date.as_deref().unwrap_or_default(),
         ] {
             s(&mut out, v);
         }
@@ -407,7 +542,8 @@ fn decode(b: &[u8]) -> Option<Vec<Candidate>> {
     let n = u32_at(&mut pos)?;
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let (name, version, arch, summary, repo, location, sha256) = (
+        let (name, version, arch, summary, repo, location, sha256, date) = (
+            str_at(&mut pos)?,
             str_at(&mut pos)?,
             str_at(&mut pos)?,
             str_at(&mut pos)?,
@@ -437,6 +573,7 @@ fn decode(b: &[u8]) -> Option<Vec<Candidate>> {
             location,
             sha256,
             size,
+            archive_date: (!date.is_empty()).then_some(date),
         });
     }
     (pos == b.len()).then_some(out)
@@ -444,14 +581,33 @@ fn decode(b: &[u8]) -> Option<Vec<Candidate>> {
 
 /// The URL of a candidate's `.deb` on this host's mirror for its suite.
 pub fn url_for(host: &AptHost, location: &str) -> Result<String> {
-    let (suite, file) = location
-        .split_once('/')
-        .with_context(|| format!("{location:?} is not an apt location (SUITE/pool/...)"))?;
-    let sources = host.sources()?;
-    let src = sources.iter().find(|s| s.suite == suite).with_context(|| {
-        format!("no source in this host's apt configuration serves the suite {suite:?} needed for {file}; add it to apt's sources, or run `pak update`")
-    })?;
+    let (src, file) = host.source_for(location)?;
     Ok(format!("{}/{file}", src.uri.trim_end_matches('/')))
+}
+
+/// The URL of a candidate's `.deb` in an archive snapshot taken at `date`
+/// (`<snapshot>/<archive>/<date>/pool/...`).
+pub fn snapshot_url(host: &AptHost, snapshot: &str, location: &str, date: &str) -> Result<String> {
+    let (src, file) = host.source_for(location)?;
+    let path = src
+        .uri
+        .split_once("://")
+        .map_or(src.uri.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    let archive = path
+        .split_once('/')
+        .and_then(|(_, p)| p.rsplit('/').next())
+        .filter(|a| !a.is_empty())
+        .with_context(|| {
+            format!(
+                "the apt source {} has no path, so there is no archive name (such as debian) to look for in the snapshot {snapshot}",
+                src.uri
+            )
+        })?;
+    Ok(crate::fetch::join(
+        snapshot,
+        &format!("{archive}/{date}/{file}"),
+    ))
 }
 
 /// Downloads a `.deb`, checking size and sha256, to `dest` (atomically).
@@ -495,8 +651,9 @@ mod tests {
     #[test]
     fn packages_and_cache_roundtrip() {
         let text = "Package: nginx\nVersion: 1.22.1-9\nArchitecture: amd64\nDepends: libc6 (>= 2.34), nginx-common (= 1.22.1-9)\nBreaks: x (<< 1)\nProvides: httpd\nDescription: small\nFilename: pool/main/n/nginx/nginx_1.22.1-9_amd64.deb\nSize: 10\nSHA256: abc\n\nPackage: broken\n";
-        let c = parse_packages(text, "debian", "bookworm");
+        let c = parse_packages(text, "debian", "bookworm", Some("20230610T091320Z"));
         assert_eq!(c.len(), 1);
+        assert_eq!(c[0].archive_date.as_deref(), Some("20230610T091320Z"));
         assert_eq!(
             c[0].location,
             "bookworm/pool/main/n/nginx/nginx_1.22.1-9_amd64.deb"
@@ -508,6 +665,8 @@ mod tests {
         assert_eq!(c[0].info.conflicts, vec!["x < 1"]);
         assert_eq!(decode(&encode(&c)).unwrap(), c);
         assert!(decode(&encode(&c)[..10]).is_none());
+        let undated = parse_packages(text, "debian", "bookworm", None);
+        assert_eq!(decode(&encode(&undated)).unwrap(), undated);
         let many: Vec<Candidate> = (0..40).map(|_| c[0].clone()).collect();
         assert_eq!(decode_chunks(&encode_chunks(&many)).unwrap(), many);
         assert!(decode_chunks(&encode_chunks(&many)[..100]).is_none());
@@ -530,6 +689,16 @@ mod tests {
             url_for(&host, "bookworm/pool/x.deb").unwrap(),
             "http://mirror.test/debian/pool/x.deb"
         );
+        assert_eq!(
+            snapshot_url(
+                &host,
+                "http://snap.test/archive/",
+                "bookworm/pool/x.deb",
+                "20230610T091320Z"
+            )
+            .unwrap(),
+            "http://snap.test/archive/debian/20230610T091320Z/pool/x.deb"
+        );
         assert!(
             url_for(&host, "trixie/pool/x.deb")
                 .unwrap_err()
@@ -543,5 +712,45 @@ mod tests {
                 .to_string()
                 .contains("apt-get update")
         );
+    }
+
+    #[test]
+    fn release_dates_become_snapshot_timestamps() {
+        assert_eq!(
+            snapshot_timestamp("Sat, 10 Jun 2023 09:13:20 UTC").unwrap(),
+            "20230610T091320Z"
+        );
+        assert_eq!(
+            snapshot_timestamp("Thu, 29 Feb 2024 23:30:00 -0100").unwrap(),
+            "20240301T003000Z"
+        );
+        assert_eq!(
+            snapshot_timestamp("1 Jan 2000 00:00:00 +0200").unwrap(),
+            "19991231T220000Z"
+        );
+        for bad in [
+            "",
+            "Sat, 10 Jun 2023",
+            "Sat, 10 Jux 2023 09:13:20 UTC",
+            "Sat, 10 Jun 2023 25:13:20 UTC",
+            "Sat, 10 Jun 2023 09:13:20 CEST",
+        ] {
+            assert!(snapshot_timestamp(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("InRelease");
+        std::fs::write(
+            &f,
+            "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Debian\nDate: Sat, 10 Jun 2023 09:13:20 UTC\nSHA256:\n abc 1 main/x\n-----BEGIN PGP SIGNATURE-----\nDate: x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            release_date(&f).unwrap().as_deref(),
+            Some("20230610T091320Z")
+        );
+        std::fs::write(&f, "Origin: Debian\n").unwrap();
+        assert_eq!(release_date(&f).unwrap(), None);
+        std::fs::write(&f, "Date: yesterday\n").unwrap();
+        assert!(format!("{:#}", release_date(&f).unwrap_err()).contains("apt-get update"));
     }
 }

@@ -17,4 +17,9 @@ pub struct Candidate {
     /// repositories). It names the store entry and is what the lock pins.
     pub sha256: String,
     pub size: u64,
+    /// For Debian packages: when the archive listed it, as a snapshot
+    /// timestamp (`20240610T000000Z`, the `Date:` of the suite's Release
+    /// file), so a version the mirror has dropped can still be found in an
+    /// archive snapshot. `None` for pak packages.
+    pub archive_date: Option<String>,
 }

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::lock::Lock;
+use crate::lock::{Change, Lock};
 use crate::pakfile::{Pakfile, RepositorySpec};
-use crate::project::{Project, Update};
+use crate::project::{LockPolicy, Project, Update};
 use crate::root::Root;
 use crate::sandbox::{Lower, Sandbox};
 use crate::sources::Sources;
@@ -174,7 +174,7 @@ impl Env {
     /// Creates the environment: its Pakfile, a lock when it has packages,
     /// the packages in the store, and its `bin/`. Nothing is left behind
     /// when any step fails.
-    pub fn create(root: &Root, name: &str, template: &Template) -> Result<(Env, Vec<String>)> {
+    pub fn create(root: &Root, name: &str, template: &Template) -> Result<(Env, Vec<Change>)> {
         let env = Env::at(root, name)?;
         if env.dir.exists() {
             bail!(
@@ -233,7 +233,9 @@ impl Env {
         })?;
         let _ = tmp.keep();
         if !packages.is_empty() {
-            let done = env.prepare().and_then(|_| env.write_wrappers());
+            let done = env
+                .prepare(LockPolicy::Update)
+                .and_then(|_| env.write_wrappers());
             if let Err(e) = done {
                 let _ = env.remove();
                 return Err(e.context(format!("cannot create environment {name:?}")));
@@ -253,8 +255,8 @@ impl Env {
     }
 
     /// Locks if needed and makes every locked package available.
-    pub fn prepare(&self) -> Result<Prepared> {
-        prepare(&self.pakfile_path(), &self.root)
+    pub fn prepare(&self, policy: LockPolicy) -> Result<Prepared> {
+        prepare(&self.pakfile_path(), &self.root, policy)
             .with_context(|| format!("environment {:?} ({})", self.name, self.dir.display()))
     }
 
@@ -363,15 +365,16 @@ pub struct Prepared {
     pub sandbox: Sandbox,
     /// Whether this call fetched packages (and so may have started threads).
     pub fetched: bool,
-    /// The lock, when this call wrote it (first use, or the Pakfile changed).
-    pub wrote_lock: Option<PathBuf>,
+    /// The lock, when this call wrote it (first use, or the Pakfile
+    /// changed), and what changed in it.
+    pub wrote_lock: Option<(PathBuf, Vec<Change>)>,
 }
 
 /// Locks `pakfile` if its lock is missing or no longer fits, and makes every
 /// locked package available, fetching only what no store holds. The warm
 /// path reads two files and checks directories, nothing else.
-pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
-    let project = Project::open(pakfile, root.clone())?;
+pub fn prepare(pakfile: &Path, root: &Root, policy: LockPolicy) -> Result<Prepared> {
+    let project = Project::open(pakfile, root.clone())?.with_policy(policy);
     // An empty environment needs no resolving (nor a repository).
     if project.pakfile.packages.is_empty() && !project.lock_path().exists() {
         return Ok(Prepared {
@@ -381,6 +384,7 @@ pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
         });
     }
     let outcome = project.lock(Update::IfNeeded)?;
+    project.check_builder(&outcome.lock)?;
     let located = locate(&outcome.lock, root);
     let mut found = located.found;
     let fetched = !located.missing.is_empty();
@@ -409,7 +413,9 @@ pub fn prepare(pakfile: &Path, root: &Root) -> Result<Prepared> {
     Ok(Prepared {
         sandbox: Sandbox::new(lowers),
         fetched,
-        wrote_lock: outcome.written.then(|| project.lock_path()),
+        wrote_lock: outcome
+            .written
+            .then(|| (project.lock_path(), outcome.changes.clone())),
     })
 }
 
@@ -673,7 +679,7 @@ pub fn parse_spec(spec: &str) -> Result<(String, String)> {
 /// What `pak install`/`pak uninstall` did to the lock.
 #[derive(Debug)]
 pub struct Edit {
-    pub changes: Vec<String>,
+    pub changes: Vec<Change>,
 }
 
 /// Adds (or changes) `name = req` in the Pakfile's [packages], re-locks and
@@ -738,7 +744,7 @@ fn edit(pakfile: &Path, root: &Root, name: &str, req: Option<&str>) -> Result<Ed
             _ => Update::IfNeeded,
         };
         let outcome = project.lock(update)?;
-        prepare(pakfile, root)?;
+        prepare(pakfile, root, LockPolicy::Update)?;
         // prepare registers only what it fetched or locked itself; the new
         // lock may need nothing new and still name other packages.
         register_lock(root, &project.lock_path(), &outcome.lock)?;
@@ -882,7 +888,11 @@ impl Taste {
     }
 
     pub fn prepare(&self) -> Result<Prepared> {
-        prepare(&self.dir.path().join("Pakfile"), &self.root)
+        prepare(
+            &self.dir.path().join("Pakfile"),
+            &self.root,
+            LockPolicy::Update,
+        )
     }
 }
 

@@ -4,17 +4,96 @@
 //! hashing, and are renamed into place only when size and sha256 agree with
 //! what a signed index (or apt's verified index) promised: a corrupt or
 //! hostile download never lands.
+//!
+//! Every byte pak takes from the network passes through [`open`], so this is
+//! where `--offline` is enforced: with [`Network::Offline`] set, an
+//! `http(s)://` URL is refused with [`FetchError::Offline`] before any
+//! connection, whoever asked for it (an index, a package, a snapshot).
+//! The setting is one process-wide switch, set once by the command line,
+//! rather than a parameter: the network is reached from several layers
+//! (projects, environments, repositories, apt) and a parameter threaded
+//! through all of them could be forgotten on one path, which is exactly the
+//! promise `--offline` makes ("no network at all") broken. Local
+//! directories and `file://` are not network and keep working.
+//!
+//! A missing file (HTTP 404 or 410, or no such local file) is
+//! [`FetchError::NotFound`], so callers can tell "gone" from "unreachable".
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+/// Whether pak may use the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    #[default]
+    Online,
+    /// `--offline`: local directories, `file://`, the download cache and the
+    /// store only.
+    Offline,
+}
+
+static OFFLINE: AtomicBool = AtomicBool::new(false);
+
+/// Sets the process's network policy (the command line does, once).
+pub fn set_network(n: Network) {
+    OFFLINE.store(n == Network::Offline, Ordering::SeqCst);
+}
+
+pub fn network() -> Network {
+    if OFFLINE.load(Ordering::SeqCst) {
+        Network::Offline
+    } else {
+        Network::Online
+    }
+}
+
+/// Whether fetching `url` needs the network.
+pub fn is_remote(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url} does not exist ({why})")]
+    NotFound { url: String, why: String },
+    #[error("--offline is on: pak uses no network, so it does not fetch {url}")]
+    Offline { url: String },
+}
+
+/// Whether `err` (or what it wraps) says the file does not exist.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|e| matches!(e.downcast_ref(), Some(FetchError::NotFound { .. })))
+}
+
+/// Whether `err` (or what it wraps) is a refusal by `--offline`.
+pub fn is_offline(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|e| matches!(e.downcast_ref(), Some(FetchError::Offline { .. })))
+}
+
+/// Refuses a remote URL under `network`; the one check every open makes.
+fn allowed(url: &str, network: Network) -> Result<(), FetchError> {
+    if network == Network::Offline && is_remote(url) {
+        return Err(FetchError::Offline { url: url.into() });
+    }
+    Ok(())
+}
+
 /// Opens a URL or path for reading.
 fn open(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
-    if url.starts_with("http://") || url.starts_with("https://") {
+    allowed(url, network())?;
+    if is_remote(url) {
         let resp = ureq::get(url).call().map_err(|e| match e {
+            ureq::Error::StatusCode(code @ (404 | 410)) => FetchError::NotFound {
+                url: url.into(),
+                why: format!("HTTP {code}"),
+            }
+            .into(),
             ureq::Error::StatusCode(code) => anyhow::anyhow!("{url} answered HTTP {code}"),
             other => anyhow::anyhow!("cannot reach {url}: {other}; check the URL and the network"),
         })?;
@@ -22,8 +101,16 @@ fn open(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
         return Ok((Box::new(resp.into_body().into_reader()), len));
     }
     let path = local_path(url);
-    let f =
-        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = match std::fs::File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FetchError::NotFound {
+                url: path.display().to_string(),
+                why: "no such file".into(),
+            }
+            .into());
+        }
+        other => other.with_context(|| format!("cannot open {}", path.display()))?,
+    };
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(f), len))
 }
@@ -56,11 +143,8 @@ pub fn get_bytes(url: &str, limit: u64) -> Result<Vec<u8>> {
 
 /// Like [`get_bytes`], but `Ok(None)` when the file does not exist.
 pub fn get_optional(url: &str, limit: u64) -> Result<Option<Vec<u8>>> {
-    if (!url.contains("://") || url.starts_with("file://")) && !local_path(url).exists() {
-        return Ok(None);
-    }
     match get_bytes(url, limit) {
-        Err(e) if e.to_string().contains("HTTP 404") => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(None),
         other => other.map(Some),
     }
 }
@@ -155,5 +239,28 @@ mod tests {
                 .is_none()
         );
         assert!(get_bytes(src.to_str().unwrap(), 2).is_err());
+        let gone = download_verified(
+            d.path().join("gone.pak").to_str().unwrap(),
+            &d.path().join("cache/c"),
+            &sha,
+            5,
+            "c",
+        )
+        .unwrap_err();
+        assert!(is_not_found(&gone), "{gone:#}");
+        assert!(!is_offline(&gone));
+    }
+
+    #[test]
+    fn offline_refuses_the_network_only() {
+        let err = allowed("https://example.invalid/x.pak", Network::Offline).unwrap_err();
+        assert!(err.to_string().contains("--offline"), "{err}");
+        assert!(allowed("http://example.invalid/index", Network::Offline).is_err());
+        assert!(allowed("file:///srv/repo/index", Network::Offline).is_ok());
+        assert!(allowed("/srv/repo/index", Network::Offline).is_ok());
+        assert!(allowed("https://example.invalid/x.pak", Network::Online).is_ok());
+        assert!(is_offline(
+            &anyhow::Error::from(err).context("cannot read the index")
+        ));
     }
 }

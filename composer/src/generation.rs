@@ -392,6 +392,7 @@ mod tests {
             requires: vec![],
             provides: vec![],
             conflicts: vec![],
+            archive_date: None,
         }
     }
 

@@ -91,6 +91,7 @@ impl Inputs {
     /// rebuild of an existing image needs), fetched through the project's
     /// repositories into its root.
     pub fn exactly(project: &Project, lock: Lock, mtime: u32) -> Result<Inputs> {
+        project.check_builder(&lock)?;
         let store = Store::open(&project.root)?;
         let sources = Sources::from_pakfile(&project.pakfile)?;
         let bar = crate::progress::items(lock.packages.len() as u64, "fetch and extract");

@@ -43,6 +43,7 @@ pub mod store;
 pub mod sysconfig;
 pub mod system;
 pub mod timefmt;
+pub mod vendor;
 pub mod verify;
 pub mod version;
 pub mod vmtest;

@@ -6,6 +6,14 @@
 //! conflicts). For `apt` repositories the location is relative to the
 //! archive root (`pool/main/...`), so a lock names no mirror and works with
 //! whichever mirror the building host's apt is configured for.
+//!
+//! pak itself (source `pak`, see `selfpkg`) is pinned by version, with no
+//! sha256: the image gets the binary of the pak that builds it. A binary's
+//! bytes depend on the toolchain, the profile and the checkout's path, so
+//! pinning them would make every committed lock stale at the next commit
+//! and on every other machine. The promise is therefore: same lock and same
+//! pak binary, same bytes; and a lock naming a pak version the builder is
+//! not is an error, never a silent re-pin.
 
 use std::path::Path;
 
@@ -31,8 +39,11 @@ pub struct LockedPackage {
     pub name: String,
     pub version: String,
     pub arch: String,
-    /// sha256 of the artifact as downloaded (`.pak`, or `.deb` for apt).
+    /// sha256 of the artifact as downloaded (`.pak`, or `.deb` for apt);
+    /// empty for pak itself, which is the building binary.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
     /// The Pakfile repository it came from.
     pub source: String,
@@ -44,9 +55,24 @@ pub struct LockedPackage {
     pub provides: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// For Debian packages: the `Date:` of the suite's Release file they
+    /// were locked from, as a snapshot timestamp (`20240610T091320Z`). When
+    /// the mirror has dropped the exact version, a `snapshot` base on the
+    /// apt repository is asked for `<snapshot>/<archive>/<archive_date>/pool/...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_date: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LockedPackage {
+    /// Whether this is pak itself, provided by the building binary.
+    pub fn is_builder(&self) -> bool {
+        self.source == crate::selfpkg::REPO
+    }
+
     pub fn from_candidate(c: &Candidate) -> Self {
         LockedPackage {
             name: c.info.name.clone(),
@@ -59,6 +85,7 @@ impl LockedPackage {
             requires: c.info.requires.clone(),
             provides: c.info.provides.clone(),
             conflicts: c.info.conflicts.clone(),
+            archive_date: c.archive_date.clone(),
         }
     }
 
@@ -82,11 +109,16 @@ impl LockedPackage {
             location: self.location.clone(),
             sha256: self.sha256.clone(),
             size: self.size,
+            archive_date: self.archive_date.clone(),
         }
     }
 
-    /// The store entry name: `<name>-<version>-<sha256>`.
+    /// The store entry name: `<name>-<version>-<sha256>`; for pak itself,
+    /// the running binary's sha256, so two pak builds never share an entry.
     pub fn store_key(&self) -> String {
+        if self.is_builder() {
+            return store_key(&self.name, &self.version, crate::selfpkg::sha256());
+        }
         store_key(&self.name, &self.version, &self.sha256)
     }
 }
@@ -123,7 +155,11 @@ impl Lock {
                     p.name
                 );
             }
-            if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // pak itself has no sha256 (older locks pinned one; `Project`
+            // re-locks those).
+            let well_formed =
+                p.sha256.len() == 64 && p.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !p.is_builder() && !well_formed {
                 bail!(
                     "package {:?} has a malformed sha256 {:?}; run `pak update`",
                     p.name,
@@ -164,6 +200,47 @@ impl Lock {
         self.packages.iter().find(|p| p.name == name)
     }
 
+    /// What changed from `old` (no lock at all when `None`) to this lock,
+    /// sorted by package name.
+    pub fn changes_from(&self, old: Option<&Lock>) -> Vec<Change> {
+        let mut out = Vec::new();
+        for p in &self.packages {
+            match old.and_then(|o| o.get(&p.name)) {
+                None => out.push(Change::Added {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                }),
+                Some(o) if o.version != p.version => out.push(Change::Updated {
+                    name: p.name.clone(),
+                    from: o.version.clone(),
+                    to: p.version.clone(),
+                }),
+                Some(o) if o != p => out.push(Change::Repinned {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    why: if o.sha256 != p.sha256 {
+                        format!("sha256 {} -> {}", short(&o.sha256), short(&p.sha256))
+                    } else if o.source != p.source {
+                        format!("repository {} -> {}", o.source, p.source)
+                    } else {
+                        "metadata".into()
+                    },
+                }),
+                Some(_) => {}
+            }
+        }
+        for p in old.map(|o| o.packages.as_slice()).unwrap_or_default() {
+            if self.get(&p.name).is_none() {
+                out.push(Change::Removed {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
     /// The lock file beside a Pakfile.
     pub fn path_for(pakfile: &Path) -> std::path::PathBuf {
         let name = pakfile
@@ -171,6 +248,62 @@ impl Lock {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         pakfile.with_file_name(format!("{name}.lock"))
+    }
+}
+
+fn short(sha: &str) -> &str {
+    if sha.is_empty() {
+        "none"
+    } else {
+        &sha[..sha.len().min(12)]
+    }
+}
+
+/// One line of what a new lock changes; printed by every command that
+/// writes a lock, refused by `--locked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum Change {
+    Added {
+        name: String,
+        version: String,
+    },
+    Removed {
+        name: String,
+        version: String,
+    },
+    Updated {
+        name: String,
+        from: String,
+        to: String,
+    },
+    /// Same version, other bytes or origin (a rebuilt package, a moved one).
+    Repinned {
+        name: String,
+        version: String,
+        why: String,
+    },
+}
+
+impl Change {
+    pub fn name(&self) -> &str {
+        match self {
+            Change::Added { name, .. }
+            | Change::Removed { name, .. }
+            | Change::Updated { name, .. }
+            | Change::Repinned { name, .. } => name,
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Added { name, version } => write!(f, "+ {name} {version}"),
+            Change::Removed { name, version } => write!(f, "- {name} {version}"),
+            Change::Updated { name, from, to } => write!(f, "~ {name} {from} -> {to}"),
+            Change::Repinned { name, version, why } => write!(f, "~ {name} {version} ({why})"),
+        }
     }
 }
 
@@ -190,6 +323,7 @@ mod tests {
             requires: vec!["libc6 >= 2.34".into()],
             provides: vec![],
             conflicts: vec![],
+            archive_date: None,
         }
     }
 

@@ -86,6 +86,13 @@ pub struct RepositorySpec {
     /// A `.pub` file (relative to the Pakfile) or the public key text itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// For `apt` repositories: an archive snapshot's base (`http(s)://`,
+    /// `file://` or a directory relative to the Pakfile) laid out like
+    /// Debian's snapshot archive, `<snapshot>/<archive>/<YYYYMMDDTHHMMSSZ>/pool/...`.
+    /// Asked only for a locked version the mirror no longer serves, at the
+    /// lock's `archive_date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 fn default_kind() -> String {
@@ -233,6 +240,12 @@ impl Pakfile {
             }
             match repo.kind.as_str() {
                 "pak" => {
+                    if repo.snapshot.is_some() {
+                        bail!(
+                            "repository {:?} has a `snapshot`, which only applies to kind = \"apt\" repositories (a pak repository keeps its own packages); remove it",
+                            repo.name
+                        );
+                    }
                     if repo.url.is_none() {
                         bail!(
                             "repository {:?} has no `url`: a pak repository needs the directory or URL that holds its index",
@@ -396,5 +409,18 @@ mod tests {
         );
         assert!(Pakfile::parse("[[repository]]\nname = \"a\"\nkind = \"apt\"\n[[repository]]\nname = \"a\"\nkind = \"apt\"\n").is_err());
         assert!(Pakfile::parse("[[repository]]\nname = \"a\"\nkind = \"rpm\"\n").is_err());
+        let p = Pakfile::parse(
+            "[[repository]]\nname = \"d\"\nkind = \"apt\"\nsnapshot = \"http://s/archive\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.repository[0].snapshot.as_deref(),
+            Some("http://s/archive")
+        );
+        let err = Pakfile::parse(
+            "[[repository]]\nname = \"a\"\nurl = \"r\"\nkey = \"k.pub\"\nsnapshot = \"http://s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only applies"), "{err}");
     }
 }

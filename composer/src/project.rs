@@ -1,15 +1,26 @@
 //! A Pakfile with its lock: resolving, updating and fetching.
 //!
-//! `lock` re-resolves only when it must: a lock that still satisfies its
-//! Pakfile is used as it is, with no network, so a build from a committed
-//! lock is the same build anywhere.
+//! A lock is a contract, and only three things change it: `pak lock` when
+//! there is none, `pak update [PKG]`, and an edited Pakfile that the lock no
+//! longer fits. Every change is returned as a list of [`Change`]s for the
+//! command to print; `--locked` ([`LockPolicy::Frozen`]) turns any change
+//! into an error and writes nothing.
+//!
+//! A lock that still fits its Pakfile is used as it is, with no network.
+//! When the Pakfile changed, only what the change needs moves: every
+//! locked package is offered to the resolver as a candidate of its own,
+//! from the lock, first, so it stays exactly as locked even when its
+//! repository has since dropped that version (Debian's security archive
+//! does within days). Whether it can still be downloaded is the fetch's
+//! business, which says so clearly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::lock::{Lock, LockedPackage};
+use crate::candidate::Candidate;
+use crate::lock::{Change, Lock, LockedPackage};
 use crate::pakfile::Pakfile;
 use crate::pakinfo::PakInfo;
 use crate::requirement;
@@ -17,12 +28,22 @@ use crate::resolve;
 use crate::root::Root;
 use crate::sources::Sources;
 use crate::store::{self, Store, StoreEntry};
-use crate::version::Version;
 
 pub struct Project {
     pub pakfile_path: PathBuf,
     pub pakfile: Pakfile,
     pub root: Root,
+    pub policy: LockPolicy,
+}
+
+/// May this command change the lock?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockPolicy {
+    /// Write it when there is none or the Pakfile changed, and report how.
+    #[default]
+    Update,
+    /// `--locked`: the lock must exist and fit; any change is an error.
+    Frozen,
 }
 
 /// What to re-resolve.
@@ -41,7 +62,12 @@ pub struct LockOutcome {
     pub lock: Lock,
     /// Whether the lock file was (re)written.
     pub written: bool,
-    pub changes: Vec<String>,
+    pub changes: Vec<Change>,
+    /// Why an existing lock had to change (empty for `pak update`, or
+    /// when nothing changed).
+    pub reasons: Vec<String>,
+    /// Whether there was no lock before.
+    pub first: bool,
 }
 
 impl Project {
@@ -51,7 +77,13 @@ impl Project {
             pakfile_path: pakfile_path.to_path_buf(),
             pakfile,
             root,
+            policy: LockPolicy::default(),
         })
+    }
+
+    pub fn with_policy(mut self, policy: LockPolicy) -> Project {
+        self.policy = policy;
+        self
     }
 
     pub fn lock_path(&self) -> PathBuf {
@@ -62,67 +94,141 @@ impl Project {
         Lock::read(&self.lock_path())
     }
 
-    /// `pak lock` / `pak update`.
+    /// `pak lock` / `pak update`, and what build, fetch and run do first.
     pub fn lock(&self, update: Update) -> Result<LockOutcome> {
         let current = self.read_lock()?;
-        if let (Update::IfNeeded, Some(lock)) = (&update, &current)
-            && self.unsatisfied(lock).is_empty()
+        let reasons = match (&update, &current) {
+            (Update::IfNeeded, Some(lock)) => {
+                let why = self.unsatisfied(lock);
+                if why.is_empty() {
+                    return Ok(LockOutcome {
+                        lock: lock.clone(),
+                        written: false,
+                        changes: Vec::new(),
+                        reasons: Vec::new(),
+                        first: false,
+                    });
+                }
+                why
+            }
+            (Update::IfNeeded, None) => vec![format!("there is no {} yet", self.lock_name())],
+            _ => Vec::new(),
+        };
+        if let (Update::Only(name), Some(lock)) = (&update, &current)
+            && lock.get(name).is_none()
         {
+            bail!(
+                "{name} is not in {}; `pak update` without a name re-resolves everything",
+                self.lock_path().display()
+            );
+        }
+        let lock = match self.resolve(&update, current.as_ref()) {
+            Ok(lock) => lock,
+            Err(e) if self.policy == LockPolicy::Frozen => {
+                return Err(e.context(self.frozen_message(&[], &reasons)));
+            }
+            Err(e) => return Err(e),
+        };
+        let changes = lock.changes_from(current.as_ref());
+        if current.as_ref() == Some(&lock) {
             return Ok(LockOutcome {
-                lock: lock.clone(),
+                lock,
                 written: false,
-                changes: Vec::new(),
+                changes,
+                reasons: Vec::new(),
+                first: false,
             });
         }
-        let mut prefer = BTreeMap::new();
-        if let Some(lock) = &current {
-            match &update {
-                Update::All => {}
-                Update::Only(name) => {
-                    if lock.get(name).is_none() {
-                        bail!(
-                            "{name} is not in {}; `pak update` without a name re-resolves everything",
-                            self.lock_path().display()
-                        );
-                    }
-                    prefer.extend(
-                        lock.packages
-                            .iter()
-                            .filter(|p| p.name != *name)
-                            .map(|p| (p.name.clone(), p.version.clone())),
-                    );
-                }
-                Update::IfNeeded => {
-                    prefer.extend(
-                        lock.packages
-                            .iter()
-                            .filter(|p| p.source != crate::selfpkg::REPO)
-                            .map(|p| (p.name.clone(), p.version.clone())),
-                    );
-                }
-            }
+        if self.policy == LockPolicy::Frozen {
+            bail!(self.frozen_message(&changes, &reasons));
         }
+        lock.write(&self.lock_path())?;
+        Ok(LockOutcome {
+            lock,
+            written: true,
+            changes,
+            reasons,
+            first: current.is_none(),
+        })
+    }
+
+    fn lock_name(&self) -> String {
+        self.lock_path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn frozen_message(&self, changes: &[Change], reasons: &[String]) -> String {
+        let mut m = format!(
+            "{} would have to change, and --locked forbids it; nothing was written",
+            self.lock_path().display()
+        );
+        for r in reasons {
+            m.push_str(&format!("\n  because {r}"));
+        }
+        for c in changes {
+            m.push_str(&format!("\n  {c}"));
+        }
+        m.push_str("\nrun `pak lock` (or the command without --locked) and commit the new lock");
+        m
+    }
+
+    /// Resolves anew. Except for `pak update` of everything, locked
+    /// packages come first as candidates of their own (see the module
+    /// header), and are preferred.
+    fn resolve(&self, update: &Update, current: Option<&Lock>) -> Result<Lock> {
+        let keep: Vec<&LockedPackage> = match (update, current) {
+            (Update::All, _) | (_, None) => Vec::new(),
+            (Update::Only(name), Some(lock)) => {
+                lock.packages.iter().filter(|p| p.name != *name).collect()
+            }
+            (Update::IfNeeded, Some(lock)) => lock.packages.iter().collect(),
+        };
+        let named = self.repository_names();
+        let mut cands: Vec<Candidate> = keep
+            .iter()
+            .filter(|p| named.contains(&p.source.as_str()))
+            .map(|p| {
+                let mut c = p.to_candidate();
+                if p.is_builder() {
+                    // Older locks pinned pak's bytes; its version is kept.
+                    c.sha256.clear();
+                    c.size = 0;
+                }
+                c
+            })
+            .collect();
+        let prefer: BTreeMap<String, String> = keep
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
         let sources = Sources::from_pakfile(&self.pakfile)?;
-        let cands = sources.candidates(&self.root)?;
+        cands.extend(sources.candidates(&self.root)?);
         let chosen = resolve::resolve(
             &cands,
             &self.pakfile.system.arch,
             &self.pakfile.requirements(),
             &prefer,
         )?;
-        let lock = Lock::new(
+        Ok(Lock::new(
             chosen
                 .iter()
                 .map(|i| LockedPackage::from_candidate(&cands[*i]))
                 .collect(),
-        );
-        let changes = diff(current.as_ref(), &lock);
-        lock.write(&self.lock_path())?;
-        Ok(LockOutcome {
-            lock,
-            written: true,
-            changes,
-        })
+        ))
+    }
+
+    /// The repositories a lock may name: the Pakfile's, and pak's own.
+    fn repository_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .pakfile
+            .repository
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        names.push(crate::selfpkg::REPO);
+        names
     }
 
     /// Why the lock no longer fits the Pakfile (empty when it does).
@@ -133,45 +239,28 @@ impl Project {
             .iter()
             .map(|p| p.to_candidate().info)
             .collect();
+        let mut roots = Vec::new();
         for (name, range) in self.pakfile.requirements() {
-            let dep = match requirement::parse_root(&name, &range) {
-                Ok(d) => d,
-                Err(e) => {
-                    why.push(format!("[packages] {name}: {e}"));
-                    continue;
-                }
-            };
-            let met = infos.iter().any(|i| {
-                (i.name == dep.name
-                    && Version::parse(&i.version).is_ok_and(|v| dep.range.contains(&v)))
-                    || i.provides.iter().any(|p| {
-                        requirement::parse_provide(p).is_ok_and(|(n, v)| {
-                            n == dep.name
-                                && match v {
-                                    Some(v) => dep.range.contains(&v),
-                                    None => dep.range.is_any(),
-                                }
-                        })
-                    })
-            });
-            if !met {
-                why.push(format!("nothing locked satisfies {dep}"));
+            match requirement::parse_root(&name, &range) {
+                Ok(dep) if infos.iter().any(|i| dep.satisfied_by(i)) => roots.push(dep),
+                Ok(dep) => why.push(format!("nothing locked satisfies {dep}")),
+                Err(e) => why.push(format!("[packages] {name}: {e}")),
             }
         }
         let refs: Vec<&PakInfo> = infos.iter().collect();
         why.extend(resolve::check_closure(&refs));
-        let mut repos: Vec<&str> = self
-            .pakfile
-            .repository
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        repos.push(crate::selfpkg::REPO);
+        if why.is_empty() {
+            for p in resolve::unneeded(&refs, &roots) {
+                why.push(format!("nothing needs {} any more", p.name));
+            }
+        }
+        let repos = self.repository_names();
         for p in &lock.packages {
-            if p.source == crate::selfpkg::REPO
-                && crate::selfpkg::candidate().is_ok_and(|c| c.sha256 != p.sha256)
-            {
-                why.push("this pak binary differs from the one locked".into());
+            if p.is_builder() && !p.sha256.is_empty() {
+                why.push(format!(
+                    "it pins the {} binary by sha256, as older versions of pak did; pak is now pinned by version",
+                    p.name
+                ));
             }
             if !repos.contains(&p.source.as_str()) {
                 why.push(format!(
@@ -183,9 +272,18 @@ impl Project {
         why
     }
 
+    /// Refuses a lock whose pak is not this pak's version (see `lock`).
+    pub fn check_builder(&self, lock: &Lock) -> Result<()> {
+        match lock.packages.iter().find(|p| p.is_builder()) {
+            Some(p) => crate::selfpkg::check_version(&p.version, &self.lock_path()),
+            None => Ok(()),
+        }
+    }
+
     /// Locks if needed, then fetches every locked package into the store.
     pub fn fetch(&self) -> Result<(Lock, Vec<(LockedPackage, StoreEntry)>)> {
         let lock = self.lock(Update::IfNeeded)?.lock;
+        self.check_builder(&lock)?;
         let store = Store::open(&self.root)?;
         let sources = Sources::from_pakfile(&self.pakfile)?;
         let bar = crate::progress::items(lock.packages.len() as u64, "fetch and extract");
@@ -202,26 +300,4 @@ impl Project {
             .context("cannot record the lock as a GC root")?;
         Ok((lock, out))
     }
-}
-
-/// Human lines for what changed between two locks.
-pub fn diff(old: Option<&Lock>, new: &Lock) -> Vec<String> {
-    let empty = Lock::new(vec![]);
-    let old = old.unwrap_or(&empty);
-    let mut out = Vec::new();
-    for p in &new.packages {
-        match old.get(&p.name) {
-            None => out.push(format!("+ {} {}", p.name, p.version)),
-            Some(o) if o.version != p.version || o.sha256 != p.sha256 => {
-                out.push(format!("~ {} {} -> {}", p.name, o.version, p.version))
-            }
-            _ => {}
-        }
-    }
-    for p in &old.packages {
-        if new.get(&p.name).is_none() {
-            out.push(format!("- {} {}", p.name, p.version));
-        }
-    }
-    out
 }

@@ -123,6 +123,24 @@ pub struct Dep {
     pub range: Range,
 }
 
+impl Dep {
+    /// Whether the package is, or provides, a version this accepts. An
+    /// unversioned provide satisfies only an unversioned requirement.
+    pub fn satisfied_by(&self, info: &crate::pakinfo::PakInfo) -> bool {
+        (info.name == self.name
+            && crate::version::Version::parse(&info.version).is_ok_and(|v| self.range.contains(&v)))
+            || info.provides.iter().any(|p| {
+                parse_provide(p).is_ok_and(|(n, v)| {
+                    n == self.name
+                        && match v {
+                            Some(v) => self.range.contains(&v),
+                            None => self.range.is_any(),
+                        }
+                })
+            })
+    }
+}
+
 impl fmt::Display for Dep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.range.is_any() {

@@ -599,6 +599,35 @@ fn near_names(names: &[&str], want: &str) -> Vec<String> {
         .collect()
 }
 
+/// The chosen packages nothing needs: not reached from `roots` through
+/// requirements (any package satisfying an alternative counts as reached).
+/// A lock holding one is stale: its Pakfile no longer asks for it.
+pub fn unneeded<'a>(
+    chosen: &[&'a crate::pakinfo::PakInfo],
+    roots: &[Dep],
+) -> Vec<&'a crate::pakinfo::PakInfo> {
+    let mut reached = vec![false; chosen.len()];
+    let mut queue: Vec<Dep> = roots.to_vec();
+    while let Some(d) = queue.pop() {
+        for (i, info) in chosen.iter().enumerate() {
+            if !reached[i] && d.satisfied_by(info) {
+                reached[i] = true;
+                for r in &info.requires {
+                    if let Ok(req) = requirement::parse(r) {
+                        queue.extend(req.alternatives);
+                    }
+                }
+            }
+        }
+    }
+    chosen
+        .iter()
+        .zip(reached)
+        .filter(|(_, r)| !r)
+        .map(|(i, _)| *i)
+        .collect()
+}
+
 /// Checks a set of chosen packages: every requirement met within the set,
 /// no conflict holds, one version per name. Returns the problems found.
 pub fn check_closure(chosen: &[&crate::pakinfo::PakInfo]) -> Vec<String> {
@@ -696,6 +725,7 @@ mod tests {
             location: format!("{name}.pak"),
             sha256: "00".repeat(32),
             size: 0,
+            archive_date: None,
         }
     }
 

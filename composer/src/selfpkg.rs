@@ -5,9 +5,12 @@
 //! (`pak system switch`, `pak run`), and its initramfs `/init` is the same
 //! static binary. Because pak writes the initramfs itself, this package
 //! provides Debian's `linux-initramfs-tool`, which kernels require.
-//! The lock pins the binary's sha256: same lock, same pak, same bytes.
+//! The lock pins pak's version, not its bytes (see `lock`): the same lock
+//! built by the same pak binary gives the same image; a lock naming another
+//! pak version is refused with the ways out.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -19,6 +22,8 @@ use crate::pakinfo::PakInfo;
 pub const REPO: &str = "pak";
 pub const NAME: &str = "pak";
 pub const LOCATION: &str = "self";
+/// The version of this pak, which the lock pins.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn exe() -> Result<PathBuf> {
     std::env::current_exe().context("cannot find the running pak binary")
@@ -27,7 +32,7 @@ pub fn exe() -> Result<PathBuf> {
 fn info() -> PakInfo {
     PakInfo {
         name: NAME.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: VERSION.into(),
         arch: "x86_64".into(),
         summary: "the image composer and manager, and the initramfs /init of pak images".into(),
         license: "MIT OR Apache-2.0".into(),
@@ -39,24 +44,49 @@ fn info() -> PakInfo {
     }
 }
 
-/// The one candidate the built-in repository offers.
+/// The one candidate the built-in repository offers: this pak's version,
+/// with no sha256 (the lock pins pak by version).
 pub fn candidate() -> Result<Candidate> {
-    let (size, sha256) = crate::package::hash_file(&exe()?)?;
     Ok(Candidate {
         info: info(),
         repo: REPO.into(),
         location: LOCATION.into(),
-        sha256,
-        size,
+        sha256: String::new(),
+        size: 0,
+        archive_date: None,
     })
 }
 
-/// Writes the package of the running binary into `out_dir`, checking that
-/// it is the binary the lock pins.
+/// The sha256 of the running binary (empty if it cannot be read, which
+/// [`write_package`] then reports), computed once per process.
+pub fn sha256() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| {
+        exe()
+            .and_then(|e| crate::package::hash_file(&e))
+            .map(|(_, h)| h)
+            .unwrap_or_default()
+    })
+}
+
+/// Refuses a lock that pins another version of pak than this one.
+pub fn check_version(locked: &str, lock_path: &Path) -> Result<()> {
+    if locked != VERSION {
+        bail!(
+            "{} pins pak {locked}, but this is pak {VERSION}: an image carries the pak that builds it, so build with pak {locked}, or run `pak update pak` to lock this one",
+            lock_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the package of the running binary into `out_dir`. `sha256` is
+/// what the lock pins: empty (the lock pins the version, checked by
+/// [`check_version`]), or, from an older lock, the binary's sha256.
 pub fn write_package(sha256: &str, out_dir: &Path) -> Result<PathBuf> {
     let exe = exe()?;
     let (_, got) = crate::package::hash_file(&exe)?;
-    if got != sha256 {
+    if !sha256.is_empty() && got != sha256 {
         bail!(
             "the lock pins a pak binary with sha256 {sha256}, but this pak is {got}; run `pak update pak` to lock this one"
         );

@@ -1,23 +1,40 @@
 //! The repositories a Pakfile names, as one ordered source of packages:
 //! candidates for the resolver, and locked packages fetched into the store.
+//!
+//! A locked package comes from the store, else from the download cache
+//! (`<root>/cache/pkgs/<sha256>.<ext>`, the artifact as downloaded), else
+//! from its repository. A repository that no longer has it (the file is
+//! gone, or a pak repository's signed index no longer lists it) is an error
+//! that names the package and the ways out; an apt repository with a
+//! `snapshot` base first asks the archive snapshot of the lock's
+//! `archive_date`, and only for that exact version. Under `--offline`
+//! nothing is downloaded, and the error says what is missing.
 
-use std::path::PathBuf;
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use crate::apt::{self, AptHost};
 use crate::candidate::Candidate;
+use crate::fetch::{self, Network};
 use crate::lock::LockedPackage;
 use crate::pakfile::Pakfile;
-use crate::repo::Repository;
+use crate::repo::{Format, Index, Repository};
 use crate::root::Root;
 use crate::store::{Store, StoreEntry};
 
 pub enum Source {
-    Pak(Repository),
+    Pak {
+        repo: Repository,
+        /// Read once, by the first fetch that needs it.
+        index: OnceCell<Index>,
+    },
     Apt {
         name: String,
         host: AptHost,
+        /// The `snapshot` base, resolved against the Pakfile's directory.
+        snapshot: Option<String>,
     },
     /// The running pak itself (see `selfpkg`), always last.
     Builtin,
@@ -26,15 +43,31 @@ pub enum Source {
 impl Source {
     pub fn name(&self) -> &str {
         match self {
-            Source::Pak(r) => &r.name,
+            Source::Pak { repo, .. } => &repo.name,
             Source::Apt { name, .. } => name,
             Source::Builtin => crate::selfpkg::REPO,
         }
     }
 }
 
+/// A locked package's artifact in the download cache, its sha256 checked.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
 pub struct Sources {
     list: Vec<Source>,
+}
+
+/// A path written in the Pakfile, or a URL.
+fn resolve_url(url: &str, pakfile_dir: &Path) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        pakfile_dir.join(url).display().to_string()
+    }
 }
 
 impl Sources {
@@ -45,8 +78,12 @@ impl Sources {
                 "apt" => Source::Apt {
                     name: spec.name.clone(),
                     host: AptHost::system(),
+                    snapshot: spec.snapshot.as_deref().map(|s| resolve_url(s, &p.dir)),
                 },
-                _ => Source::Pak(Repository::from_spec(spec, &p.dir)?),
+                _ => Source::Pak {
+                    repo: Repository::from_spec(spec, &p.dir)?,
+                    index: OnceCell::new(),
+                },
             });
         }
         list.push(Source::Builtin);
@@ -63,8 +100,8 @@ impl Sources {
         let mut out = Vec::new();
         for s in &self.list {
             match s {
-                Source::Pak(r) => out.extend(r.load(root)?),
-                Source::Apt { name, host } => out.extend(apt::load_from(host, name, root)?),
+                Source::Pak { repo, .. } => out.extend(repo.load(root)?),
+                Source::Apt { name, host, .. } => out.extend(apt::load_from(host, name, root)?),
                 Source::Builtin => out.push(crate::selfpkg::candidate()?),
             }
         }
@@ -86,39 +123,16 @@ impl Sources {
             return Ok(e);
         }
         let source = self.get(&p.source)?;
-        let what = format!(
-            "package {} {} from repository {:?}",
-            p.name, p.version, p.source
-        );
+        let what = describe(p);
         if let Source::Builtin = source {
             let tmp = tempfile::tempdir_in(store.dir()).context("cannot package pak itself")?;
             let pak = crate::selfpkg::write_package(&p.sha256, tmp.path())?;
             return store.install(&pak, &key);
         }
-        let ext = if matches!(source, Source::Apt { .. }) {
-            "deb"
-        } else {
-            "pak"
-        };
-        let cached: PathBuf = root
-            .cache_dir()
-            .join("pkgs")
-            .join(format!("{}.{ext}", p.sha256));
-        let cache_ok = cached.is_file()
-            && crate::package::hash_file(&cached)
-                .map(|(_, h)| h == p.sha256)
-                .unwrap_or(false);
-        if !cache_ok {
-            let url = match source {
-                Source::Pak(r) => r.url_of(&p.location),
-                Source::Apt { host, .. } => apt::url_for(host, &p.location)?,
-                Source::Builtin => unreachable!("handled above"),
-            };
-            crate::fetch::download_verified(&url, &cached, &p.sha256, p.size, &what)?;
-        }
-        let entry = match source {
-            Source::Pak(_) => {
-                let info = crate::package::read_info(&cached)?;
+        let artifact = self.artifact(p, root)?;
+        let entry = match artifact.format {
+            Format::Pak => {
+                let info = crate::package::read_info(&artifact.path)?;
                 if info.name != p.name || info.version != p.version {
                     bail!(
                         "{what}: the file holds {} {} instead",
@@ -126,16 +140,202 @@ impl Sources {
                         info.version
                     );
                 }
-                store.install(&cached, &key)
+                store.install(&artifact.path, &key)
             }
-            Source::Builtin => unreachable!("handled above"),
-            Source::Apt { .. } => {
+            Format::Deb => {
                 let tmp =
                     tempfile::tempdir_in(root.cache_dir()).context("cannot convert the .deb")?;
-                let pak = crate::deb::import(&cached, tmp.path())?;
+                let pak = crate::deb::import(&artifact.path, tmp.path())?;
                 store.install(&pak, &key)
             }
         };
         entry.with_context(|| format!("cannot add {what} to the store"))
+    }
+
+    /// The artifact of a locked package exactly as its repository serves it
+    /// (a `.pak`, or a `.deb`), from the download cache or downloaded into
+    /// it.
+    pub fn artifact(&self, p: &LockedPackage, root: &Root) -> Result<Artifact> {
+        let source = self.get(&p.source)?;
+        let formats: &[Format] = match source {
+            Source::Apt { .. } => &[Format::Deb],
+            Source::Pak { .. } => &[Format::Pak, Format::Deb],
+            Source::Builtin => bail!(
+                "{} comes from the running pak itself, which is not downloaded",
+                describe(p)
+            ),
+        };
+        let cache = root.cache_dir().join("pkgs");
+        for &format in formats {
+            let path = cache.join(format!("{}.{}", p.sha256, format.ext()));
+            if path.is_file() && crate::package::hash_file(&path).is_ok_and(|(_, h)| h == p.sha256)
+            {
+                return Ok(Artifact { path, format });
+            }
+        }
+        match source {
+            Source::Pak { repo, index } => from_pak(p, repo, index, &cache),
+            Source::Apt { host, snapshot, .. } => from_apt(p, host, snapshot.as_deref(), &cache),
+            Source::Builtin => unreachable!("refused above"),
+        }
+    }
+}
+
+fn describe(p: &LockedPackage) -> String {
+    format!(
+        "package {} {} from repository {:?}",
+        p.name, p.version, p.source
+    )
+}
+
+/// With `--offline`, a package that would need any of `urls` from the
+/// network is an error naming it.
+fn refuse_offline(p: &LockedPackage, urls: &[&str]) -> Result<()> {
+    if fetch::network() == Network::Offline
+        && let Some(url) = urls.iter().find(|u| fetch::is_remote(u))
+    {
+        bail!(
+            "{} is in neither the store nor the download cache, and --offline is on: pak uses no network, so it does not fetch {url}. Run without --offline to download it, or build from a vendored copy (`pak vendor DIR`)",
+            describe(p)
+        );
+    }
+    Ok(())
+}
+
+/// Which repository kind a vanished package came from, for the ways out.
+enum Kind {
+    Pak,
+    /// Whether the repository has a `snapshot` base (which was asked, when
+    /// the lock has an archive date).
+    Apt {
+        snapshot: bool,
+    },
+}
+
+/// The error for a locked package its repository no longer has.
+fn vanished(p: &LockedPackage, kind: Kind, why: &str) -> anyhow::Error {
+    let mut ways = vec![
+        format!(
+            "`pak update {}` locks a version the repository offers now (the image changes)",
+            p.name
+        ),
+        "a vendored copy: `pak vendor DIR`, run where pak's download cache still holds this package, writes signed repositories that build this same lock".to_string(),
+    ];
+    if let Kind::Apt { snapshot } = kind {
+        ways.push(match (&p.archive_date, snapshot) {
+            (None, _) => "an archive snapshot cannot be asked: the lock records no `archive_date` for this package (pak records one when apt's lists hold a dated Release file)".to_string(),
+            (Some(date), true) => format!(
+                "the repository's `snapshot` did not have it either: check that it is laid out like Debian's snapshot archive, URL/<archive>/{date}/pool/..."
+            ),
+            (Some(date), false) => format!(
+                "an archive snapshot: `snapshot = \"URL\"` on [[repository]] {:?} fetches exactly this version from URL/<archive>/{date}/pool/..., the layout of Debian's snapshot archive",
+                p.source
+            ),
+        });
+    }
+    anyhow::anyhow!(
+        "{} can no longer be downloaded: {why}.\nWays out:\n  - {}.",
+        describe(p),
+        ways.join(";\n  - ")
+    )
+}
+
+fn from_pak(
+    p: &LockedPackage,
+    repo: &Repository,
+    index: &OnceCell<Index>,
+    cache: &Path,
+) -> Result<Artifact> {
+    let url = repo.url_of(&p.location);
+    refuse_offline(p, &[&repo.base, &url])?;
+    let index = match index.get() {
+        Some(i) => i,
+        None => {
+            let read = repo.index_for_fetch().map_err(|e| {
+                if fetch::is_not_found(&e) {
+                    vanished(
+                        p,
+                        Kind::Pak,
+                        &format!("the repository has no index any more ({})", e.root_cause()),
+                    )
+                } else {
+                    e.context(format!(
+                        "cannot check that repository {:?} still offers {} {}",
+                        p.source, p.name, p.version
+                    ))
+                }
+            })?;
+            index.get_or_init(|| read)
+        }
+    };
+    let Some(entry) = index
+        .packages
+        .iter()
+        .find(|e| e.file == p.location && e.sha256 == p.sha256)
+    else {
+        let why = match index.packages.iter().find(|e| e.file == p.location) {
+            Some(e) => format!(
+                "the repository's index lists {} with sha256 {}, not the locked {}: it was rebuilt",
+                p.location, e.sha256, p.sha256
+            ),
+            None => format!("the repository's index no longer lists {}", p.location),
+        };
+        return Err(vanished(p, Kind::Pak, &why));
+    };
+    let format = entry.format();
+    let path = cache.join(format!("{}.{}", p.sha256, format.ext()));
+    match fetch::download_verified(&url, &path, &p.sha256, p.size, &describe(p)) {
+        Ok(()) => Ok(Artifact { path, format }),
+        Err(e) if fetch::is_not_found(&e) => Err(vanished(
+            p,
+            Kind::Pak,
+            &format!(
+                "the repository's index still lists it, but {}: the repository is broken",
+                e.root_cause()
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+fn from_apt(
+    p: &LockedPackage,
+    host: &AptHost,
+    snapshot: Option<&str>,
+    cache: &Path,
+) -> Result<Artifact> {
+    let url = apt::url_for(host, &p.location)?;
+    refuse_offline(p, &[&url])?;
+    let path = cache.join(format!("{}.{}", p.sha256, Format::Deb.ext()));
+    let done = || Artifact {
+        path: path.clone(),
+        format: Format::Deb,
+    };
+    let mirror = match fetch::download_verified(&url, &path, &p.sha256, p.size, &describe(p)) {
+        Ok(()) => return Ok(done()),
+        Err(e) if fetch::is_not_found(&e) => {
+            format!("the mirror no longer has it ({})", e.root_cause())
+        }
+        Err(e) => return Err(e),
+    };
+    let (Some(base), Some(date)) = (snapshot, &p.archive_date) else {
+        return Err(vanished(
+            p,
+            Kind::Apt {
+                snapshot: snapshot.is_some(),
+            },
+            &mirror,
+        ));
+    };
+    let snap = apt::snapshot_url(host, base, &p.location, date)?;
+    refuse_offline(p, &[&snap])?;
+    match fetch::download_verified(&snap, &path, &p.sha256, p.size, &describe(p)) {
+        Ok(()) => Ok(done()),
+        Err(e) if fetch::is_not_found(&e) => Err(vanished(
+            p,
+            Kind::Apt { snapshot: true },
+            &format!("{mirror}, nor does the snapshot ({})", e.root_cause()),
+        )),
+        Err(e) => Err(e.context(format!("{mirror}; its snapshot copy failed"))),
     }
 }

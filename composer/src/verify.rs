@@ -216,7 +216,7 @@ fn seed_downloads(pakfile: &Pakfile, lock: &Lock, root: &Root, seeds: &Seeds) ->
     let cache = root.cache_dir().join("pkgs");
     let mut missing = Vec::new();
     for p in &lock.packages {
-        if p.source == crate::selfpkg::REPO || store.join(p.store_key()).is_dir() {
+        if p.is_builder() || store.join(p.store_key()).is_dir() {
             continue;
         }
         let Some(repo) = pakfile.repository.iter().find(|r| r.name == p.source) else {
@@ -227,32 +227,43 @@ fn seed_downloads(pakfile: &Pakfile, lock: &Lock, root: &Root, seeds: &Seeds) ->
                 p.source
             );
         };
-        let ext = if repo.kind == "apt" { "deb" } else { "pak" };
-        let file = format!("{}.{ext}", p.sha256);
-        let target = cache.join(&file);
-        if target.is_file() {
+        // A pak repository may also serve a Debian package as it is (a
+        // vendored one); the cache keeps each by its own extension.
+        let exts: &[&str] = if repo.kind == "apt" {
+            &["deb"]
+        } else {
+            &["pak", "deb"]
+        };
+        let cached = |dir: &Path, ext: &str| dir.join(format!("{}.{ext}", p.sha256));
+        if exts.iter().any(|e| cached(&cache, e).is_file()) {
             continue;
         }
-        let mut candidates: Vec<PathBuf> = seeds
-            .roots
-            .iter()
-            .map(|s| s.cache_dir().join("pkgs").join(&file))
-            .collect();
-        let url = repo.url.as_deref().unwrap_or("");
-        let remote = repo.kind == "apt"
-            || url.starts_with("http://")
-            || url.starts_with("https://")
-            || p.location.contains("://");
-        if !remote {
-            let dir = Path::new(url.strip_prefix("file://").unwrap_or(url));
-            if dir.is_absolute() {
-                candidates.push(dir.join(&p.location));
-            } else if let Some(project) = seeds.project_dir {
-                candidates.push(project.join(dir).join(&p.location));
+        let mut candidates: Vec<(PathBuf, &str)> = Vec::new();
+        for s in &seeds.roots {
+            for e in exts {
+                candidates.push((cached(&s.cache_dir().join("pkgs"), e), e));
             }
         }
-        match candidates.iter().find(|c| c.is_file()) {
-            Some(from) => {
+        let url = repo.url.as_deref().unwrap_or("");
+        let remote = repo.kind == "apt"
+            || crate::fetch::is_remote(url)
+            || crate::fetch::is_remote(&p.location);
+        if !remote {
+            let dir = Path::new(url.strip_prefix("file://").unwrap_or(url));
+            let ext = if p.location.ends_with(".deb") {
+                "deb"
+            } else {
+                "pak"
+            };
+            if dir.is_absolute() {
+                candidates.push((dir.join(&p.location), ext));
+            } else if let Some(project) = seeds.project_dir {
+                candidates.push((project.join(dir).join(&p.location), ext));
+            }
+        }
+        match candidates.iter().find(|(c, _)| c.is_file()) {
+            Some((from, ext)) => {
+                let target = cached(&cache, ext);
                 std::fs::create_dir_all(&cache)
                     .with_context(|| format!("cannot create {}", cache.display()))?;
                 // A copy, never a link: the build may not change the
@@ -263,7 +274,7 @@ fn seed_downloads(pakfile: &Pakfile, lock: &Lock, root: &Root, seeds: &Seeds) ->
             }
             None if remote => {}
             None => missing.push(format!(
-                "{} {} (sha256 {}) from repository {:?} (url {url:?}, a directory relative to the Pakfile that built the image)",
+                "{} {} (sha256 {}) from repository {:?}, a local directory ({url:?}; a relative one means relative to the Pakfile that built the image)",
                 p.name, p.version, p.sha256, p.source
             )),
         }
@@ -546,7 +557,8 @@ pub fn check(
         .arg(second_root.dir())
         .arg("--pakfile")
         .arg(&second_pakfile)
-        .args(["--quiet", "build", "-o"])
+        // Exactly the lock the image carries: never re-resolved.
+        .args(["--quiet", "--locked", "build", "-o"])
         .arg(&again)
         .current_dir(own.join("cwd"))
         .env_clear()
@@ -560,6 +572,9 @@ pub fn check(
         .env("LANG", second_locale)
         .env("LC_ALL", second_locale)
         .env("PAK_NO_PROGRESS", "1");
+    if crate::fetch::network() == crate::fetch::Network::Offline {
+        cmd.arg("--offline");
+    }
     if let Some(epoch) = env("SOURCE_DATE_EPOCH") {
         // An input of the build, not its environment.
         cmd.env("SOURCE_DATE_EPOCH", epoch);
@@ -719,6 +734,7 @@ mod tests {
             requires: vec![],
             provides: vec![],
             conflicts: vec![],
+            archive_date: None,
         }
     }
 

@@ -112,7 +112,7 @@ pub fn command(g: &Global, cmd: EnvCommand) -> Result<()> {
         }
         EnvCommand::Enter { name } => {
             let env = Env::open(&root, &name)?;
-            let prepared = env.prepare()?;
+            let prepared = env.prepare(g.lock_policy())?;
             let shell = std::env::var_os("SHELL")
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "/bin/sh".into());
@@ -150,7 +150,7 @@ pub fn run(g: &Global, name: Option<String>, cmd: Vec<OsString>) -> Result<ExitC
         ),
         None => (g.pakfile.clone(), g.pakfile.display().to_string()),
     };
-    let prepared = env::prepare(&pakfile, &root).with_context(|| {
+    let prepared = env::prepare(&pakfile, &root, g.lock_policy()).with_context(|| {
         if name.is_some() {
             format!("cannot prepare {what}")
         } else {
@@ -159,9 +159,12 @@ pub fn run(g: &Global, name: Option<String>, cmd: Vec<OsString>) -> Result<ExitC
             )
         }
     })?;
-    if let Some(lock) = &prepared.wrote_lock
+    if let Some((lock, changes)) = &prepared.wrote_lock
         && !g.quiet
     {
+        for c in changes {
+            eprintln!("pak: {c}");
+        }
         eprintln!(
             "pak: wrote {} ({}); later runs reuse it",
             lock.display(),

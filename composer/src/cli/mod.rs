@@ -14,6 +14,7 @@ mod env;
 mod pkg;
 mod project;
 mod system;
+mod vendor;
 mod verify;
 
 #[derive(Debug, Parser)]
@@ -46,6 +47,13 @@ pub struct Global {
     /// Machine-readable output where a command lists or reports
     #[arg(long, global = true)]
     pub json: bool,
+    /// Refuse any change to the lock (for CI): fail, naming what would
+    /// change, and write nothing
+    #[arg(long, global = true)]
+    pub locked: bool,
+    /// Use no network: only the store, the download cache and local repositories
+    #[arg(long, global = true)]
+    pub offline: bool,
 }
 
 impl Global {
@@ -53,6 +61,14 @@ impl Global {
         match &self.root {
             Some(dir) => Root::new(dir),
             None => Root::default_for_user(),
+        }
+    }
+
+    pub fn lock_policy(&self) -> crate::project::LockPolicy {
+        if self.locked {
+            crate::project::LockPolicy::Frozen
+        } else {
+            crate::project::LockPolicy::Update
         }
     }
 }
@@ -136,6 +152,14 @@ pub enum Command {
     Owns { path: String },
     /// Remove store entries that no lock, generation or environment needs
     Gc,
+    /// Copy every locked package into signed repositories under DIR and print
+    /// the [[repository]] entries that build the same lock from them
+    Vendor {
+        dir: PathBuf,
+        /// Sign with this secret key (default: DIR/vendor.key, made if missing)
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
     /// The A/B lifecycle of a pak disk: what boots, what each slot holds
     #[command(subcommand)]
     System(SystemCommand),
@@ -298,6 +322,9 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
+    if g.offline {
+        crate::fetch::set_network(crate::fetch::Network::Offline);
+    }
     match cli.command {
         Command::Init { dir } => project::init(dir)?,
         Command::Lock => project::lock(g, Update::IfNeeded)?,
@@ -352,6 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,
         Command::Gc => pkg::gc(g)?,
+        Command::Vendor { dir, key } => vendor::run(g, &dir, key.as_deref())?,
         Command::System(cmd) => system::run(g, cmd)?,
         Command::Pkg(PkgCommand::Create { dir, output }) => pkg::create(&dir, output)?,
         Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,

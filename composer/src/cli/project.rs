@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use super::Global;
 use crate::pakfile;
-use crate::project::{Project, Update};
+use crate::project::{LockOutcome, Project, Update};
 use crate::sources::Sources;
 
 /// `pak init [DIR]`: a commented starter Pakfile that builds as it is.
@@ -31,37 +31,57 @@ fn display(p: &Path) -> String {
 }
 
 pub(super) fn project(g: &Global) -> Result<Project> {
-    Project::open(&g.pakfile, g.root())
+    Ok(Project::open(&g.pakfile, g.root())?.with_policy(g.lock_policy()))
+}
+
+/// Prints what a lock step did: every change, and why the lock moved.
+fn report_lock(g: &Global, p: &Project, out: &LockOutcome, quiet_if_unchanged: bool) {
+    if g.quiet || (quiet_if_unchanged && !out.written) {
+        return;
+    }
+    if !out.written {
+        println!(
+            "{} is up to date ({} packages)",
+            display(&p.lock_path()),
+            out.lock.packages.len()
+        );
+        return;
+    }
+    if !out.reasons.is_empty() && !out.first {
+        println!(
+            "{} no longer fits {}: {}",
+            display(&p.lock_path()),
+            display(&p.pakfile_path),
+            out.reasons.join("; ")
+        );
+    }
+    for c in &out.changes {
+        println!("{c}");
+    }
+    println!(
+        "wrote {} ({} packages)",
+        display(&p.lock_path()),
+        out.lock.packages.len()
+    );
 }
 
 pub fn lock(g: &Global, update: Update) -> Result<()> {
     let p = project(g)?;
     let out = p.lock(update)?;
-    if !out.written {
-        if !g.quiet {
-            println!(
-                "{} is up to date ({} packages)",
-                display(&p.lock_path()),
-                out.lock.packages.len()
-            );
-        }
-        return Ok(());
-    }
-    if !g.quiet {
-        for c in &out.changes {
-            println!("{c}");
-        }
-        println!(
-            "wrote {} ({} packages)",
-            display(&p.lock_path()),
-            out.lock.packages.len()
-        );
-    }
+    report_lock(g, &p, &out, false);
+    Ok(())
+}
+
+/// What `build` and `fetch` do first: lock when needed, saying so.
+pub(super) fn lock_if_needed(g: &Global, p: &Project) -> Result<()> {
+    let out = p.lock(Update::IfNeeded)?;
+    report_lock(g, p, &out, true);
     Ok(())
 }
 
 pub fn fetch(g: &Global) -> Result<()> {
     let p = project(g)?;
+    lock_if_needed(g, &p)?;
     let (lock, entries) = p.fetch()?;
     if !g.quiet {
         println!(
@@ -150,6 +170,7 @@ pub fn build(
     if number != 1 && generation.is_none() {
         bail!("--number applies to --generation; a new disk image always starts at generation 1");
     }
+    lock_if_needed(g, &p)?;
     let built = match generation {
         Some(out) => crate::image::build_generation(&p, number, out)?,
         None => crate::image::build_image(&p, output)?,

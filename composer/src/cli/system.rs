@@ -69,6 +69,7 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                 }
                 None => {
                     let p = super::project::project(g)?;
+                    super::project::lock_if_needed(g, &p)?;
                     let number = d.newest_generation()? + 1;
                     let dir = p.root.dir().join("tmp");
                     std::fs::create_dir_all(&dir)

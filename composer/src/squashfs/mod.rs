@@ -321,12 +321,13 @@ impl Compressor {
         Some(dir.join(&key[..2]).join(&key[2..]))
     }
 
-    /// Returns the stored bytes and the size word (with the uncompressed
-    /// bit when compression did not help), and whether the cache served it.
+    /// Returns the stored bytes (compressed, or raw when compression did
+    /// not help) and whether the cache served them.
     fn compress(&self, data: &[u8]) -> (Vec<u8>, bool) {
         let cached = self.cache_path(data);
         if let Some(p) = &cached
             && let Ok(bytes) = std::fs::read(p)
+            && holds(&bytes, data)
         {
             return (bytes, true);
         }
@@ -344,12 +345,28 @@ impl Compressor {
     }
 }
 
+/// Whether a cache entry really stores `data`. The cache is only a hint:
+/// an entry damaged on disk, truncated by a crash or written by someone
+/// else must cost a recompression, never a wrong block in an image.
+/// Decompressing is several times faster than compressing at pak's levels.
+fn holds(stored: &[u8], data: &[u8]) -> bool {
+    if stored.len() == data.len() {
+        // Stored raw (compression did not help), or compressed to exactly
+        // the same length, which the writer never keeps.
+        return stored == data;
+    }
+    zstd::bulk::decompress(stored, data.len()).is_ok_and(|d| d == data)
+}
+
 fn store_cached(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = p.parent().expect("has parent");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, p)
+    // A temporary file of its own for every writer: blocks are compressed
+    // on many threads at once, and several processes may share a cache.
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(p).map_err(|e| e.error)?;
+    Ok(())
 }
 
 struct FileData {
