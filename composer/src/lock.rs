@@ -200,6 +200,23 @@ impl Lock {
         self.packages.iter().find(|p| p.name == name)
     }
 
+    /// Keeps the old lock's archive dates for packages that did not change
+    /// (same name, version and sha256): the date only says when the
+    /// archive was seen to hold the package, and the earliest such day is
+    /// as good as any for a snapshot, so re-resolving the same packages
+    /// after an `apt-get update` must not rewrite the lock.
+    pub fn keep_archive_dates(&mut self, old: &Lock) {
+        for p in &mut self.packages {
+            if let Some(o) = old.get(&p.name)
+                && o.version == p.version
+                && o.sha256 == p.sha256
+                && o.archive_date.is_some()
+            {
+                p.archive_date.clone_from(&o.archive_date);
+            }
+        }
+    }
+
     /// What changed from `old` (no lock at all when `None`) to this lock,
     /// sorted by package name.
     pub fn changes_from(&self, old: Option<&Lock>) -> Vec<Change> {
@@ -325,6 +342,31 @@ mod tests {
             conflicts: vec![],
             archive_date: None,
         }
+    }
+
+    #[test]
+    fn an_unchanged_package_keeps_its_archive_date() {
+        let mut old = pkg("a");
+        old.archive_date = Some("20260101T000000Z".into());
+        let old = Lock::new(vec![old, pkg("b")]);
+        let mut new_a = pkg("a");
+        new_a.archive_date = Some("20260202T000000Z".into());
+        let mut new_b = pkg("b");
+        new_b.version = "3.0-1".into();
+        new_b.archive_date = Some("20260202T000000Z".into());
+        let mut new = Lock::new(vec![new_a, new_b]);
+        new.keep_archive_dates(&old);
+        assert_eq!(new.packages[0], old.packages[0]);
+        assert_eq!(
+            new.packages[1].archive_date.as_deref(),
+            Some("20260202T000000Z")
+        );
+        let changes: Vec<String> = new
+            .changes_from(Some(&old))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(changes, ["~ b 1:2.0-1 -> 3.0-1"]);
     }
 
     #[test]

@@ -122,13 +122,16 @@ impl Project {
                 self.lock_path().display()
             );
         }
-        let lock = match self.resolve(&update, current.as_ref()) {
+        let mut lock = match self.resolve(&update, current.as_ref()) {
             Ok(lock) => lock,
             Err(e) if self.policy == LockPolicy::Frozen => {
                 return Err(e.context(self.frozen_message(&[], &reasons)));
             }
             Err(e) => return Err(e),
         };
+        if let Some(current) = &current {
+            lock.keep_archive_dates(current);
+        }
         let changes = lock.changes_from(current.as_ref());
         if current.as_ref() == Some(&lock) {
             return Ok(LockOutcome {

@@ -224,7 +224,14 @@ impl Machine {
             match self.wait_match(left.min(Duration::from_secs(3)), "the shell", |b| {
                 find(b, &marker).map(|i| (i, i + marker.len()))
             }) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // Kernel messages share the serial console with the
+                    // shell and would land inside commands' output (a link
+                    // coming up, a module loading). Only emergencies (a
+                    // panic) still print; a reboot restores the level.
+                    self.execute("dmesg -n 1 2>/dev/null", left)?;
+                    return Ok(());
+                }
                 Err(e) if e.to_string().contains("stopped") => return Err(e),
                 Err(_) => continue,
             }
