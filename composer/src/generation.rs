@@ -21,6 +21,10 @@ pub const META_DIR: &str = "usr/lib/pak";
 pub const META_FILE: &str = "usr/lib/pak/generation.toml";
 pub const LOCK_FILE: &str = "usr/lib/pak/Pakfile.lock";
 pub const INITRD_FILE: &str = "usr/lib/pak/initrd.img";
+/// The self-contained Pakfile that, with the lock, rebuilds the generation.
+pub const PAKFILE_FILE: &str = "usr/lib/pak/Pakfile";
+/// Beside it, the [files] content that is not text (see `sysconfig::embedded`).
+pub const PAKFILE_FILES_DIR: &str = "usr/lib/pak/Pakfile.files";
 
 /// `/usr/lib/pak/generation.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +303,22 @@ pub fn seal(path: &Path) -> Result<()> {
     f.write_all(&hash.finalize())?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Whether the generation at byte `base` of `f` (a generation file, or a
+/// slot of a disk) still matches the sha256 sealed behind it: `false` for
+/// one changed since it was written, or never sealed.
+pub fn seal_intact<R: std::io::Read + std::io::Seek>(f: &mut R, base: u64) -> Result<bool> {
+    use std::io::{Read, SeekFrom};
+    let used = crate::squashfs::Reader::open(&mut *f, base)?.bytes_used();
+    f.seek(SeekFrom::Start(base))?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut (&mut *f).take(used), &mut hash)?;
+    let mut seal = [0u8; 40];
+    if f.read_exact(&mut seal).is_err() {
+        return Ok(false);
+    }
+    Ok(&seal[..8] == SEAL_MAGIC && seal[8..] == hash.finalize()[..])
 }
 
 /// Checks the seal of a generation file whose squashfs occupies `used`

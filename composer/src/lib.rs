@@ -44,5 +44,6 @@ pub mod sysconfig;
 pub mod system;
 pub mod timefmt;
 pub mod vendor;
+pub mod verify;
 pub mod version;
 pub mod vmtest;

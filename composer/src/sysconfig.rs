@@ -10,7 +10,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 
-use crate::pakfile::{FileSpec, Pakfile, parse_mode};
+use crate::pakfile::{FileEntry, FileSpec, Pakfile, parse_mode};
+
+/// The self-contained Pakfile every generation carries (see [`embedded`]).
+pub const EMBEDDED_PAKFILE: &str = "/usr/lib/pak/Pakfile";
+/// Beside it: the [files] whose content is not text, named by sha256.
+pub const EMBEDDED_FILES_DIR: &str = "Pakfile.files";
 
 /// One file (or symlink) the configuration adds to the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +107,81 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     for (path, spec) in &pakfile.files {
         add(user_file(pakfile, path, spec)?);
     }
+    // Last, so a [files] entry cannot replace what `pak verify` reads.
+    for f in embedded(pakfile)? {
+        add(f);
+    }
     Ok(out.into_values().collect())
+}
+
+const EMBEDDED_HEADER: &str = "# The Pakfile this generation was built from, made self-contained by pak:\n# profiles expanded into [packages], repository keys and [files] inlined.\n# With Pakfile.lock beside it, `pak verify` rebuilds the image from the two.\n\n";
+
+/// The Pakfile as a generation carries it: everything the build reads from
+/// the Pakfile and the files it names, in one text (plus, for [files] that
+/// are not UTF-8, one file each beside it). Built from it with the
+/// generation's lock, the same image comes out again, wherever it is.
+///
+/// The rendering is a fixed point: the embedded Pakfile of a generation
+/// built from an embedded Pakfile is the same text, or `pak verify` could
+/// never say "identical". Repository URLs stay as written (an absolute path
+/// of the building host would make the image depend on where it was
+/// built); a relative directory repository is therefore not reachable from
+/// the embedded copy, and `pak verify` takes such packages from the store's
+/// download cache instead.
+pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
+    let mut e = pakfile.clone();
+    // Pakfile::load has merged the profiles already; a Pakfile parsed
+    // without them gets the same result here.
+    for (name, req) in crate::profile::packages_of(&pakfile.system.profiles, &pakfile.dir)? {
+        e.packages.entry(name).or_insert(req);
+    }
+    e.system.profiles.clear();
+    for r in &mut e.repository {
+        if let Some(key) = &r.key {
+            let public = crate::key::PublicKey::from_pakfile_field(key, &pakfile.dir)
+                .with_context(|| format!("repository {:?}: its key", r.name))?;
+            r.key = Some(public.to_text());
+        }
+    }
+    let mut out = Vec::new();
+    for (path, spec) in e.files.iter_mut() {
+        let f = user_file(pakfile, path, spec)?;
+        let ConfigKind::File(bytes) = f.kind else {
+            unreachable!("[files] are regular files")
+        };
+        let full = |content: Option<String>, source: Option<String>| {
+            FileSpec::Full(FileEntry {
+                content,
+                source,
+                mode: Some(format!("{:04o}", f.mode)),
+                uid: Some(f.uid),
+                gid: Some(f.gid),
+            })
+        };
+        *spec = match String::from_utf8(bytes) {
+            Ok(text) if (f.mode, f.uid, f.gid) == (0o644, 0, 0) => FileSpec::Text(text),
+            Ok(text) => full(Some(text), None),
+            Err(not_text) => {
+                let bytes = not_text.into_bytes();
+                let name = format!("{EMBEDDED_FILES_DIR}/{}", crate::fsutil::sha256_hex(&bytes));
+                out.push(ConfigFile {
+                    path: format!("/usr/lib/pak/{name}"),
+                    kind: ConfigKind::File(bytes),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                });
+                full(None, Some(name))
+            }
+        };
+    }
+    let body = toml::to_string(&e).context("cannot write the Pakfile into the generation")?;
+    out.push(text(
+        EMBEDDED_PAKFILE,
+        format!("{EMBEDDED_HEADER}{body}"),
+        0o644,
+    ));
+    Ok(out)
 }
 
 fn text(path: &str, content: String, mode: u32) -> ConfigFile {
@@ -435,5 +514,112 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
         assert!(render(&p).unwrap_err().to_string().contains("www-data"));
         let p = Pakfile::parse("[users.bob]\nuid = 1000\ngroups = [\"nope\"]\n").unwrap();
         assert!(render(&p).is_err());
+    }
+
+    #[test]
+    fn the_embedded_pakfile_is_self_contained_and_a_fixed_point() {
+        let d = tempfile::tempdir().unwrap();
+        let project = d.path().join("project");
+        std::fs::create_dir_all(project.join("profiles")).unwrap();
+        std::fs::write(
+            project.join("profiles/mine.toml"),
+            "include = [\"base\"]\n[packages]\nhello = \">= 2\"\n",
+        )
+        .unwrap();
+        let public = crate::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        std::fs::write(project.join("local.pub"), &public).unwrap();
+        std::fs::write(project.join("app.conf"), "key = value\n").unwrap();
+        std::fs::write(project.join("blob"), [0u8, 0xff, 0xfe, 1]).unwrap();
+        std::fs::write(
+            project.join("Pakfile"),
+            r#"
+[system]
+name = "box"
+profiles = ["mine"]
+version = "7"
+[packages]
+hello = "*"
+[[repository]]
+name = "local"
+url = "repo"
+key = "local.pub"
+[[repository]]
+name = "debian"
+kind = "apt"
+[boot]
+cmdline = "console=ttyS0 quiet"
+tries = 5
+[image]
+size = "3GiB"
+slot_size = "700MiB"
+[files]
+"/etc/motd" = "hi\n"
+"/etc/app.conf" = { source = "app.conf", mode = "0600", uid = 33 }
+"/etc/blob" = { source = "blob" }
+[users.alice]
+uid = 1000
+groups = ["www-data"]
+[groups.ops]
+gid = 2000
+[services.web]
+exec = "/usr/sbin/httpd -f"
+health = "wget -q -O /dev/null http://127.0.0.1/"
+"#,
+        )
+        .unwrap();
+        let original = Pakfile::load(&project.join("Pakfile")).unwrap();
+        let files = render(&original).unwrap();
+        let text = content(find(&files, EMBEDDED_PAKFILE));
+        assert!(
+            !text.contains("local.pub") && !text.contains("source = \"app.conf\""),
+            "{text}"
+        );
+        assert!(text.contains(public.lines().last().unwrap()), "{text}");
+        assert!(
+            text.contains("url = \"repo\""),
+            "URLs stay as written: {text}"
+        );
+
+        // Elsewhere, from the embedded files alone.
+        let elsewhere = d.path().join("elsewhere");
+        for f in files
+            .iter()
+            .filter(|f| f.path.starts_with("/usr/lib/pak/Pakfile"))
+        {
+            let to = elsewhere.join(f.path.trim_start_matches("/usr/lib/pak/"));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            let ConfigKind::File(b) = &f.kind else {
+                panic!()
+            };
+            std::fs::write(to, b).unwrap();
+        }
+        assert_eq!(
+            files
+                .iter()
+                .filter(|f| f.path.starts_with("/usr/lib/pak/Pakfile.files/"))
+                .count(),
+            1,
+            "only the binary file lies beside the Pakfile"
+        );
+        std::fs::remove_dir_all(&project).unwrap();
+        let again = Pakfile::load(&elsewhere.join("Pakfile")).unwrap();
+        assert!(again.system.profiles.is_empty());
+        assert_eq!(again.packages, original.packages, "profiles expanded");
+        assert_eq!(
+            again.packages["hello"], "*",
+            "the Pakfile's own requirement wins"
+        );
+        assert!(
+            again.packages.contains_key("busybox-static"),
+            "included profiles too"
+        );
+        assert_eq!(
+            render(&again).unwrap(),
+            files,
+            "the same configuration, the embedded Pakfile included, byte for byte"
+        );
     }
 }

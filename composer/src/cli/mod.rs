@@ -15,6 +15,7 @@ mod pkg;
 mod project;
 mod system;
 mod vendor;
+mod verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +109,12 @@ pub enum Command {
     },
     /// List the packages of the lock
     List,
+    /// Rebuild an image from its own lock and Pakfile and compare: identical,
+    /// or the first differing partition and file (exit 1)
+    Verify {
+        /// A disk image (`pak build -o`) or a generation file (`--generation`)
+        image: PathBuf,
+    },
     /// Boot an image interactively on the serial console (Ctrl-a x quits)
     Qemu {
         image: PathBuf,
@@ -331,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
         } => project::build(g, &output, generation.as_deref(), number, check)?,
         Command::List => project::list(g)?,
+        Command::Verify { image } => return verify::run(g, &image),
         Command::Qemu {
             image,
             snapshot,

@@ -9,12 +9,13 @@
 //! size before it is used: a corrupt or hostile generation file is refused
 //! with an error, never followed off the end or into a huge allocation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
-use super::{MAGIC, META_SIZE, NO_FRAGMENT, UNCOMPRESSED_BLOCK, ZSTD_ID};
+use super::{MAGIC, META_SIZE, NO_FRAGMENT, NO_XATTR, NONE_U64, UNCOMPRESSED_BLOCK, ZSTD_ID};
 
 /// Symlinks followed while resolving one path, as the kernel's limit.
 const MAX_LINKS: usize = 40;
@@ -40,7 +41,25 @@ struct Superblock {
     inode_table: u64,
     directory_table: u64,
     fragment_table: u64,
+    mtime: u32,
+    id_count: u16,
+    id_table: u64,
+    xattr_table: u64,
+    export_table: u64,
 }
+
+/// What a walk says about one path: named fields in a fixed order (the
+/// most telling first), so two images compare field by field and a
+/// difference can be named. Plain strings keep the type free of this
+/// module, which the squashfs module does not re-export.
+pub type Fields = Vec<(&'static str, String)>;
+/// One path of a walk (`/` for the root, `/usr/bin/x`) and its fields, or
+/// why they cannot be read.
+pub type Walked = (String, std::result::Result<Fields, String>);
+
+/// Directories deeper than this end a walk: only a corrupt image (a
+/// directory listing one of its ancestors) nests this deep.
+const MAX_DEPTH: usize = 512;
 
 /// What a path names inside the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +130,11 @@ impl<R: Read + Seek> Reader<R> {
             inode_table: u64_at(&b, 64),
             directory_table: u64_at(&b, 72),
             fragment_table: u64_at(&b, 80),
+            mtime: u32_at(&b, 8),
+            id_count: u16_at(&b, 26),
+            id_table: u64_at(&b, 48),
+            xattr_table: u64_at(&b, 56),
+            export_table: u64_at(&b, 88),
         };
         let end = r.seek(SeekFrom::End(0))?;
         if sb.bytes_used < 96 || base + sb.bytes_used > end {
@@ -139,6 +163,12 @@ impl<R: Read + Seek> Reader<R> {
     /// How many bytes the image occupies (what its sha256 covers).
     pub fn bytes_used(&self) -> u64 {
         self.sb.bytes_used
+    }
+
+    /// The one modification time the image and its inodes carry (pak's
+    /// writer stamps `SOURCE_DATE_EPOCH`, or 0).
+    pub fn mtime(&self) -> u32 {
+        self.sb.mtime
     }
 
     /// Reads `len` bytes at image position `at`, within the image.
@@ -395,63 +425,409 @@ impl<R: Read + Seek> Reader<R> {
 
     /// The bytes of file `path` (following symlinks inside the image).
     pub fn read(&mut self, path: &str) -> Result<Vec<u8>> {
+        let inode = self.resolve(path, true)?;
+        let Inode::File { size, .. } = inode else {
+            bail!("/{path} is not a regular file in the image");
+        };
+        if size > MAX_READ {
+            bail!("/{path} is {size} bytes, more than pak reads from an image at once");
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.file_data(&inode, &format!("/{path}"), |chunk| {
+            out.extend_from_slice(chunk)
+        })?;
+        Ok(out)
+    }
+
+    /// Feeds the bytes of a file inode, in order, to `sink`, one block at
+    /// a time (so a walk hashes big files without holding them).
+    fn file_data(&mut self, inode: &Inode, path: &str, mut sink: impl FnMut(&[u8])) -> Result<()> {
         let Inode::File {
             blocks_start,
             size,
             fragment,
             frag_offset,
             sizes,
-        } = self.resolve(path, true)?
+        } = inode
         else {
-            bail!("/{path} is not a regular file in the image");
+            bail!("{path} is not a regular file in the image");
         };
-        if size > MAX_READ {
-            bail!("/{path} is {size} bytes, more than pak reads from an image at once");
-        }
+        let (size, fragment) = (*size, *fragment);
         let bs = self.sb.block_size as usize;
-        let mut out = Vec::with_capacity(size as usize);
-        let mut pos = blocks_start;
+        let mut done = 0u64;
+        let mut pos = *blocks_start;
+        let zeros = vec![0u8; bs];
         for word in sizes {
+            let want = (size - done).min(bs as u64) as usize;
             let len = (word & !UNCOMPRESSED_BLOCK) as u64;
             if len == 0 {
-                out.resize(out.len() + bs, 0);
+                sink(&zeros[..want]);
+                done += want as u64;
                 continue;
             }
             let raw = self.read_at(pos, len)?;
             pos += len;
-            if word & UNCOMPRESSED_BLOCK != 0 {
-                out.extend(raw);
-            } else {
-                out.extend(self.decompress(&raw, bs)?);
-            }
-        }
-        if fragment != NO_FRAGMENT {
-            if fragment >= self.sb.fragments {
-                bail!("/{path} names a fragment the image does not have");
-            }
-            let index_at = self.sb.fragment_table + (fragment as u64 / 512) * 8;
-            let block = u64_at(&self.read_at(index_at, 8)?, 0);
-            let e = self.meta_read(block, (fragment % 512) as u16 * 16, 16)?;
-            let (start, word) = (u64_at(&e, 0), u32_at(&e, 8));
-            let len = (word & !UNCOMPRESSED_BLOCK) as u64;
-            let raw = self.read_at(start, len)?;
-            let frag = if word & UNCOMPRESSED_BLOCK != 0 {
+            let block = if word & UNCOMPRESSED_BLOCK != 0 {
                 raw
             } else {
                 self.decompress(&raw, bs)?
             };
-            let tail = (size % bs as u64) as usize;
-            let from = frag_offset as usize;
-            out.extend_from_slice(
+            if block.len() < want {
+                bail!("{path}: its blocks hold fewer bytes than its size");
+            }
+            sink(&block[..want]);
+            done += want as u64;
+        }
+        if fragment != NO_FRAGMENT {
+            let frag = self.fragment_block(fragment, path)?;
+            let tail = (size - done) as usize;
+            let from = *frag_offset as usize;
+            sink(
                 frag.get(from..from + tail)
-                    .with_context(|| format!("/{path}: its fragment is too short"))?,
+                    .with_context(|| format!("{path}: its fragment is too short"))?,
             );
+            done += tail as u64;
         }
-        out.truncate(size as usize);
-        if out.len() as u64 != size {
-            bail!("/{path}: its blocks hold fewer bytes than its size");
+        if done != size {
+            bail!("{path}: its blocks hold fewer bytes than its size");
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Where fragment block `index` is stored: (image position, size word).
+    fn fragment_entry(&mut self, index: u32) -> Result<(u64, u32)> {
+        if index >= self.sb.fragments {
+            bail!("a file names fragment {index}, which the image does not have");
+        }
+        let index_at = self.sb.fragment_table + (index as u64 / 512) * 8;
+        let block = u64_at(&self.read_at(index_at, 8)?, 0);
+        let e = self.meta_read(block, (index % 512) as u16 * 16, 16)?;
+        Ok((u64_at(&e, 0), u32_at(&e, 8)))
+    }
+
+    fn fragment_block(&mut self, index: u32, path: &str) -> Result<Vec<u8>> {
+        let (start, word) = self
+            .fragment_entry(index)
+            .with_context(|| path.to_string())?;
+        let len = (word & !UNCOMPRESSED_BLOCK) as u64;
+        let raw = self.read_at(start, len)?;
+        if word & UNCOMPRESSED_BLOCK != 0 {
+            Ok(raw)
+        } else {
+            self.decompress(&raw, self.sb.block_size as usize)
+        }
+    }
+
+    /// The uid or gid stored at `index` of the id table.
+    fn id(&mut self, index: u16) -> Result<u32> {
+        if index >= self.sb.id_count {
+            bail!("an inode names owner id {index}, which the id table does not have");
+        }
+        let per_block = (META_SIZE / 4) as u64;
+        let at = self.sb.id_table + (index as u64 / per_block) * 8;
+        let block = u64_at(&self.read_at(at, 8)?, 0);
+        let b = self.meta_read(block, ((index as u64 % per_block) * 4) as u16, 4)?;
+        Ok(u32_at(&b, 0))
+    }
+
+    /// Every field of the inode at `reference` that decides the image's
+    /// bytes, content included (as a sha256), named.
+    fn fields(&mut self, reference: u64, inode: &Inode, path: &str) -> Result<Fields> {
+        let block = self.sb.inode_table + (reference >> 16);
+        let offset = (reference & 0xFFFF) as u16;
+        let h = self.meta_read(block, offset, 16)?;
+        let type_code = u16_at(&h, 0);
+        // The kind-specific words after the common header, long enough for
+        // every inode type's fixed part.
+        let x = |me: &mut Self, n: usize| -> Result<Vec<u8>> {
+            Ok(me.meta_read(block, offset, 16 + n)?[16..].to_vec())
+        };
+        let xattr = |v: u32| {
+            if v == NO_XATTR {
+                "none".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let mut f: Fields = Vec::new();
+        let kind = match type_code {
+            1 | 8 => "directory",
+            2 | 9 => "regular file",
+            3 | 10 => "symbolic link",
+            4 | 11 => "block device",
+            5 | 12 => "character device",
+            6 | 13 => "fifo",
+            _ => "socket",
+        };
+        let form = if type_code >= 8 { "extended" } else { "basic" };
+        f.push(("type", kind.to_string()));
+        match inode {
+            Inode::File {
+                size,
+                blocks_start,
+                fragment,
+                frag_offset,
+                sizes,
+            } => {
+                let mut hash = Sha256::new();
+                let content = match self.file_data(inode, path, |c| hash.update(c)) {
+                    Ok(()) => format!("sha256 {}", hex::encode(hash.finalize())),
+                    Err(e) => format!("unreadable ({e:#})"),
+                };
+                f.push(("content", content));
+                f.push(("size", size.to_string()));
+                if type_code == 9 {
+                    let b = x(self, 40)?;
+                    f.push(("link count", u32_at(&b, 24).to_string()));
+                    f.push(("sparse bytes", u64_at(&b, 16).to_string()));
+                    f.push(("xattrs", xattr(u32_at(&b, 36))));
+                }
+                let words: Vec<String> = sizes.iter().map(|w| format!("{w:#x}")).collect();
+                let frag = if *fragment == NO_FRAGMENT {
+                    "no fragment".to_string()
+                } else {
+                    format!("fragment {fragment} at {frag_offset}")
+                };
+                f.push((
+                    "storage",
+                    format!(
+                        "blocks at byte {blocks_start}, sizes [{}], {frag}",
+                        words.join(", ")
+                    ),
+                ));
+            }
+            Inode::Symlink(target) => {
+                f.push(("target", target.clone()));
+                f.push(("link count", u32_at(&x(self, 4)?, 0).to_string()));
+            }
+            Inode::Dir { .. } => {
+                let b = x(self, 24)?;
+                let (nlink, parent) = if type_code == 1 {
+                    (u32_at(&b, 4), u32_at(&b, 12))
+                } else {
+                    (u32_at(&b, 0), u32_at(&b, 12))
+                };
+                f.push(("link count", nlink.to_string()));
+                f.push(("parent inode", parent.to_string()));
+                if type_code == 8 {
+                    f.push(("xattrs", xattr(u32_at(&b, 20))));
+                }
+            }
+            Inode::Other => {
+                let b = x(self, 12)?;
+                f.push(("link count", u32_at(&b, 0).to_string()));
+                match type_code {
+                    4 | 5 | 11 | 12 => {
+                        let dev = u32_at(&b, 4);
+                        f.push((
+                            "device",
+                            format!(
+                                "{}:{}",
+                                (dev >> 8) & 0xFFF,
+                                (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+                            ),
+                        ));
+                        if type_code >= 11 {
+                            f.push(("xattrs", xattr(u32_at(&b, 8))));
+                        }
+                    }
+                    13 | 14 => f.push(("xattrs", xattr(u32_at(&b, 4)))),
+                    _ => {}
+                }
+            }
+        }
+        f.push(("mode", format!("{:04o}", u16_at(&h, 2))));
+        let uid = self.id(u16_at(&h, 4))?;
+        let gid = self.id(u16_at(&h, 6))?;
+        f.push(("owner", format!("{uid}:{gid}")));
+        f.push(("mtime", u32_at(&h, 8).to_string()));
+        f.push(("inode number", u32_at(&h, 12).to_string()));
+        f.push(("inode form", form.to_string()));
+        Ok(f)
+    }
+
+    /// Every path of the image, directories before what they hold and
+    /// names in byte order, each with its [`Fields`]. A part of a corrupt
+    /// image that cannot be read is an entry with the reason, and the walk
+    /// goes on with the rest.
+    pub fn walk(&mut self) -> Vec<Walked> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        self.walk_from(String::new(), self.sb.root, 0, &mut seen, &mut out);
+        out
+    }
+
+    fn walk_from(
+        &mut self,
+        path: String,
+        reference: u64,
+        depth: usize,
+        seen: &mut HashSet<u64>,
+        out: &mut Vec<Walked>,
+    ) {
+        let shown = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path.clone()
+        };
+        let inode = match self.inode(reference) {
+            Ok(i) => i,
+            Err(e) => return out.push((shown, Err(format!("its inode cannot be read ({e:#})")))),
+        };
+        let fields = self
+            .fields(reference, &inode, &shown)
+            .map_err(|e| format!("its inode cannot be read ({e:#})"));
+        let Inode::Dir {
+            start,
+            offset,
+            size,
+        } = inode
+        else {
+            return out.push((shown, fields));
+        };
+        if depth > MAX_DEPTH || !seen.insert(reference) {
+            return out.push((
+                shown,
+                Err("its directory is its own ancestor (corrupt image)".into()),
+            ));
+        }
+        match self.listing(start, offset, size) {
+            Ok(list) => {
+                out.push((shown, fields));
+                for (name, child) in list {
+                    self.walk_from(format!("{path}/{name}"), child, depth + 1, seen, out);
+                }
+            }
+            Err(e) => out.push((
+                shown,
+                Err(format!("its directory listing cannot be read ({e:#})")),
+            )),
+        }
+    }
+
+    /// What lies at byte `at` of the image: a file's data, a fragment
+    /// block and the files whose tails it holds, a metadata table, or the
+    /// pak seal behind the image.
+    pub fn place_of(&mut self, at: u64) -> String {
+        let sb = self.sb.clone();
+        if at < 96 {
+            return "the squashfs superblock".into();
+        }
+        if at >= sb.bytes_used {
+            return if at < sb.bytes_used + 40 {
+                "the pak seal behind the squashfs (the sha256 of its bytes)".into()
+            } else {
+                "the padding behind the squashfs".into()
+            };
+        }
+        if at < sb.inode_table {
+            return self.data_owner(at);
+        }
+        let first_pointer = |me: &mut Self, table: u64| -> Option<u64> {
+            me.read_at(table, 8).ok().map(|b| u64_at(&b, 0))
+        };
+        let mut regions = vec![
+            (sb.inode_table, "the inode table".to_string()),
+            (sb.directory_table, "the directory table".to_string()),
+            (sb.fragment_table, "the fragment table's index".to_string()),
+            (sb.id_table, "the id table's index".to_string()),
+        ];
+        if sb.fragments > 0
+            && let Some(p) = first_pointer(self, sb.fragment_table)
+        {
+            regions.push((p, "the fragment table".into()));
+        }
+        if let Some(p) = first_pointer(self, sb.id_table) {
+            regions.push((p, "the id table (owners)".into()));
+        }
+        if sb.export_table != NONE_U64 {
+            regions.push((sb.export_table, "the export table".into()));
+        }
+        if sb.xattr_table != NONE_U64 {
+            regions.push((sb.xattr_table, "the xattr table".into()));
+        }
+        regions
+            .into_iter()
+            .filter(|(start, _)| *start <= at)
+            .max_by_key(|(start, _)| *start)
+            .map(|(_, what)| what)
+            .unwrap_or_else(|| "the squashfs metadata".into())
+    }
+
+    /// The file (or fragment block) whose stored bytes cover `at`.
+    fn data_owner(&mut self, at: u64) -> String {
+        let mut tails: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut stack = vec![(String::new(), self.sb.root, 0usize)];
+        let mut seen = HashSet::new();
+        while let Some((path, reference, depth)) = stack.pop() {
+            let Ok(inode) = self.inode(reference) else {
+                continue;
+            };
+            match inode {
+                Inode::Dir {
+                    start,
+                    offset,
+                    size,
+                } if depth <= MAX_DEPTH && seen.insert(reference) => {
+                    if let Ok(list) = self.listing(start, offset, size) {
+                        for (name, child) in list.into_iter().rev() {
+                            stack.push((format!("{path}/{name}"), child, depth + 1));
+                        }
+                    }
+                }
+                Inode::File {
+                    blocks_start,
+                    fragment,
+                    sizes,
+                    ..
+                } => {
+                    let stored: u64 = sizes.iter().map(|w| (w & !UNCOMPRESSED_BLOCK) as u64).sum();
+                    if (blocks_start..blocks_start + stored).contains(&at) {
+                        let mut pos = blocks_start;
+                        for (k, w) in sizes.iter().enumerate() {
+                            let len = (w & !UNCOMPRESSED_BLOCK) as u64;
+                            if at < pos + len {
+                                return format!(
+                                    "the data of {path} (its block {k}, {})",
+                                    if w & UNCOMPRESSED_BLOCK != 0 {
+                                        "stored uncompressed"
+                                    } else {
+                                        "zstd-compressed"
+                                    }
+                                );
+                            }
+                            pos += len;
+                        }
+                    }
+                    if fragment != NO_FRAGMENT {
+                        tails.entry(fragment).or_default().push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for index in 0..self.sb.fragments {
+            let Ok((start, word)) = self.fragment_entry(index) else {
+                break;
+            };
+            let len = (word & !UNCOMPRESSED_BLOCK) as u64;
+            if (start..start + len).contains(&at) {
+                let mut names = tails.remove(&index).unwrap_or_default();
+                names.sort();
+                let more = names.len().saturating_sub(5);
+                names.truncate(5);
+                return format!(
+                    "fragment block {index}, which holds the tails of {}{}",
+                    names.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more files")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        "the data area, outside every file's blocks".into()
     }
 }
 
@@ -619,7 +995,106 @@ mod tests {
                     let _ = r.read(p);
                 }
                 let _ = r.list("big");
+                let _ = r.walk();
+                let _ = r.place_of(state % good.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn a_walk_sees_every_field_and_a_place_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("g.sqfs");
+        let (mut tree, _) = sample();
+        tree.entries.insert("dev".into(), entry(Kind::Dir, 0o755));
+        tree.entries.insert(
+            "dev/null".into(),
+            Entry {
+                kind: Kind::CharDev { major: 1, minor: 3 },
+                mode: 0o666,
+                uid: 0,
+                gid: 5,
+                xattrs: vec![],
+            },
+        );
+        write(
+            &tree,
+            &img,
+            &Options {
+                mtime: 77,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let mut r = Reader::open(std::fs::File::open(&img).unwrap(), 0).unwrap();
+        assert_eq!(r.mtime(), 77);
+        let walk = r.walk();
+        let paths: Vec<&str> = walk.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths[0], "/");
+        assert_eq!(paths.len(), tree.entries.len());
+        let get = |p: &str, field: &str| -> String {
+            let (_, f) = walk.iter().find(|(q, _)| q == p).unwrap();
+            f.as_ref()
+                .unwrap()
+                .iter()
+                .find(|(n, _)| *n == field)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(get("/dev/null", "device"), "1:3");
+        assert_eq!(get("/dev/null", "owner"), "0:5");
+        assert_eq!(get("/dev/null", "mode"), "0666");
+        assert_eq!(get("/etc/hostname", "mtime"), "77");
+        assert_eq!(get("/etc/hard", "link count"), "2");
+        assert_eq!(
+            get("/usr/bin/tool", "content"),
+            format!(
+                "sha256 {}",
+                crate::fsutil::sha256_hex(&r.read("usr/bin/tool").unwrap())
+            )
+        );
+        assert_eq!(get("/bin", "target"), "usr/bin");
+
+        // A byte of the tool's second block, changed: the walk of the
+        // changed image differs at that file, and the place names it.
+        let first_block = match walk.iter().find(|(p, _)| p == "/usr/bin/tool") {
+            Some((_, Ok(f))) => f.iter().find(|(n, _)| *n == "storage").unwrap().1.clone(),
+            _ => panic!(),
+        };
+        let start: u64 = first_block
+            .strip_prefix("blocks at byte ")
+            .and_then(|s| s.split(',').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut bytes = std::fs::read(&img).unwrap();
+        let at = start + 10;
+        bytes[at as usize] ^= 0x40;
+        let mut bad = Reader::open(std::io::Cursor::new(bytes), 0).unwrap();
+        assert!(
+            r.place_of(at)
+                .starts_with("the data of /usr/bin/tool (its block 0"),
+            "{}",
+            r.place_of(at)
+        );
+        let changed = bad.walk();
+        let differing: Vec<&str> = walk
+            .iter()
+            .zip(&changed)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0.as_str())
+            .collect();
+        assert_eq!(differing, ["/usr/bin/tool"]);
+        assert_eq!(r.place_of(3), "the squashfs superblock");
+        assert_eq!(
+            r.place_of(r.bytes_used() + 1),
+            "the pak seal behind the squashfs (the sha256 of its bytes)"
+        );
+        assert_eq!(r.place_of(r.sb.inode_table), "the inode table");
+        assert!(
+            r.place_of(r.sb.inode_table - 1).contains("the tails of")
+                || r.place_of(r.sb.inode_table - 1).starts_with("the data of")
+        );
     }
 }
