@@ -623,8 +623,8 @@ fn a_vendored_copy_builds_the_same_image_offline() {
             "#   local: 2 packages\n",
             "# not vendored: pak ",
             "builder's own binary",
-            "[[repository]]\nname = \"debian\"\nurl = \"vendor/debian\"\nkey = \"vendor/vendor.pub\"\n",
-            "[[repository]]\nname = \"local\"\nurl = \"vendor/local\"\nkey = \"vendor/vendor.pub\"\n",
+            "[[repository]]\nname = \"debian\"\nkind = \"apt\"\nmirror = \"vendor/debian\"\n",
+            "[[repository]]\nname = \"local\"\nkind = \"pak\"\nurl = \"repo\"\nkey = \"local.pub\"\nmirror = \"vendor/local\"\n",
         ],
     );
     // The artifacts exactly as downloaded, at their locked locations.
@@ -646,10 +646,12 @@ fn a_vendored_copy_builds_the_same_image_offline() {
         "a repository of .pak files keeps index format 1"
     );
 
-    // The same Pakfile with the snippet as its repositories, and the same
-    // lock: built offline into another store, nothing asked of the network.
+    // The same Pakfile with the snippet as its repositories (mirrors
+    // added), and the same lock: built offline into another store, with the
+    // original local repository gone, nothing asked of the network.
     w.write("Vendored", &format!("{packages}{snippet}"));
     std::fs::copy(w.dir.join("Pakfile.lock"), w.dir.join("Vendored.lock")).unwrap();
+    std::fs::rename(w.dir.join("repo"), w.dir.join("repo.away")).unwrap();
     w.server.take_log();
     let out = w.pak(
         "r2",
@@ -657,6 +659,7 @@ fn a_vendored_copy_builds_the_same_image_offline() {
     );
     ok(out);
     assert_eq!(w.server.take_log(), Vec::<String>::new(), "no request");
+    std::fs::rename(w.dir.join("repo.away"), w.dir.join("repo")).unwrap();
     assert_eq!(w.read("Vendored.lock"), w.read("Pakfile.lock"));
     let same = Command::new("cmp")
         .arg(w.dir.join("a.raw"))
@@ -668,10 +671,17 @@ fn a_vendored_copy_builds_the_same_image_offline() {
         "the vendored build differs from the original"
     );
 
-    // Resolving anew from the vendored repositories alone gives the same
-    // lock: each package keeps its identity, archive date included.
-    ok(w.pak("r2", &["--offline", "--pakfile", "Vendored", "update"]));
-    assert_eq!(w.read("Vendored.lock"), w.read("Pakfile.lock"));
+    // The copies are signed repositories in their own right: resolving
+    // anew from them alone gives the same lock, each package keeping its
+    // identity, archive date included.
+    w.write(
+        "Direct",
+        &format!(
+            "{packages}[[repository]]\nname = \"debian\"\nurl = \"vendor/debian\"\nkey = \"vendor/vendor.pub\"\n[[repository]]\nname = \"local\"\nurl = \"vendor/local\"\nkey = \"vendor/vendor.pub\"\n"
+        ),
+    );
+    ok(w.pak("r2", &["--offline", "--pakfile", "Direct", "update"]));
+    assert_eq!(w.read("Direct.lock"), w.read("Pakfile.lock"));
 
     // Vendoring again signs with the same key, the next index version.
     let again = ok(w.pak("r1", &["vendor", "vendor"]));
@@ -686,7 +696,7 @@ fn a_vendored_copy_builds_the_same_image_offline() {
     );
 
     // With a given key and SOURCE_DATE_EPOCH, the copy is the same bytes
-    // and modes whatever the umask; the snippet carries the public key.
+    // and modes whatever the umask, and its indexes are signed with it.
     let mut trees = Vec::new();
     for (dir, umask) in [("v1", "022"), ("v2", "077")] {
         let out = w
@@ -696,13 +706,16 @@ fn a_vendored_copy_builds_the_same_image_offline() {
             .output()
             .unwrap();
         let text = ok(out);
-        let snippet = pak::pakfile::Pakfile::parse(&text).unwrap();
-        let local = pak::key::SecretKey::read(&w.dir.join("local.key")).unwrap();
-        for r in &snippet.repository {
-            let key = r.key.as_deref().unwrap();
-            assert!(key.starts_with("pak public key"), "the key itself: {text}");
-            let key = pak::key::PublicKey::from_pakfile_field(key, &w.dir).unwrap();
-            assert_eq!(key.id(), local.public().id());
+        assert!(
+            text.contains(&format!("mirror = \"{dir}/local\"")),
+            "{text}"
+        );
+        let local = pak::key::PublicKey::from_pakfile_field("local.pub", &w.dir).unwrap();
+        for repo in ["debian", "local"] {
+            let at = w.dir.join(dir).join(repo);
+            let index = std::fs::read(at.join("index")).unwrap();
+            let sig = std::fs::read_to_string(at.join("index.sig")).unwrap();
+            local.verify(&index, &sig).unwrap();
         }
         assert!(!w.dir.join(dir).join("vendor.key").exists());
         trees.push(tree_of(&w.dir.join(dir)));

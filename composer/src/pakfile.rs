@@ -93,6 +93,13 @@ pub struct RepositorySpec {
     /// lock's `archive_date`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// A copy of this repository's locked packages, as `pak vendor` writes
+    /// it (a directory relative to the Pakfile, `file://` or `http(s)://`):
+    /// asked first for a locked package, by its location, and trusted by
+    /// the sha256 the lock pins. Like `snapshot` it says where to fetch,
+    /// not what to build, so images do not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 fn default_kind() -> String {

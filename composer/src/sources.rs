@@ -29,12 +29,15 @@ pub enum Source {
         repo: Repository,
         /// Read once, by the first fetch that needs it.
         index: OnceCell<Index>,
+        /// The `mirror` (a vendored copy), resolved against the Pakfile's directory.
+        mirror: Option<String>,
     },
     Apt {
         name: String,
         host: AptHost,
         /// The `snapshot` base, resolved against the Pakfile's directory.
         snapshot: Option<String>,
+        mirror: Option<String>,
     },
     /// The running pak itself (see `selfpkg`), always last.
     Builtin,
@@ -79,10 +82,12 @@ impl Sources {
                     name: spec.name.clone(),
                     host: AptHost::system(),
                     snapshot: spec.snapshot.as_deref().map(|s| resolve_url(s, &p.dir)),
+                    mirror: spec.mirror.as_deref().map(|s| resolve_url(s, &p.dir)),
                 },
                 _ => Source::Pak {
                     repo: Repository::from_spec(spec, &p.dir)?,
                     index: OnceCell::new(),
+                    mirror: spec.mirror.as_deref().map(|s| resolve_url(s, &p.dir)),
                 },
             });
         }
@@ -173,8 +178,17 @@ impl Sources {
                 return Ok(Artifact { path, format });
             }
         }
+        let mirror = match source {
+            Source::Pak { mirror, .. } | Source::Apt { mirror, .. } => mirror.as_deref(),
+            Source::Builtin => None,
+        };
+        if let Some(base) = mirror
+            && let Some(found) = from_mirror(p, base, &cache)?
+        {
+            return Ok(found);
+        }
         match source {
-            Source::Pak { repo, index } => from_pak(p, repo, index, &cache),
+            Source::Pak { repo, index, .. } => from_pak(p, repo, index, &cache),
             Source::Apt { host, snapshot, .. } => from_apt(p, host, snapshot.as_deref(), &cache),
             Source::Builtin => unreachable!("refused above"),
         }
@@ -238,6 +252,29 @@ fn vanished(p: &LockedPackage, kind: Kind, why: &str) -> anyhow::Error {
         describe(p),
         ways.join(";\n  - ")
     )
+}
+
+/// A locked package from its repository's `mirror`: the artifact at its
+/// lock location below the mirror, checked against the lock's sha256 (the
+/// lock is the trust here; the mirror's own index is not read). `None` when
+/// the mirror does not have it, or is remote and pak is `--offline`: the
+/// repository itself is asked next, and reports what is missing.
+fn from_mirror(p: &LockedPackage, base: &str, cache: &Path) -> Result<Option<Artifact>> {
+    if fetch::network() == Network::Offline && fetch::is_remote(base) {
+        return Ok(None);
+    }
+    let format = if p.location.ends_with(".deb") {
+        Format::Deb
+    } else {
+        Format::Pak
+    };
+    let path = cache.join(format!("{}.{}", p.sha256, format.ext()));
+    let url = fetch::join(base, &p.location);
+    match fetch::download_verified(&url, &path, &p.sha256, p.size, &describe(p)) {
+        Ok(()) => Ok(Some(Artifact { path, format })),
+        Err(e) if fetch::is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.context(format!("the mirror {base} of repository {:?}", p.source))),
+    }
 }
 
 fn from_pak(

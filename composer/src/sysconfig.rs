@@ -137,6 +137,10 @@ pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     }
     e.system.profiles.clear();
     for r in &mut e.repository {
+        // Where to fetch is the building host's business: a build from a
+        // mirror or with a snapshot base is the same image.
+        r.mirror = None;
+        r.snapshot = None;
         if let Some(key) = &r.key {
             let public = crate::key::PublicKey::from_pakfile_field(key, &pakfile.dir)
                 .with_context(|| format!("repository {:?}: its key", r.name))?;

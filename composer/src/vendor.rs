@@ -7,10 +7,15 @@
 //! as they were downloaded (the `.pak`, or the `.deb` of an apt repository)
 //! at the lock's own `location`, and a signed index listing them with their
 //! metadata (`format = "deb"` for Debian packages, converted when fetched
-//! like the apt kind's). Replacing the Pakfile's `[[repository]]` entries by
-//! the printed ones, which keep the repositories' names, leaves the lock
-//! valid as it is (source, location, sha256, size), so it is not rewritten
-//! and `pak build --offline` makes the same image.
+//! like the apt kind's). The copy is used as each repository's `mirror`:
+//! the printed `[[repository]]` entries are the Pakfile's own with a
+//! `mirror` line added. A locked package is then fetched from the mirror by
+//! its location and checked against the lock's sha256, so the lock stays
+//! valid as it is and `pak build --offline` makes the same image; and since
+//! an image records its repositories but never where they were mirrored
+//! (see `sysconfig::embedded`), it is the same image bit for bit. The
+//! copies are also signed repositories in their own right, for a Pakfile
+//! that resolves against them alone.
 //!
 //! pak itself (repository `pak`) is never vendored: the binary that builds
 //! is the one that goes in.
@@ -302,32 +307,32 @@ fn fix_modes(dir: &Path) -> Result<()> {
 }
 
 impl Vendored {
-    /// The `[[repository]]` entries that replace the Pakfile's: paths
-    /// relative to the Pakfile's directory when DIR is below it.
-    pub fn snippet(&self, pakfile_dir: &Path) -> String {
+    /// The Pakfile's `[[repository]]` entries as they are, each repository
+    /// that was vendored with a `mirror` line pointing at its copy (a path
+    /// relative to the Pakfile's directory when DIR is below it). Keeping
+    /// the entries keeps the image: repositories' URLs and keys are part
+    /// of what an image records, a mirror is not.
+    pub fn snippet(&self, pakfile: &crate::pakfile::Pakfile) -> Result<String> {
         let shown = |p: &Path| -> String {
-            p.strip_prefix(pakfile_dir)
+            p.strip_prefix(&pakfile.dir)
                 .unwrap_or(p)
                 .display()
                 .to_string()
         };
-        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let key = match &self.key {
-            KeyUsed::Given { public, .. } => q(&public.to_text()),
-            KeyUsed::InDir { public, .. } => q(&shown(public)),
-        };
-        let mut out = String::new();
-        for (i, (name, _)) in self.repos.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(&format!(
-                "[[repository]]\nname = {}\nurl = {}\nkey = {key}\n",
-                q(name),
-                q(&shown(&self.dir.join(name)))
-            ));
+        #[derive(serde::Serialize)]
+        struct Repositories<'a> {
+            repository: &'a [crate::pakfile::RepositorySpec],
         }
-        out
+        let mut repository = pakfile.repository.clone();
+        for r in &mut repository {
+            if self.repos.iter().any(|(name, _)| *name == r.name) {
+                r.mirror = Some(shown(&self.dir.join(&r.name)));
+            }
+        }
+        toml::to_string(&Repositories {
+            repository: &repository,
+        })
+        .context("cannot write the [[repository]] entries")
     }
 }
 
@@ -368,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn snippet_is_relative_to_the_pakfile_when_it_can_be() {
+    fn snippet_keeps_the_repositories_and_adds_mirrors_relative_to_the_pakfile() {
         let v = Vendored {
             dir: PathBuf::from("/p/vendor"),
             repos: vec![("debian".into(), 2), ("local".into(), 1)],
@@ -378,32 +383,35 @@ mod tests {
             },
             skipped: vec![],
         };
-        let text = v.snippet(Path::new("/p"));
-        assert_eq!(
-            text,
-            "[[repository]]\nname = \"debian\"\nurl = \"vendor/debian\"\nkey = \"vendor/vendor.pub\"\n\n[[repository]]\nname = \"local\"\nurl = \"vendor/local\"\nkey = \"vendor/vendor.pub\"\n"
-        );
+        let mut pakfile = crate::pakfile::Pakfile::parse(
+            "[[repository]]\nname = \"debian\"\nkind = \"apt\"\n\n[[repository]]\nname = \"local\"\nurl = \"https://example.org/repo\"\nkey = \"local.pub\"\n\n[[repository]]\nname = \"unused\"\nurl = \"other\"\nkey = \"local.pub\"\n",
+        )
+        .unwrap();
+        pakfile.dir = PathBuf::from("/p");
+        let text = v.snippet(&pakfile).unwrap();
         let parsed = crate::pakfile::Pakfile::parse(&text).unwrap();
-        assert_eq!(parsed.repository.len(), 2);
-        assert!(
-            v.snippet(Path::new("/q"))
-                .contains("url = \"/p/vendor/debian\"")
-        );
-        let secret = SecretKey::generate().unwrap();
-        let given = Vendored {
-            key: KeyUsed::Given {
-                secret: PathBuf::from("/k.key"),
-                public: secret.public(),
-            },
-            ..v
-        };
-        let parsed = crate::pakfile::Pakfile::parse(&given.snippet(Path::new("/p"))).unwrap();
-        let field = parsed.repository[0].key.as_deref().unwrap();
+        let mirrors: Vec<_> = parsed
+            .repository
+            .iter()
+            .map(|r| (r.name.as_str(), r.url.as_deref(), r.mirror.as_deref()))
+            .collect();
         assert_eq!(
-            PublicKey::from_pakfile_field(field, Path::new("/"))
+            mirrors,
+            [
+                ("debian", None, Some("vendor/debian")),
+                (
+                    "local",
+                    Some("https://example.org/repo"),
+                    Some("vendor/local")
+                ),
+                ("unused", Some("other"), None),
+            ]
+        );
+        pakfile.dir = PathBuf::from("/q");
+        assert!(
+            v.snippet(&pakfile)
                 .unwrap()
-                .id(),
-            secret.public().id()
+                .contains("mirror = \"/p/vendor/debian\"")
         );
     }
 }

@@ -44,10 +44,10 @@ pub fn run(g: &Global, dir: &Path, key: Option<&Path>) -> Result<()> {
             );
         }
         println!(
-            "# Replace the Pakfile's [[repository]] entries with these; {} stays valid as it is:\n",
+            "# The Pakfile's [[repository]] entries with a mirror for each vendored copy: put them in its place, and {} builds the same image from the copy, with no network (--offline):\n",
             p.lock_path().display()
         );
     }
-    print!("{}", v.snippet(&p.pakfile.dir));
+    print!("{}", v.snippet(&p.pakfile)?);
     Ok(())
 }
