@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pak::root::Root;
+use pak::state::StateDir;
 
 const TARGETS: &[&str] = &["nginx", "postgresql", "xfce4"];
 const RUNS: usize = 5;
@@ -27,7 +27,7 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let scratch = tempfile::tempdir().unwrap();
-    let root = Root::new(scratch.path().join("root"));
+    let root = StateDir::new(scratch.path().join("root"));
     let status = scratch.path().join("status");
     std::fs::write(&status, "").unwrap();
 
@@ -36,7 +36,7 @@ fn main() {
     for _ in 0..RUNS {
         let _ = std::fs::remove_dir_all(root.cache_dir());
         let t = Instant::now();
-        let c = pak::apt::load("debian", &root).expect("apt lists (run apt-get update)");
+        let c = pak::sources::apt::load("debian", &root).expect("apt lists (run apt-get update)");
         cold.push(t.elapsed());
         assert!(c.len() > 50_000, "a Debian-sized index, got {}", c.len());
         drop(c);
@@ -48,7 +48,7 @@ fn main() {
         // part of loading (a real pak run never pays it; it exits).
         drop(std::mem::take(&mut cands));
         let t = Instant::now();
-        cands = pak::apt::load("debian", &root).unwrap();
+        cands = pak::sources::apt::load("debian", &root).unwrap();
         warm.push(t.elapsed());
     }
     println!(
@@ -84,12 +84,13 @@ fn main() {
         let mut chosen = Vec::new();
         for _ in 0..RUNS {
             let t = Instant::now();
-            chosen = pak::resolve::resolve(&cands, "x86_64", &roots, &BTreeMap::new())
+            chosen = pak::lock::resolve::resolve(&cands, "x86_64", &roots, &BTreeMap::new())
                 .unwrap_or_else(|e| panic!("{target}: {e}"));
             pak_times.push(t.elapsed());
         }
-        let infos: Vec<&pak::pakinfo::PakInfo> = chosen.iter().map(|i| &cands[*i].info).collect();
-        let problems = pak::resolve::check_closure(&infos);
+        let infos: Vec<&pak::packages::pakinfo::PakInfo> =
+            chosen.iter().map(|i| &cands[*i].info).collect();
+        let problems = pak::lock::resolve::check_closure(&infos);
         assert!(
             problems.is_empty(),
             "{target}: closure problems: {problems:?}"

@@ -1,5 +1,5 @@
 //! How long entering a sandbox costs: process start to the command's exit,
-//! warm, for `true` run plainly, through `pak::sandbox` with ten trees, and
+//! warm, for `true` run plainly, through `pak::env::sandbox` with ten trees, and
 //! through the real `pak run -e NAME -- true` binary path (an environment of
 //! ten packages from a signed local repository: Pakfile and lock read, lock
 //! checked, store looked up, sandbox entered, `true` exec'd).
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use pak::sandbox::Sandbox;
+use pak::env::sandbox::Sandbox;
 
 const TREES: usize = 10;
 const WARMUP: usize = 20;

@@ -60,12 +60,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Child mode: pack one tree (so its memory is measured alone).
     if args.len() == 5 && args[1] == "--pack" {
-        let tree = pak::squashfs::Tree::from_dir(Path::new(&args[2])).unwrap();
-        let opts = pak::squashfs::Options {
+        let tree = pak::image::squashfs::Tree::from_dir(Path::new(&args[2])).unwrap();
+        let opts = pak::image::squashfs::Options {
             cache: Some(PathBuf::from(&args[4])),
             ..Default::default()
         };
-        pak::squashfs::write(&tree, Path::new(&args[3]), &opts).unwrap();
+        pak::image::squashfs::write(&tree, Path::new(&args[3]), &opts).unwrap();
         return;
     }
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqfs-bench");

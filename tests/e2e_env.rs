@@ -15,7 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pak::vmtest::Machine;
+use pak::vm::vmtest::Machine;
 
 const NET: Duration = Duration::from_secs(120);
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pak::vmtest::Machine;
+use pak::vm::vmtest::Machine;
 
 fn build(image: &str, out: &Path) {
     let pakfile_dir = out.parent().unwrap().join(image);

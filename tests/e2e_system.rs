@@ -12,7 +12,7 @@ use common::{BOOT, pak_e2e, vm, workspace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pak::vmtest::Machine;
+use pak::vm::vmtest::Machine;
 
 /// `images/minimal`'s Pakfile in `dir/name/`, with `extra` appended.
 fn pakfile(dir: &Path, name: &str, extra: &str) -> String {

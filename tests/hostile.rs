@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use pak::root::Root;
+use pak::state::StateDir;
 use pak::store::Store;
 use sha2::{Digest, Sha256};
 
@@ -93,7 +93,7 @@ fn refused(name: &str, bytes: Vec<u8>, expect: &str) {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("evil.pak");
     std::fs::write(&file, bytes).unwrap();
-    let root = Root::new(work.path().join("root"));
+    let root = StateDir::new(work.path().join("root"));
     let store = Store::open(&root).unwrap();
     let err = store.install(&file, "evil-1-x").expect_err(name);
     let msg = format!("{err:#}");
@@ -118,7 +118,7 @@ fn refused(name: &str, bytes: Vec<u8>, expect: &str) {
         "{name}: wrote outside the store: {outside:?}"
     );
     assert!(
-        pak::package::verify(&file).is_err(),
+        pak::packages::package::verify(&file).is_err(),
         "{name}: verify accepted it"
     );
     assert!(!Path::new("/tmp/pak-hostile-canary").exists());

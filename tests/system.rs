@@ -11,8 +11,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pak::generation::{self, GenerationMeta, PackageRef, Written};
-use pak::squashfs::{self, Entry, Kind, Source, Tree};
+use pak::image::generation::{self, GenerationMeta, PackageRef, Written};
+use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak::system::{CutAfter, Incoming, PakDisk};
 
 const MIB: u64 = 1 << 20;
@@ -198,7 +198,7 @@ fn disk_with(dir: &Path, g: &Gen) -> Vec<u8> {
     std::fs::write(&gen_path, &g.file).unwrap();
     let mut m = g.meta.clone();
     m.written = Some(Written::of(
-        &pak::fsutil::sha256_hex(&g.file),
+        &pak::util::fsutil::sha256_hex(&g.file),
         g.file.len() as u64,
         &g.kernel,
         &g.initrd,
@@ -332,8 +332,8 @@ fn automatic_fallback_is_reported() {
         ("pak-b-2+2-1.conf", "pak-b-2+1-2.conf"),
         ("pak-b-2+1-2.conf", "pak-b-2+0-3.conf"),
     ] {
-        let parts = pak::gpt::read(&mut Cursor::new(&bytes)).unwrap();
-        let mut v = pak::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap();
+        let parts = pak::disk::gpt::read(&mut Cursor::new(&bytes)).unwrap();
+        let mut v = pak::disk::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap();
         v.rename(
             &format!("loader/entries/{from}"),
             &format!("loader/entries/{to}"),
@@ -421,9 +421,9 @@ fn bad_inputs_are_refused_and_change_nothing() {
 
     // An ESP without room for the boot files.
     let mut d = open(base.clone());
-    let parts = pak::gpt::read(&mut Cursor::new(&base)).unwrap();
+    let parts = pak::disk::gpt::read(&mut Cursor::new(&base)).unwrap();
     let bytes = d.into_device().into_inner();
-    let mut v = pak::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap();
+    let mut v = pak::disk::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap();
     let free = v.free_bytes().unwrap();
     v.create("filler", &vec![1u8; (free - 16 * 1024) as usize])
         .unwrap();

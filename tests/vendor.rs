@@ -352,7 +352,7 @@ fn put(path: &Path, bytes: &[u8]) {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    pak::fsutil::sha256_hex(bytes)
+    pak::util::fsutil::sha256_hex(bytes)
 }
 
 /// The smallest ELF64 with a `.modinfo` section: what pak reads of a module.
@@ -710,7 +710,7 @@ fn a_vendored_copy_builds_the_same_image_offline() {
             text.contains(&format!("mirror = \"{dir}/local\"")),
             "{text}"
         );
-        let local = pak::key::PublicKey::from_pakfile_field("local.pub", &w.dir).unwrap();
+        let local = pak::sources::key::PublicKey::from_pakfile_field("local.pub", &w.dir).unwrap();
         for repo in ["debian", "local"] {
             let at = w.dir.join(dir).join(repo);
             let index = std::fs::read(at.join("index")).unwrap();

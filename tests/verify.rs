@@ -36,7 +36,7 @@ fn text(o: &Output) -> String {
 
 /// The byte offset of partition `label` in a disk image.
 fn partition(image: &Path, label: &str) -> u64 {
-    let parts = pak::gpt::read(&mut std::fs::File::open(image).unwrap()).unwrap();
+    let parts = pak::disk::gpt::read(&mut std::fs::File::open(image).unwrap()).unwrap();
     parts.iter().find(|p| p.label == label).unwrap().offset()
 }
 
@@ -73,7 +73,7 @@ fn verify_says_identical_then_names_the_slot_and_file_of_a_flipped_byte() {
             .success()
     );
     let slot = partition(&img, "root-a");
-    let used = pak::squashfs::Reader::open(std::fs::File::open(&img).unwrap(), slot)
+    let used = pak::image::squashfs::Reader::open(std::fs::File::open(&img).unwrap(), slot)
         .unwrap()
         .bytes_used();
     let at = slot + used / 3;
@@ -110,7 +110,7 @@ fn verify_says_identical_then_names_the_slot_and_file_of_a_flipped_byte() {
         .to_string();
     assert!(named.starts_with('/'), "{out}");
     let read = |p: &Path| {
-        pak::squashfs::Reader::open(std::fs::File::open(p).unwrap(), slot)
+        pak::image::squashfs::Reader::open(std::fs::File::open(p).unwrap(), slot)
             .unwrap()
             .read(named.trim_start_matches('/'))
             .ok()

@@ -1,4 +1,4 @@
-//! Test and benchmark entry to `pak::sandbox`, until `pak run` and `pak taste`
+//! Test and benchmark entry to `pak::env::sandbox`, until `pak run` and `pak taste`
 //! expose it to users. Internal: not installed, not a stable interface.
 //!
 //! usage: sandbox-run [--fork] [--idle-thread] [--tree DIR]... -- CMD [ARGS...]
@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
-use pak::sandbox::{Sandbox, describe_status};
+use pak::env::sandbox::{Sandbox, describe_status};
 
 struct Args {
     fork: bool,

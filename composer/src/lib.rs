@@ -1,49 +1,57 @@
 //! pak: compose immutable, bootable system images from a declarative Pakfile.
 //!
-//! Data flows one way, and the modules follow it:
-//! Pakfile → lock → store → generation → disk → boot → system.
+//! Data flows one way, and the modules are declared in its order; each
+//! uses only those above it:
+//!
+//! ```text
+//! spec ─▶ lock ◀─ sources ◀─ packages      (Pakfile → Pakfile.lock)
+//!           │
+//!           ▼
+//!         store ─▶ image ─▶ disk ─▶ system   (lock → generation → disk → host)
+//!                                    env, vm beside them; cli on top
+//! ```
+//!
+//! - `spec`: what the user declares (Pakfile, profiles).
+//! - `packages`: one package (metadata, BOM, archive, versions, `.deb`s).
+//! - `sources`: where packages come from (signed repositories, apt, keys,
+//!   downloads, pak itself, vendored copies).
+//! - `lock`: the resolver and the lock it writes.
+//! - `state`: where pak keeps its state; `store`: extracted packages.
+//! - `project`: a Pakfile with its lock, tying the above together.
+//! - `image`: from locked packages to a generation (assembly, configuration,
+//!   initramfs, squashfs) and a disk image; rebuilding one to verify it.
+//! - `disk`: GPT and FAT, the disk image's layout.
+//! - `system`: the host lifecycle on a pak disk (status, switch, rollback).
+//! - `env`: user environments and their sandbox.
+//! - `vm`: QEMU and the scripted test driver.
+//! - `cli`: parses arguments, calls the library, renders what it returns.
+//!
+//! The disk contract shared with `/init` lives in the `pak_boot` crate.
 
-pub mod apt;
-pub mod assemble;
-pub mod bom;
-pub mod candidate;
-pub mod cli;
-pub mod cpio;
-pub mod deb;
-pub mod debian;
-pub mod disk;
-pub mod env;
-pub mod fat;
-pub mod fetch;
-pub mod fsutil;
-pub mod generation;
-pub mod gpt;
-pub mod image;
-pub mod initramfs;
-pub mod key;
-pub mod kmod;
-pub mod ldcache;
-pub mod lock;
-pub mod package;
-pub mod pakfile;
-pub mod pakinfo;
-pub mod profile;
-pub mod progress;
-pub mod project;
-pub mod qemu;
-pub mod repo;
-pub mod requirement;
-pub mod resolve;
-pub mod root;
-pub mod sandbox;
-pub mod selfpkg;
+pub mod util;
+
+pub mod spec;
+
+pub mod packages;
+
 pub mod sources;
-pub mod squashfs;
+
+pub mod lock;
+
+pub mod state;
+
 pub mod store;
-pub mod sysconfig;
+
+pub mod project;
+
+pub mod image;
+
+pub mod disk;
+
 pub mod system;
-pub mod timefmt;
-pub mod vendor;
-pub mod verify;
-pub mod version;
-pub mod vmtest;
+
+pub mod env;
+
+pub mod vm;
+
+pub mod cli;

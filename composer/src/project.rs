@@ -19,20 +19,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::candidate::Candidate;
+use crate::lock::resolve;
 use crate::lock::{Change, Lock, LockedPackage};
-use crate::pakfile::Pakfile;
-use crate::pakinfo::PakInfo;
-use crate::requirement;
-use crate::resolve;
-use crate::root::Root;
+use crate::packages::candidate::Candidate;
+use crate::packages::pakinfo::PakInfo;
+use crate::packages::requirement;
 use crate::sources::Sources;
+use crate::spec::pakfile::Pakfile;
+use crate::state::StateDir;
 use crate::store::{self, Store, StoreEntry};
 
 pub struct Project {
     pub pakfile_path: PathBuf,
     pub pakfile: Pakfile,
-    pub root: Root,
+    pub root: StateDir,
     pub policy: LockPolicy,
 }
 
@@ -71,7 +71,7 @@ pub struct LockOutcome {
 }
 
 impl Project {
-    pub fn open(pakfile_path: &Path, root: Root) -> Result<Project> {
+    pub fn open(pakfile_path: &Path, root: StateDir) -> Result<Project> {
         let pakfile = Pakfile::load(pakfile_path)?;
         Ok(Project {
             pakfile_path: pakfile_path.to_path_buf(),
@@ -230,7 +230,7 @@ impl Project {
             .iter()
             .map(|r| r.name.as_str())
             .collect();
-        names.push(crate::selfpkg::REPO);
+        names.push(crate::sources::selfpkg::REPO);
         names
     }
 
@@ -278,7 +278,7 @@ impl Project {
     /// Refuses a lock whose pak is not this pak's version (see `lock`).
     pub fn check_builder(&self, lock: &Lock) -> Result<()> {
         match lock.packages.iter().find(|p| p.is_builder()) {
-            Some(p) => crate::selfpkg::check_version(&p.version, &self.lock_path()),
+            Some(p) => crate::sources::selfpkg::check_version(&p.version, &self.lock_path()),
             None => Ok(()),
         }
     }
@@ -289,7 +289,7 @@ impl Project {
         self.check_builder(&lock)?;
         let store = Store::open(&self.root)?;
         let sources = Sources::from_pakfile(&self.pakfile)?;
-        let bar = crate::progress::items(lock.packages.len() as u64, "fetch and extract");
+        let bar = crate::util::progress::items(lock.packages.len() as u64, "fetch and extract");
         let mut out = Vec::new();
         for p in &lock.packages {
             let e = sources.fetch(p, &self.root, &store)?;

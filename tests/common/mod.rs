@@ -94,8 +94,8 @@ pub fn pak_e2e<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Strin
 }
 
 /// A test machine for `image`, with `drives` attached read-only.
-pub fn vm(image: &Path, drives: &[&Path]) -> pak::qemu::VmConfig {
-    pak::qemu::VmConfig {
+pub fn vm(image: &Path, drives: &[&Path]) -> pak::vm::qemu::VmConfig {
+    pak::vm::qemu::VmConfig {
         image: image.to_path_buf(),
         memory_mib: 1024,
         snapshot: false,
@@ -127,7 +127,7 @@ pub fn as_user(program: &Path, user: User) -> Command {
 pub fn runnable_by_all(program: &Path) -> PathBuf {
     use std::os::unix::fs::MetadataExt;
     let bytes = std::fs::read(program).unwrap();
-    let sha = pak::fsutil::sha256_hex(&bytes);
+    let sha = pak::util::fsutil::sha256_hex(&bytes);
     let top = Path::new("/tmp/pak-test-bin");
     let dir = top.join(&sha[..16]);
     let name = program.file_name().unwrap();

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use super::Global;
+use crate::env::sandbox::{SandboxError, describe_status};
 use crate::env::{self, Env, Template};
-use crate::sandbox::{SandboxError, describe_status};
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
@@ -405,7 +405,7 @@ fn sandbox_failure(err: &SandboxError, env: &str) -> u8 {
 
 /// What the command sees: `$PAK_ENV`, and a `PATH` without environment
 /// wrappers (they would call `pak run` again instead of the command).
-fn set_env(root: &crate::root::Root, name: Option<&str>, extra: &[(&str, OsString)]) {
+fn set_env(root: &crate::state::StateDir, name: Option<&str>, extra: &[(&str, OsString)]) {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     let path = env::path_without_wrappers(root, &path);
     // SAFETY: pak is single-threaded here (checked above for the
@@ -438,7 +438,7 @@ fn count(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-fn describe_packages(sandbox: &crate::sandbox::Sandbox) -> String {
+fn describe_packages(sandbox: &crate::env::sandbox::Sandbox) -> String {
     match sandbox.lowers.len() {
         0 => "no packages".to_string(),
         n => format!(

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::project::Update;
-use crate::root::Root;
+use crate::state::StateDir;
 
 mod env;
 mod pkg;
@@ -57,10 +57,10 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn root(&self) -> Root {
+    pub fn root(&self) -> StateDir {
         match &self.root {
-            Some(dir) => Root::new(dir),
-            None => Root::default_for_user(),
+            Some(dir) => StateDir::new(dir),
+            None => StateDir::default_for_user(),
         }
     }
 
@@ -301,7 +301,7 @@ pub enum RepoCommand {
         #[arg(long)]
         key: PathBuf,
         /// Days until the index expires and hosts refuse it
-        #[arg(long, default_value_t = crate::repo::DEFAULT_EXPIRY_DAYS)]
+        #[arg(long, default_value_t = crate::sources::repo::DEFAULT_EXPIRY_DAYS)]
         expires_in: u64,
         /// Index version (default: one more than the current index)
         #[arg(long)]
@@ -323,7 +323,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     if g.offline {
-        crate::fetch::set_network(crate::fetch::Network::Offline);
+        crate::sources::fetch::set_network(crate::sources::fetch::Network::Offline);
     }
     match cli.command {
         Command::Init { dir } => project::init(dir)?,
@@ -344,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             snapshot,
             memory,
             drive,
-        } => crate::qemu::run_interactive(&crate::qemu::VmConfig {
+        } => crate::vm::qemu::run_interactive(&crate::vm::qemu::VmConfig {
             image,
             memory_mib: memory,
             snapshot,
@@ -360,16 +360,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("cannot read {}", script.display()))?;
-            let steps = crate::vmtest::parse_script(&text)?;
+            let steps = crate::vm::vmtest::parse_script(&text)?;
             let log = log.unwrap_or_else(|| image.with_extension("console.log"));
-            let cfg = crate::qemu::VmConfig {
+            let cfg = crate::vm::qemu::VmConfig {
                 image,
                 memory_mib: 1024,
                 snapshot,
                 interactive: false,
                 drives: drive,
             };
-            crate::vmtest::run_script(&cfg, &steps, &log)?;
+            crate::vm::vmtest::run_script(&cfg, &steps, &log)?;
             println!(
                 "passed ({} steps); console log: {}",
                 steps.len(),

@@ -9,13 +9,14 @@ use super::Global;
 use crate::store::Store;
 
 pub fn create(dir: &Path, out: Option<PathBuf>) -> Result<()> {
-    let path = crate::package::create_from_dir(dir, &out.unwrap_or_else(|| PathBuf::from(".")))?;
+    let path =
+        crate::packages::package::create_from_dir(dir, &out.unwrap_or_else(|| PathBuf::from(".")))?;
     println!("{}", path.display());
     Ok(())
 }
 
 pub fn info(g: &Global, file: &Path) -> Result<()> {
-    let info = crate::package::read_info(file)?;
+    let info = crate::packages::package::read_info(file)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -25,7 +26,7 @@ pub fn info(g: &Global, file: &Path) -> Result<()> {
 }
 
 pub fn verify(g: &Global, file: &Path) -> Result<()> {
-    let v = crate::package::verify(file)?;
+    let v = crate::packages::package::verify(file)?;
     if !g.quiet {
         println!(
             "{}: {} {} is intact ({} entries, {} bytes of files)",
@@ -40,8 +41,8 @@ pub fn verify(g: &Global, file: &Path) -> Result<()> {
 }
 
 pub fn import_deb(g: &Global, deb: &Path, out: Option<PathBuf>) -> Result<()> {
-    let path = crate::deb::import(deb, &out.unwrap_or_else(|| PathBuf::from(".")))?;
-    let info = crate::package::read_info(&path)?;
+    let path = crate::packages::deb::import(deb, &out.unwrap_or_else(|| PathBuf::from(".")))?;
+    let info = crate::packages::package::read_info(&path)?;
     println!("{}", path.display());
     if let Some(origin) = &info.origin
         && !origin.scripts_not_run.is_empty()
@@ -56,7 +57,7 @@ pub fn import_deb(g: &Global, deb: &Path, out: Option<PathBuf>) -> Result<()> {
 }
 
 pub fn key_generate(name: &Path) -> Result<()> {
-    let (secret, public) = crate::key::generate_files(name)?;
+    let (secret, public) = crate::sources::key::generate_files(name)?;
     println!(
         "wrote {} (keep it secret) and {}",
         secret.display(),
@@ -71,14 +72,14 @@ pub fn repo_index(
     expires_in_days: u64,
     version: Option<u64>,
 ) -> Result<()> {
-    let key = crate::key::SecretKey::read(key)?;
-    let index = crate::repo::write_index(dir, &key, expires_in_days, version)?;
+    let key = crate::sources::key::SecretKey::read(key)?;
+    let index = crate::sources::repo::write_index(dir, &key, expires_in_days, version)?;
     println!(
         "indexed {} packages in {} (version {}, expires {})",
         index.packages.len(),
         dir.display(),
         index.version,
-        crate::timefmt::utc(index.expires)
+        crate::util::timefmt::utc(index.expires)
     );
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use super::Global;
-use crate::pakfile;
 use crate::project::{LockOutcome, Project, Update};
 use crate::sources::Sources;
+use crate::spec::pakfile;
 
 /// `pak init [DIR]`: a commented starter Pakfile that builds as it is.
 pub fn init(dir: Option<PathBuf>) -> Result<()> {
@@ -20,7 +20,7 @@ pub fn init(dir: Option<PathBuf>) -> Result<()> {
             path.display()
         );
     }
-    crate::fsutil::write_atomic(&path, pakfile::STARTER.as_bytes())?;
+    crate::util::fsutil::write_atomic(&path, pakfile::STARTER.as_bytes())?;
     println!("wrote {}", display(&path));
     println!("next: `pak lock` to resolve it, `pak build` to make a disk image");
     Ok(())
@@ -130,7 +130,7 @@ pub fn list(g: &Global) -> Result<()> {
 pub fn search(g: &Global, term: &str) -> Result<()> {
     let p = project(g)?;
     let cands = Sources::from_pakfile(&p.pakfile)?.candidates(&p.root)?;
-    let hits = crate::repo::search(&cands, term);
+    let hits = crate::sources::repo::search(&cands, term);
     if hits.is_empty() {
         bail!("nothing in the Pakfile's repositories matches {term:?}");
     }
@@ -204,14 +204,14 @@ pub fn build(
 
 /// `--check`: the same lock, built again by another process that differs
 /// from this one in everything a second machine would, must give the same
-/// bytes. The library does it ([`crate::verify::check`]); this renders.
+/// bytes. The library does it ([`crate::image::verify::check`]); this renders.
 fn check_reproducible(
     g: &Global,
     p: &Project,
     output: &Path,
     started: std::time::SystemTime,
 ) -> Result<()> {
-    let report = crate::verify::check(output, &p.pakfile_path, &p.root, started)?;
+    let report = crate::image::verify::check(output, &p.pakfile_path, &p.root, started)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !g.quiet || !report.differences.is_empty() {

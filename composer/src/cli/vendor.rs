@@ -9,11 +9,11 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::Global;
-use crate::vendor::KeyUsed;
+use crate::sources::vendor::KeyUsed;
 
 pub fn run(g: &Global, dir: &Path, key: Option<&Path>) -> Result<()> {
     let p = super::project::project(g)?;
-    let v = crate::vendor::vendor(&p, dir, key)?;
+    let v = crate::sources::vendor::vendor(&p, dir, key)?;
     if !g.quiet {
         let total: usize = v.repos.iter().map(|(_, n)| n).sum();
         let signed = match &v.key {

@@ -1,4 +1,4 @@
-//! `pak verify IMAGE`: renders what [`crate::verify::verify`] found.
+//! `pak verify IMAGE`: renders what [`crate::image::verify::verify`] found.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,17 +6,17 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Global;
-use crate::root::Root;
-use crate::verify::{ImageKind, Seeds, VerifyReport};
+use crate::image::verify::{ImageKind, Seeds, VerifyReport};
+use crate::state::StateDir;
 
 pub fn run(g: &Global, image: &Path) -> Result<ExitCode> {
     // With --root (or PAK_ROOT) the rebuild uses that store; otherwise a
     // scratch one, with copies of the caller's downloads.
     let (root, seeds) = match &g.root {
-        Some(dir) => (Some(Root::new(dir)), vec![]),
-        None => (None, vec![Root::default_for_user()]),
+        Some(dir) => (Some(StateDir::new(dir)), vec![]),
+        None => (None, vec![StateDir::default_for_user()]),
     };
-    let report = crate::verify::verify(
+    let report = crate::image::verify::verify(
         image,
         root,
         &Seeds {

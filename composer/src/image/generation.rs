@@ -1,0 +1,443 @@
+//! A generation: the assembled root of one system version, with its own
+//! description under `/usr/lib/pak/`.
+//!
+//! This module decides *what* goes into the root (packages, configuration,
+//! the steps maintainer scripts would have performed, pak's metadata); the
+//! squashfs writer decides how it is laid out on disk.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::image::assemble::{NodeKind, PkgEntry, RootTree};
+use crate::image::sysconfig::{self, ConfigKind};
+use crate::lock::{Lock, LockedPackage};
+use crate::spec::pakfile::Pakfile;
+
+/// Where pak keeps a generation's own description inside it.
+pub const META_DIR: &str = "usr/lib/pak";
+pub const META_FILE: &str = "usr/lib/pak/generation.toml";
+pub const LOCK_FILE: &str = "usr/lib/pak/Pakfile.lock";
+pub const INITRD_FILE: &str = "usr/lib/pak/initrd.img";
+/// The self-contained Pakfile that, with the lock, rebuilds the generation.
+pub const PAKFILE_FILE: &str = "usr/lib/pak/Pakfile";
+/// Beside it, the [files] content that is not text (see `sysconfig::embedded`).
+pub const PAKFILE_FILES_DIR: &str = "usr/lib/pak/Pakfile.files";
+
+/// `/usr/lib/pak/generation.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationMeta {
+    pub number: u64,
+    /// sha256 over the lock and the rendered configuration: two builds
+    /// with the same build id hold the same bytes.
+    pub build_id: String,
+    pub system: String,
+    /// Kernel command line the loader entry passes (before pak's own options).
+    pub cmdline: String,
+    pub tries: u32,
+    /// Paths inside the root.
+    pub kernel: String,
+    pub kernel_version: String,
+    pub initrd: String,
+    /// Only in the copy beside the slot's kernel on the ESP: what was
+    /// written, so the host side can check a slot and its boot files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<Written>,
+    #[serde(default, rename = "package")]
+    pub packages: Vec<PackageRef>,
+}
+
+/// The sha256 of what a switch (or `pak build`) wrote for a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Written {
+    /// The squashfs in the slot's partition: its first `image_size` bytes.
+    pub image_sha256: String,
+    pub image_size: u64,
+    pub kernel_sha256: String,
+    pub initrd_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRef {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl Written {
+    /// The record for a slot holding an image with this sha256 and size,
+    /// booted by these kernel and initrd bytes.
+    pub fn of(image_sha256: &str, image_size: u64, kernel: &[u8], initrd: &[u8]) -> Written {
+        Written {
+            image_sha256: image_sha256.to_string(),
+            image_size,
+            kernel_sha256: crate::util::fsutil::sha256_hex(kernel),
+            initrd_sha256: crate::util::fsutil::sha256_hex(initrd),
+        }
+    }
+}
+
+impl GenerationMeta {
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("GenerationMeta always serialises")
+    }
+}
+
+/// One locked package with the entries of its store tree.
+pub struct PackageInput<'a> {
+    pub locked: &'a LockedPackage,
+    pub entries: Vec<PkgEntry>,
+}
+
+/// Builds the root tree of generation `number`, minus the initrd (which is
+/// made from this tree's kernel modules; add it with [`add_initrd`]).
+pub fn assemble(
+    pakfile: &Pakfile,
+    lock: &Lock,
+    packages: &[PackageInput<'_>],
+    number: u64,
+) -> Result<(RootTree, GenerationMeta)> {
+    let mut tree = RootTree::default();
+    for p in packages {
+        tree.add_package(&p.locked.name, &p.entries)?;
+    }
+    tree.add_skeleton();
+    busybox_applets(&mut tree)?;
+    let (kernel, kernel_version) = find_kernel(&tree)?;
+
+    let config = sysconfig::render(pakfile)?;
+    let mut id = Sha256::new();
+    id.update(lock.to_toml());
+    for f in &config {
+        id.update(f.path.as_bytes());
+        match &f.kind {
+            ConfigKind::File(b) => id.update(b),
+            ConfigKind::Symlink(t) => id.update(t.as_bytes()),
+        }
+        id.update(format!("{:o}:{}:{}", f.mode, f.uid, f.gid));
+    }
+    id.update(pakfile.boot.cmdline.as_bytes());
+    for f in config {
+        let kind = match f.kind {
+            ConfigKind::File(b) => NodeKind::Data(b),
+            ConfigKind::Symlink(t) => NodeKind::Symlink(t),
+        };
+        tree.put(&f.path, kind, f.mode, f.uid, f.gid);
+    }
+    // What ldconfig would have written after the libraries were installed.
+    if let Some(cache) = crate::image::ldcache::build(&tree) {
+        tree.put("etc/ld.so.cache", NodeKind::Data(cache), 0o644, 0, 0);
+    }
+    tree.move_var_to_factory();
+
+    let meta = GenerationMeta {
+        number,
+        build_id: hex::encode(id.finalize()),
+        system: pakfile.system.name.clone(),
+        cmdline: pakfile.boot.cmdline.clone(),
+        tries: pakfile.boot.tries,
+        kernel,
+        kernel_version,
+        initrd: INITRD_FILE.into(),
+        written: None,
+        packages: lock
+            .packages
+            .iter()
+            .map(|p| PackageRef {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+    };
+    tree.put(
+        LOCK_FILE,
+        NodeKind::Data(lock.to_toml().into_bytes()),
+        0o644,
+        0,
+        0,
+    );
+    tree.put(
+        META_FILE,
+        NodeKind::Data(meta.to_toml().into_bytes()),
+        0o644,
+        0,
+        0,
+    );
+    Ok((tree, meta))
+}
+
+pub fn add_initrd(tree: &mut RootTree, initrd: Vec<u8>) {
+    tree.put(INITRD_FILE, NodeKind::Data(initrd), 0o644, 0, 0);
+}
+
+/// The kernel the image boots: exactly one `boot/vmlinuz-<version>` with
+/// its `usr/lib/modules/<version>`.
+fn find_kernel(tree: &RootTree) -> Result<(String, String)> {
+    let kernels: Vec<&String> = tree
+        .nodes
+        .keys()
+        .filter(|p| {
+            p.strip_prefix("boot/vmlinuz-")
+                .is_some_and(|v| !v.contains('/'))
+        })
+        .collect();
+    match kernels.as_slice() {
+        [one] => {
+            let version = one.trim_start_matches("boot/vmlinuz-").to_string();
+            if tree.get(&format!("usr/lib/modules/{version}")).is_none() {
+                bail!(
+                    "the kernel /{one} has no modules directory /usr/lib/modules/{version}; is the kernel package complete?"
+                );
+            }
+            Ok(((*one).clone(), version))
+        }
+        [] => bail!(
+            "no kernel in the image: no package ships /boot/vmlinuz-*. Add a kernel package to the Pakfile, e.g. linux-image-cloud-amd64 = \"*\" (the `base` profile has it)"
+        ),
+        many => bail!(
+            "the image has {} kernels ({}); keep exactly one kernel package in the Pakfile",
+            many.len(),
+            many.iter()
+                .map(|k| format!("/{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Debian's busybox-static ships the binary alone; the applet links that
+/// `busybox --install` would make are added here. The applet list is read
+/// from the binary itself (`busybox --list-full`), which is deterministic for
+/// a given binary. Paths other packages already provide are left to them.
+fn busybox_applets(tree: &mut RootTree) -> Result<()> {
+    let Some((path, node)) = tree.resolve("usr/bin/busybox") else {
+        return Ok(());
+    };
+    let NodeKind::File { source, .. } = &node.kind else {
+        return Ok(());
+    };
+    let applets = list_applets(source)?;
+    let target = format!("/{path}");
+    for applet in applets {
+        let applet = crate::image::assemble::canonical(&applet);
+        if applet.is_empty() || tree.get(&applet).is_some() {
+            continue;
+        }
+        tree.put(&applet, NodeKind::Symlink(target.clone()), 0o777, 0, 0);
+    }
+    Ok(())
+}
+
+fn list_applets(busybox: &Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .env_clear()
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} --list-full to learn its applets (pak runs the image's busybox for this, so the image must match this machine's architecture)",
+                busybox.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "{} --list-full failed: {}",
+            busybox.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut list: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    list.sort();
+    Ok(list)
+}
+
+/// Reads a generation's description from an assembled or mounted root.
+pub fn read_meta(root: &Path) -> Result<GenerationMeta> {
+    let path = root.join(META_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is missing: this is not a pak generation",
+            path.display()
+        )
+    })?;
+    GenerationMeta::parse(&text).with_context(|| format!("{} is malformed", path.display()))
+}
+
+/// What follows the squashfs in a generation file, in its padding: this
+/// magic and the sha256 of the squashfs bytes. A generation file checks
+/// itself, wherever it was copied from; the kernel ignores the padding.
+const SEAL_MAGIC: &[u8; 8] = b"PAKSEAL1";
+
+fn sealed_size(used: u64) -> u64 {
+    (used + SEAL_MAGIC.len() as u64 + 32).div_ceil(4096) * 4096
+}
+
+/// Seals the generation file at `path` (a squashfs as [`crate::image::squashfs::write`]
+/// left it).
+pub fn seal(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let used = crate::image::squashfs::Reader::open(&mut f, 0)?.bytes_used();
+    f.seek(SeekFrom::Start(0))?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut (&mut f).take(used), &mut hash)?;
+    f.set_len(sealed_size(used))?;
+    f.seek(SeekFrom::Start(used))?;
+    f.write_all(SEAL_MAGIC)?;
+    f.write_all(&hash.finalize())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Whether the generation at byte `base` of `f` (a generation file, or a
+/// slot of a disk) still matches the sha256 sealed behind it: `false` for
+/// one changed since it was written, or never sealed.
+pub fn seal_intact<R: std::io::Read + std::io::Seek>(f: &mut R, base: u64) -> Result<bool> {
+    use std::io::{Read, SeekFrom};
+    let used = crate::image::squashfs::Reader::open(&mut *f, base)?.bytes_used();
+    f.seek(SeekFrom::Start(base))?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut (&mut *f).take(used), &mut hash)?;
+    let mut seal = [0u8; 40];
+    if f.read_exact(&mut seal).is_err() {
+        return Ok(false);
+    }
+    Ok(&seal[..8] == SEAL_MAGIC && seal[8..] == hash.finalize()[..])
+}
+
+/// Checks the seal of a generation file whose squashfs occupies `used`
+/// bytes. Returns the size of the sealed file and its sha256.
+pub fn check_seal<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<(u64, String)> {
+    use std::io::SeekFrom;
+    let size = sealed_size(used);
+    let len = r.seek(SeekFrom::End(0))?;
+    if len < size {
+        bail!("it ends at byte {len}, before its seal at {used}");
+    }
+    r.seek(SeekFrom::Start(0))?;
+    let mut inner = Sha256::new();
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    let mut seal = Vec::new();
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        let chunk = &buf[..n];
+        whole.update(chunk);
+        let inner_end = used.saturating_sub(at).min(n as u64) as usize;
+        inner.update(&chunk[..inner_end]);
+        let seal_from = inner_end;
+        let seal_to = (used + 40).saturating_sub(at).min(n as u64) as usize;
+        if seal_to > seal_from {
+            seal.extend_from_slice(&chunk[seal_from..seal_to]);
+        }
+        at += n as u64;
+    }
+    if &seal[..8] != SEAL_MAGIC {
+        bail!(
+            "it carries no pak seal behind its squashfs; was it written by `pak build --generation`?"
+        );
+    }
+    if seal[8..40] != inner.finalize()[..] {
+        bail!("its content does not match the sha256 sealed into it");
+    }
+    Ok((size, hex::encode(whole.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn entry(path: &str) -> PkgEntry {
+        PkgEntry {
+            path: path.into(),
+            kind: NodeKind::File {
+                source: PathBuf::from("/dev/null"),
+                size: 0,
+                sha256: "00".into(),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn locked(name: &str) -> LockedPackage {
+        LockedPackage {
+            name: name.into(),
+            version: "1".into(),
+            arch: "x86_64".into(),
+            sha256: "cd".repeat(32),
+            size: 1,
+            source: "r".into(),
+            location: "x".into(),
+            requires: vec![],
+            provides: vec![],
+            conflicts: vec![],
+            archive_date: None,
+        }
+    }
+
+    #[test]
+    fn assembles_config_meta_and_kernel() {
+        let pakfile = Pakfile::parse("[system]\nname = \"t\"\n").unwrap();
+        let k = locked("kernel");
+        let lock = Lock::new(vec![k.clone()]);
+        let inputs = [PackageInput {
+            locked: &k,
+            entries: vec![
+                entry("boot/vmlinuz-6.1.0-1-cloud-amd64"),
+                entry("lib/modules/6.1.0-1-cloud-amd64/kernel/x.ko"),
+            ],
+        }];
+        let (tree, meta) = assemble(&pakfile, &lock, &inputs, 7).unwrap();
+        assert_eq!(meta.kernel_version, "6.1.0-1-cloud-amd64");
+        assert_eq!(meta.number, 7);
+        assert!(
+            tree.get("usr/lib/modules/6.1.0-1-cloud-amd64/kernel/x.ko")
+                .is_some()
+        );
+        let NodeKind::Data(bytes) = &tree.get(META_FILE).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            GenerationMeta::parse(std::str::from_utf8(bytes).unwrap()).unwrap(),
+            meta
+        );
+        assert!(tree.get("etc/hostname").is_some());
+        let (_, again) = assemble(&pakfile, &lock, &inputs, 7).unwrap();
+        assert_eq!(again.build_id, meta.build_id);
+        let other = Pakfile::parse("[system]\nname = \"u\"\n").unwrap();
+        assert_ne!(
+            assemble(&other, &lock, &inputs, 7).unwrap().1.build_id,
+            meta.build_id
+        );
+    }
+
+    #[test]
+    fn no_kernel_is_a_clear_error() {
+        let pakfile = Pakfile::default();
+        let err = assemble(&pakfile, &Lock::new(vec![]), &[], 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linux-image-cloud-amd64"), "{err}");
+    }
+}

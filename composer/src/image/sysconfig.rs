@@ -1,0 +1,632 @@
+//! The Pakfile's configuration, rendered as files of the image.
+//!
+//! Distributions configure a system by running scripts at install time; pak
+//! writes the result instead: `/etc/hostname`, `/etc/os-release`, the
+//! account databases, and busybox init's `/etc/inittab` with the declared
+//! services. The files are a pure function of the Pakfile, so they are
+//! reproducible, and reviewable in `pak system diff`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+
+use crate::spec::pakfile::{FileEntry, FileSpec, Pakfile, parse_mode};
+
+/// The self-contained Pakfile every generation carries (see [`embedded`]).
+pub const EMBEDDED_PAKFILE: &str = "/usr/lib/pak/Pakfile";
+/// Beside it: the [files] whose content is not text, named by sha256.
+pub const EMBEDDED_FILES_DIR: &str = "Pakfile.files";
+
+/// One file (or symlink) the configuration adds to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// Absolute path in the image.
+    pub path: String,
+    pub kind: ConfigKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigKind {
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+/// Accounts every image has, with Debian's numbers (from base-passwd) so
+/// Debian packages that expect them (nginx runs as www-data) work.
+const SYSTEM_USERS: &[(&str, u32, u32, &str, &str)] = &[
+    ("root", 0, 0, "/root", "/bin/sh"),
+    ("daemon", 1, 1, "/usr/sbin", "/usr/sbin/nologin"),
+    ("bin", 2, 2, "/bin", "/usr/sbin/nologin"),
+    ("sys", 3, 3, "/dev", "/usr/sbin/nologin"),
+    ("www-data", 33, 33, "/var/www", "/usr/sbin/nologin"),
+    ("nobody", 65534, 65534, "/nonexistent", "/usr/sbin/nologin"),
+];
+
+const SYSTEM_GROUPS: &[(&str, u32)] = &[
+    ("root", 0),
+    ("daemon", 1),
+    ("bin", 2),
+    ("sys", 3),
+    ("adm", 4),
+    ("tty", 5),
+    ("disk", 6),
+    ("kmem", 15),
+    ("dialout", 20),
+    ("www-data", 33),
+    ("utmp", 43),
+    ("users", 100),
+    ("nogroup", 65534),
+];
+
+/// Renders every configuration file of the Pakfile.
+pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
+    let mut out = BTreeMap::new();
+    let mut add = |f: ConfigFile| {
+        out.insert(f.path.clone(), f);
+    };
+    add(text(
+        "/etc/hostname",
+        format!("{}\n", pakfile.system.name),
+        0o644,
+    ));
+    add(text("/usr/lib/os-release", os_release(pakfile), 0o644));
+    add(ConfigFile {
+        path: "/etc/os-release".into(),
+        kind: ConfigKind::Symlink("../usr/lib/os-release".into()),
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+    });
+    let (passwd, shadow, group) = accounts(pakfile)?;
+    add(text("/etc/passwd", passwd, 0o644));
+    add(text("/etc/group", group, 0o644));
+    add(text("/etc/shadow", shadow, 0o640));
+    add(text("/etc/inittab", inittab(pakfile), 0o644));
+    add(text(
+        "/usr/lib/pak/rc.sysinit",
+        RC_SYSINIT.to_string(),
+        0o755,
+    ));
+    add(text(
+        "/usr/lib/pak/boot-complete",
+        boot_complete(pakfile),
+        0o755,
+    ));
+    if let Some(list) = repositories(pakfile)? {
+        add(text("/usr/lib/pak/repositories.toml", list, 0o644));
+    }
+    add(text("/etc/profile", PROFILE.to_string(), 0o644));
+    add(text(
+        "/etc/fstab",
+        "# Mounts are made by pak's /init; see /proc/mounts.\n".into(),
+        0o644,
+    ));
+    for (path, spec) in &pakfile.files {
+        add(user_file(pakfile, path, spec)?);
+    }
+    // Last, so a [files] entry cannot replace what `pak verify` reads.
+    for f in embedded(pakfile)? {
+        add(f);
+    }
+    Ok(out.into_values().collect())
+}
+
+const EMBEDDED_HEADER: &str = "# The Pakfile this generation was built from, made self-contained by pak:\n# profiles expanded into [packages], repository keys and [files] inlined.\n# With Pakfile.lock beside it, `pak verify` rebuilds the image from the two.\n\n";
+
+/// The Pakfile as a generation carries it: everything the build reads from
+/// the Pakfile and the files it names, in one text (plus, for [files] that
+/// are not UTF-8, one file each beside it). Built from it with the
+/// generation's lock, the same image comes out again, wherever it is.
+///
+/// The rendering is a fixed point: the embedded Pakfile of a generation
+/// built from an embedded Pakfile is the same text, or `pak verify` could
+/// never say "identical". Repository URLs stay as written (an absolute path
+/// of the building host would make the image depend on where it was
+/// built); a relative directory repository is therefore not reachable from
+/// the embedded copy, and `pak verify` takes such packages from the store's
+/// download cache instead.
+pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
+    let mut e = pakfile.clone();
+    // Pakfile::load has merged the profiles already; a Pakfile parsed
+    // without them gets the same result here.
+    for (name, req) in crate::spec::profile::packages_of(&pakfile.system.profiles, &pakfile.dir)? {
+        e.packages.entry(name).or_insert(req);
+    }
+    e.system.profiles.clear();
+    for r in &mut e.repository {
+        // Where to fetch is the building host's business: a build from a
+        // mirror or with a snapshot base is the same image.
+        r.mirror = None;
+        r.snapshot = None;
+        if let Some(key) = &r.key {
+            let public = crate::sources::key::PublicKey::from_pakfile_field(key, &pakfile.dir)
+                .with_context(|| format!("repository {:?}: its key", r.name))?;
+            r.key = Some(public.to_text());
+        }
+    }
+    let mut out = Vec::new();
+    for (path, spec) in e.files.iter_mut() {
+        let f = user_file(pakfile, path, spec)?;
+        let ConfigKind::File(bytes) = f.kind else {
+            unreachable!("[files] are regular files")
+        };
+        let full = |content: Option<String>, source: Option<String>| {
+            FileSpec::Full(FileEntry {
+                content,
+                source,
+                mode: Some(format!("{:04o}", f.mode)),
+                uid: Some(f.uid),
+                gid: Some(f.gid),
+            })
+        };
+        *spec = match String::from_utf8(bytes) {
+            Ok(text) if (f.mode, f.uid, f.gid) == (0o644, 0, 0) => FileSpec::Text(text),
+            Ok(text) => full(Some(text), None),
+            Err(not_text) => {
+                let bytes = not_text.into_bytes();
+                let name = format!(
+                    "{EMBEDDED_FILES_DIR}/{}",
+                    crate::util::fsutil::sha256_hex(&bytes)
+                );
+                out.push(ConfigFile {
+                    path: format!("/usr/lib/pak/{name}"),
+                    kind: ConfigKind::File(bytes),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                });
+                full(None, Some(name))
+            }
+        };
+    }
+    let body = toml::to_string(&e).context("cannot write the Pakfile into the generation")?;
+    out.push(text(
+        EMBEDDED_PAKFILE,
+        format!("{EMBEDDED_HEADER}{body}"),
+        0o644,
+    ));
+    Ok(out)
+}
+
+fn text(path: &str, content: String, mode: u32) -> ConfigFile {
+    ConfigFile {
+        path: path.into(),
+        kind: ConfigKind::File(content.into_bytes()),
+        mode,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn os_release(p: &Pakfile) -> String {
+    let name = &p.system.name;
+    let mut s =
+        format!("NAME=\"{name}\"\nID=pak\nPRETTY_NAME=\"{name} (pak)\"\nIMAGE_ID=\"{name}\"\n");
+    if let Some(v) = &p.system.version {
+        s.push_str(&format!("VERSION_ID=\"{v}\"\nIMAGE_VERSION=\"{v}\"\n"));
+    }
+    s
+}
+
+fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
+    let mut users: BTreeMap<u32, (String, u32, String, String, String)> = BTreeMap::new();
+    for (name, uid, gid, home, shell) in SYSTEM_USERS {
+        users.insert(
+            *uid,
+            (
+                name.to_string(),
+                *gid,
+                home.to_string(),
+                shell.to_string(),
+                "*".into(),
+            ),
+        );
+    }
+    let mut groups: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    for (name, gid) in SYSTEM_GROUPS {
+        groups.insert(*gid, (name.to_string(), Vec::new()));
+    }
+    for (name, g) in &p.groups {
+        if let Some((other, _)) = groups.get(&g.gid).filter(|(n, _)| n != name) {
+            bail!(
+                "[groups] {name:?} wants gid {} which group {other:?} already has",
+                g.gid
+            );
+        }
+        groups.insert(g.gid, (name.clone(), Vec::new()));
+    }
+    for (name, u) in &p.users {
+        if let Some((other, ..)) = users.get(&u.uid).filter(|(n, ..)| n != name) {
+            bail!(
+                "[users] {name:?} wants uid {} which user {other:?} already has",
+                u.uid
+            );
+        }
+        let gid = u.gid.unwrap_or(u.uid);
+        groups
+            .entry(gid)
+            .or_insert_with(|| (name.clone(), Vec::new()));
+        for g in &u.groups {
+            let Some((_, members)) = groups.values_mut().find(|(n, _)| n == g) else {
+                bail!(
+                    "[users] {name:?} is in group {g:?}, which no [groups] entry or system group defines"
+                );
+            };
+            members.push(name.clone());
+        }
+        users.insert(
+            u.uid,
+            (
+                name.clone(),
+                gid,
+                u.home.clone().unwrap_or_else(|| format!("/home/{name}")),
+                u.shell.clone().unwrap_or_else(|| "/bin/sh".into()),
+                u.password_hash.clone().unwrap_or_else(|| "!".into()),
+            ),
+        );
+    }
+    let mut passwd = String::new();
+    let mut shadow = String::new();
+    for (uid, (name, gid, home, shell, hash)) in &users {
+        passwd.push_str(&format!("{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n"));
+        shadow.push_str(&format!("{name}:{hash}:0:0:99999:7:::\n"));
+    }
+    let mut group = String::new();
+    for (gid, (name, members)) in &groups {
+        group.push_str(&format!("{name}:x:{gid}:{}\n", members.join(",")));
+    }
+    Ok((passwd, shadow, group))
+}
+
+/// busybox init's table: bring the system up, give the serial console a
+/// shell, start and supervise the declared services, and mark the boot good
+/// once they are healthy.
+fn inittab(p: &Pakfile) -> String {
+    let mut s = String::from("# Written by pak from the Pakfile. Format: busybox init(8).\n");
+    s.push_str("::sysinit:/usr/lib/pak/rc.sysinit\n");
+    for (name, svc) in &p.services {
+        s.push_str(&format!("# service {name}\n::respawn:{}\n", svc.exec));
+    }
+    s.push_str("::once:/usr/lib/pak/boot-complete\n");
+    s.push_str("ttyS0::respawn:-/bin/sh\n");
+    s.push_str("::ctrlaltdel:/sbin/reboot\n");
+    s.push_str("::shutdown:/bin/umount -a -r\n");
+    s
+}
+
+/// The Pakfile's repositories a running image can reach itself (signed
+/// indexes over http(s)), with their keys inlined: where `pak install
+/// --user` and new environments look when `/etc/pak/repositories.toml` does
+/// not say otherwise. `None` when there are none.
+fn repositories(p: &Pakfile) -> Result<Option<String>> {
+    let mut out = String::from(
+        "# Written by pak from the image's Pakfile: the repositories users'\n# environments start from. /etc/pak/repositories.toml overrides this.\n",
+    );
+    let mut any = false;
+    for r in &p.repository {
+        let Some(url) = r
+            .url
+            .as_deref()
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            continue;
+        };
+        if r.kind != "pak" {
+            continue;
+        }
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        out.push_str(&format!(
+            "\n[[repository]]\nname = {}\nurl = {}\n",
+            q(&r.name),
+            q(url)
+        ));
+        if let Some(key) = &r.key {
+            let dir = p.resolve_path(".");
+            let public = crate::sources::key::PublicKey::from_pakfile_field(key, &dir)
+                .with_context(|| format!("repository {:?}: its key", r.name))?;
+            out.push_str(&format!("key = {}\n", q(&public.to_text())));
+        }
+        any = true;
+    }
+    Ok(any.then_some(out))
+}
+
+/// Seconds the services get to pass their health checks after boot.
+const HEALTH_SECONDS: u32 = 60;
+
+/// The boot-complete step: once every declared service's health check
+/// passes, mark the boot good (strip the entry's tries) and stop the
+/// watchdog `/init` armed for a boot on trial (the magic close, `V`). If
+/// the checks keep failing nothing is marked: the watchdog resets the
+/// machine, the try is used up, and systemd-boot falls back to the other
+/// slot once the tries are gone.
+fn boot_complete(p: &Pakfile) -> String {
+    let mut checks = String::new();
+    for (name, svc) in &p.services {
+        if let Some(h) = &svc.health {
+            let quoted = h.replace('\'', "'\\''");
+            checks.push_str(&format!(
+                "    sh -c '{quoted}' >/dev/null 2>&1 || {{ ok=0; failing={name}; }}\n"
+            ));
+        }
+    }
+    format!(
+        r#"#!/bin/sh
+# Written by pak from the Pakfile's [services] health checks.
+n=0
+while :; do
+    ok=1
+{checks}    [ "$ok" = 1 ] && break
+    n=$((n + 1))
+    if [ "$n" -ge {HEALTH_SECONDS} ]; then
+        echo "pak: service $failing is still unhealthy after {HEALTH_SECONDS}s; this boot is not marked good"
+        exit 1
+    fi
+    sleep 1
+done
+pak system mark-good || exit 1
+if [ -c /dev/watchdog ]; then
+    printf V > /dev/watchdog
+fi
+echo "pak: boot complete"
+"#
+    )
+}
+
+const RC_SYSINIT: &str = r#"#!/bin/sh
+# First thing busybox init runs. /, /etc, /var and /home were mounted by
+# pak's /init; this adds the volatile mounts and basic identity.
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620 devpts /dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+hostname -F /etc/hostname
+ip link set lo up 2>/dev/null
+mkdir -p /var/log /var/lib /var/cache /var/tmp /var/www /root
+chmod 1777 /var/tmp
+"#;
+
+// The `user` environment's commands come first; it lives where pak's root
+// is for that user (see root.rs): /var/lib/pak for root, XDG data otherwise.
+const PROFILE: &str = r#"# Written by pak. Login shells read this.
+if [ "$(id -u)" = 0 ]; then pak_envs=/var/lib/pak/envs; else pak_envs="${XDG_DATA_HOME:-$HOME/.local/share}/pak/envs"; fi
+export PATH="$pak_envs/user/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+unset pak_envs
+export PS1='\h:\w\$ '
+"#;
+
+fn user_file(p: &Pakfile, path: &str, spec: &FileSpec) -> Result<ConfigFile> {
+    let (content, mode, uid, gid) = match spec {
+        FileSpec::Text(t) => (t.clone().into_bytes(), 0o644, 0, 0),
+        FileSpec::Full(e) => {
+            let content = match (&e.content, &e.source) {
+                (Some(c), _) => c.clone().into_bytes(),
+                (None, Some(src)) => {
+                    let file = p.resolve_path(src);
+                    std::fs::read(&file).with_context(|| {
+                        format!(
+                            "[files] {path:?}: cannot read its source {}",
+                            file.display()
+                        )
+                    })?
+                }
+                (None, None) => unreachable!("validated when the Pakfile was read"),
+            };
+            let mode = e
+                .mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()?
+                .unwrap_or(0o644);
+            (content, mode, e.uid.unwrap_or(0), e.gid.unwrap_or(0))
+        }
+    };
+    Ok(ConfigFile {
+        path: path.into(),
+        kind: ConfigKind::File(content),
+        mode,
+        uid,
+        gid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(files: &'a [ConfigFile], path: &str) -> &'a ConfigFile {
+        files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{path} missing"))
+    }
+
+    fn content(f: &ConfigFile) -> String {
+        match &f.kind {
+            ConfigKind::File(b) => String::from_utf8(b.clone()).unwrap(),
+            ConfigKind::Symlink(t) => t.clone(),
+        }
+    }
+
+    #[test]
+    fn renders_identity_accounts_and_services() {
+        let p = Pakfile::parse(
+            r#"
+[system]
+name = "web"
+[users.alice]
+uid = 1000
+groups = ["www-data"]
+[services.nginx]
+exec = "/usr/sbin/nginx -g 'daemon off;'"
+[files]
+"/etc/motd" = "hi\n"
+"/etc/secret" = { content = "s", mode = "0600", uid = 1000 }
+"#,
+        )
+        .unwrap();
+        let files = render(&p).unwrap();
+        assert_eq!(content(find(&files, "/etc/hostname")), "web\n");
+        let passwd = content(find(&files, "/etc/passwd"));
+        assert!(passwd.contains("alice:x:1000:1000:alice:/home/alice:/bin/sh"));
+        assert!(passwd.starts_with("root:x:0:0"));
+        assert!(content(find(&files, "/etc/group")).contains("www-data:x:33:alice\n"));
+        assert!(
+            content(find(&files, "/etc/inittab"))
+                .contains("::respawn:/usr/sbin/nginx -g 'daemon off;'")
+        );
+        let secret = find(&files, "/etc/secret");
+        assert_eq!((secret.mode, secret.uid), (0o600, 1000));
+        assert_eq!(render(&p).unwrap(), files, "deterministic");
+        let mut sorted = files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            files.iter().map(|f| f.path.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn http_repositories_are_carried_for_user_environments() {
+        let public = crate::sources::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        let text = format!(
+            "[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n\n[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n"
+        );
+        let files = render(&Pakfile::parse(&text).unwrap()).unwrap();
+        let list = content(find(&files, "/usr/lib/pak/repositories.toml"));
+        assert!(list.contains("url = \"https://example.org/pak\""), "{list}");
+        assert!(list.contains(public.lines().last().unwrap()), "{list}");
+        assert!(
+            !list.contains("local") && !list.contains("debian"),
+            "{list}"
+        );
+        let files = render(&Pakfile::parse("[system]\nname = \"x\"\n").unwrap()).unwrap();
+        assert!(
+            files
+                .iter()
+                .all(|f| f.path != "/usr/lib/pak/repositories.toml")
+        );
+    }
+
+    #[test]
+    fn clashing_ids_are_refused() {
+        let p = Pakfile::parse("[users.bob]\nuid = 33\n").unwrap();
+        assert!(render(&p).unwrap_err().to_string().contains("www-data"));
+        let p = Pakfile::parse("[users.bob]\nuid = 1000\ngroups = [\"nope\"]\n").unwrap();
+        assert!(render(&p).is_err());
+    }
+
+    #[test]
+    fn the_embedded_pakfile_is_self_contained_and_a_fixed_point() {
+        let d = tempfile::tempdir().unwrap();
+        let project = d.path().join("project");
+        std::fs::create_dir_all(project.join("profiles")).unwrap();
+        std::fs::write(
+            project.join("profiles/mine.toml"),
+            "include = [\"base\"]\n[packages]\nhello = \">= 2\"\n",
+        )
+        .unwrap();
+        let public = crate::sources::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        std::fs::write(project.join("local.pub"), &public).unwrap();
+        std::fs::write(project.join("app.conf"), "key = value\n").unwrap();
+        std::fs::write(project.join("blob"), [0u8, 0xff, 0xfe, 1]).unwrap();
+        std::fs::write(
+            project.join("Pakfile"),
+            r#"
+[system]
+name = "box"
+profiles = ["mine"]
+version = "7"
+[packages]
+hello = "*"
+[[repository]]
+name = "local"
+url = "repo"
+key = "local.pub"
+[[repository]]
+name = "debian"
+kind = "apt"
+[boot]
+cmdline = "console=ttyS0 quiet"
+tries = 5
+[image]
+size = "3GiB"
+slot_size = "700MiB"
+[files]
+"/etc/motd" = "hi\n"
+"/etc/app.conf" = { source = "app.conf", mode = "0600", uid = 33 }
+"/etc/blob" = { source = "blob" }
+[users.alice]
+uid = 1000
+groups = ["www-data"]
+[groups.ops]
+gid = 2000
+[services.web]
+exec = "/usr/sbin/httpd -f"
+health = "wget -q -O /dev/null http://127.0.0.1/"
+"#,
+        )
+        .unwrap();
+        let original = Pakfile::load(&project.join("Pakfile")).unwrap();
+        let files = render(&original).unwrap();
+        let text = content(find(&files, EMBEDDED_PAKFILE));
+        assert!(
+            !text.contains("local.pub") && !text.contains("source = \"app.conf\""),
+            "{text}"
+        );
+        assert!(text.contains(public.lines().last().unwrap()), "{text}");
+        assert!(
+            text.contains("url = \"repo\""),
+            "URLs stay as written: {text}"
+        );
+
+        // Elsewhere, from the embedded files alone.
+        let elsewhere = d.path().join("elsewhere");
+        for f in files
+            .iter()
+            .filter(|f| f.path.starts_with("/usr/lib/pak/Pakfile"))
+        {
+            let to = elsewhere.join(f.path.trim_start_matches("/usr/lib/pak/"));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            let ConfigKind::File(b) = &f.kind else {
+                panic!()
+            };
+            std::fs::write(to, b).unwrap();
+        }
+        assert_eq!(
+            files
+                .iter()
+                .filter(|f| f.path.starts_with("/usr/lib/pak/Pakfile.files/"))
+                .count(),
+            1,
+            "only the binary file lies beside the Pakfile"
+        );
+        std::fs::remove_dir_all(&project).unwrap();
+        let again = Pakfile::load(&elsewhere.join("Pakfile")).unwrap();
+        assert!(again.system.profiles.is_empty());
+        assert_eq!(again.packages, original.packages, "profiles expanded");
+        assert_eq!(
+            again.packages["hello"], "*",
+            "the Pakfile's own requirement wins"
+        );
+        assert!(
+            again.packages.contains_key("busybox-static"),
+            "included profiles too"
+        );
+        assert_eq!(
+            render(&again).unwrap(),
+            files,
+            "the same configuration, the embedded Pakfile included, byte for byte"
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The Pakfile: what a system (or a user environment) is made of.
+//!
+//! Everything here is declarative. Relative paths inside a Pakfile are
+//! relative to the Pakfile's own directory, so a Pakfile means the same thing
+//! whatever the caller's working directory is.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::profile;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pakfile {
+    #[serde(default)]
+    pub system: System,
+    /// Package name → version requirement (`*`, `>= 1.0`, `>= 1, < 2`).
+    #[serde(default)]
+    pub packages: BTreeMap<String, String>,
+    #[serde(default)]
+    pub repository: Vec<RepositorySpec>,
+    #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
+    pub image: Image,
+    /// Absolute path in the image → content. Configuration is files, not scripts.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSpec>,
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
+    /// Long-running programs the image's init starts and supervises.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Where this Pakfile was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Free-form version shown in `/etc/os-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Default for System {
+    fn default() -> Self {
+        System {
+            name: default_name(),
+            arch: default_arch(),
+            profiles: Vec::new(),
+            version: None,
+        }
+    }
+}
+
+fn default_name() -> String {
+    "pak".into()
+}
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySpec {
+    pub name: String,
+    /// `pak` (a signed index, the default) or `apt` (the host's Debian archive).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// For `pak` repositories: a directory (relative to the Pakfile), `file://` or `http(s)://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A `.pub` file (relative to the Pakfile) or the public key text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `apt` repositories: an archive snapshot's base (`http(s)://`,
+    /// `file://` or a directory relative to the Pakfile) laid out like
+    /// Debian's snapshot archive, `<snapshot>/<archive>/<YYYYMMDDTHHMMSSZ>/pool/...`.
+    /// Asked only for a locked version the mirror no longer serves, at the
+    /// lock's `archive_date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// A copy of this repository's locked packages, as `pak vendor` writes
+    /// it (a directory relative to the Pakfile, `file://` or `http(s)://`):
+    /// asked first for a locked package, by its location, and trusted by
+    /// the sha256 the lock pins. Like `snapshot` it says where to fetch,
+    /// not what to build, so images do not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+}
+
+fn default_kind() -> String {
+    "pak".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Boot attempts a new generation gets before the loader falls back.
+    #[serde(default = "default_tries")]
+    pub tries: u32,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            cmdline: default_cmdline(),
+            tries: default_tries(),
+        }
+    }
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0".into()
+}
+fn default_tries() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Whole disk size, e.g. `2GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esp_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_size: Option<String>,
+}
+
+/// A file given as configuration: its text inline, or a source file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileSpec {
+    Text(String),
+    Full(FileEntry),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// A file relative to the Pakfile's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Octal, e.g. `"0755"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// A crypt(3) hash; absent means the account has no password login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The command, run in the foreground and restarted when it exits.
+    pub exec: String,
+    /// A command that exits 0 once the service is healthy; the system is
+    /// marked good only when every service's check passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+impl Pakfile {
+    /// Reads a Pakfile and the profiles it names, merged: the Pakfile's own
+    /// package requirements override the profiles'.
+    pub fn load(path: &Path) -> Result<Pakfile> {
+        let mut pakfile = Self::load_unmerged(path)?;
+        let merged = profile::packages_of(&pakfile.system.profiles, &pakfile.dir)?;
+        for (name, req) in merged {
+            pakfile.packages.entry(name).or_insert(req);
+        }
+        Ok(pakfile)
+    }
+
+    /// Reads a Pakfile alone, without expanding its profiles (for editing).
+    pub fn load_unmerged(path: &Path) -> Result<Pakfile> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the Pakfile {}: create one with `pak init`, or name another with --pakfile or PAKFILE",
+                path.display()
+            )
+        })?;
+        let mut pakfile = Self::parse(&text)
+            .with_context(|| format!("{} is not a valid Pakfile", path.display()))?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        pakfile.dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(pakfile)
+    }
+
+    pub fn parse(text: &str) -> Result<Pakfile> {
+        let pakfile: Pakfile = toml::from_str(text)?;
+        pakfile.validate()?;
+        Ok(pakfile)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for repo in &self.repository {
+            if !seen.insert(&repo.name) {
+                bail!(
+                    "two repositories are named {:?}; give each a unique name",
+                    repo.name
+                );
+            }
+            match repo.kind.as_str() {
+                "pak" => {
+                    if repo.snapshot.is_some() {
+                        bail!(
+                            "repository {:?} has a `snapshot`, which only applies to kind = \"apt\" repositories (a pak repository keeps its own packages); remove it",
+                            repo.name
+                        );
+                    }
+                    if repo.url.is_none() {
+                        bail!(
+                            "repository {:?} has no `url`: a pak repository needs the directory or URL that holds its index",
+                            repo.name
+                        );
+                    }
+                    if repo.key.is_none() {
+                        bail!(
+                            "repository {:?} has no `key`: pak only reads signed repositories; give the path to its .pub file (see `pak key generate`)",
+                            repo.name
+                        );
+                    }
+                }
+                "apt" => {}
+                other => bail!(
+                    "repository {:?} has unknown kind {other:?}; use \"pak\" or \"apt\"",
+                    repo.name
+                ),
+            }
+        }
+        for path in self.files.keys() {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                bail!(
+                    "[files] key {path:?} must be an absolute path inside the image, without `..`"
+                );
+            }
+        }
+        for (name, spec) in &self.files {
+            if let FileSpec::Full(e) = spec {
+                if e.content.is_some() == e.source.is_some() {
+                    bail!("[files] {name:?} needs exactly one of `content` or `source`");
+                }
+                if let Some(mode) = &e.mode {
+                    parse_mode(mode).with_context(|| format!("[files] {name:?}"))?;
+                }
+            }
+        }
+        if self.boot.tries == 0 || self.boot.tries > 9 {
+            bail!(
+                "[boot] tries = {} is out of range: use 1 to 9 boot attempts",
+                self.boot.tries
+            );
+        }
+        Ok(())
+    }
+
+    /// The root requirements: package name → requirement, sorted.
+    pub fn requirements(&self) -> Vec<(String, String)> {
+        self.packages
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Resolves a path written in the Pakfile against its directory.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// Parses an octal mode such as `0755`.
+pub fn parse_mode(s: &str) -> Result<u32> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .with_context(|| format!("mode {s:?} is not an octal number such as \"0644\""))?;
+    if mode > 0o7777 {
+        bail!("mode {s:?} is larger than 07777");
+    }
+    Ok(mode)
+}
+
+/// The starter Pakfile `pak init` writes: commented, and valid as it is.
+pub const STARTER: &str = r#"# A Pakfile declares a system: what packages it holds, where they come
+# from, how it boots. `pak build` turns it into a bootable disk image.
+
+[system]
+name = "mysystem"
+arch = "x86_64"
+# Package groups from profiles/<name>.toml (built-in: base, server, debug).
+profiles = ["base"]
+
+[packages]
+# name = "version requirement", e.g. hello = ">= 1.0" or nginx = "*"
+
+# Debian's packages, through this host's apt configuration.
+[[repository]]
+name = "debian"
+kind = "apt"
+
+# A signed pak repository: a directory or URL holding `index` and packages.
+# [[repository]]
+# name = "local"
+# url = "repo"
+# key = "keys/local.pub"
+
+[boot]
+cmdline = "console=ttyS0"
+tries = 3           # boots a new generation gets before falling back
+
+[image]
+size = "2GiB"
+
+# Configuration is files, not scripts:
+# [files]
+# "/etc/motd" = "welcome\n"
+# "/etc/app.conf" = { source = "app.conf", mode = "0600" }
+
+# [services.web]
+# exec = "/usr/sbin/httpd -f -p 80"
+# health = "wget -q -O /dev/null http://127.0.0.1/"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starter_parses() {
+        let p = Pakfile::parse(STARTER).unwrap();
+        assert_eq!(p.system.profiles, vec!["base"]);
+        assert_eq!(p.boot.tries, 3);
+        assert_eq!(p.repository[0].kind, "apt");
+    }
+
+    #[test]
+    fn malformed_toml_names_line_and_column() {
+        let err = Pakfile::parse("[system]\nname = \"x\"\nprofiles = [\"base\"\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let err = Pakfile::parse("[system]\nnmae = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("nmae"));
+    }
+
+    #[test]
+    fn files_forms() {
+        let p = Pakfile::parse(
+            "[files]\n\"/etc/motd\" = \"hi\\n\"\n\"/etc/x\" = { source = \"x\", mode = \"0600\" }\n",
+        )
+        .unwrap();
+        assert_eq!(p.files["/etc/motd"], FileSpec::Text("hi\n".into()));
+        assert!(Pakfile::parse("[files]\n\"etc/motd\" = \"x\"\n").is_err());
+        assert!(Pakfile::parse("[files]\n\"/etc/x\" = { mode = \"0600\" }\n").is_err());
+        assert!(
+            Pakfile::parse("[files]\n\"/etc/x\" = { content = \"\", mode = \"999\" }\n").is_err()
+        );
+    }
+
+    #[test]
+    fn repositories_are_checked() {
+        assert!(
+            Pakfile::parse("[[repository]]\nname = \"a\"\nurl = \"r\"\n").is_err(),
+            "unsigned"
+        );
+        assert!(Pakfile::parse("[[repository]]\nname = \"a\"\nkind = \"apt\"\n[[repository]]\nname = \"a\"\nkind = \"apt\"\n").is_err());
+        assert!(Pakfile::parse("[[repository]]\nname = \"a\"\nkind = \"rpm\"\n").is_err());
+        let p = Pakfile::parse(
+            "[[repository]]\nname = \"d\"\nkind = \"apt\"\nsnapshot = \"http://s/archive\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.repository[0].snapshot.as_deref(),
+            Some("http://s/archive")
+        );
+        let err = Pakfile::parse(
+            "[[repository]]\nname = \"a\"\nurl = \"r\"\nkey = \"k.pub\"\nsnapshot = \"http://s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only applies"), "{err}");
+    }
+}

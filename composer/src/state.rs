@@ -1,0 +1,59 @@
+//! Where pak keeps its state: the store, seen repository indexes, locks.
+//!
+//! root: `/var/lib/pak`; others: `$XDG_DATA_HOME/pak` (or
+//! `~/.local/share/pak`). `--root` overrides both.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateDir { dir: dir.into() }
+    }
+
+    /// The default root for the calling user.
+    pub fn default_for_user() -> Self {
+        if rustix::process::geteuid().is_root() {
+            return StateDir::new("/var/lib/pak");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from(".pak-data"));
+        StateDir::new(data.join("pak"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Content-addressed package trees: `store/<name>-<version>-<sha256>/`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    /// Downloaded package files, by sha256, so a rebuild needs no network.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    /// Per-repository state such as the highest index version seen.
+    pub fn repos_dir(&self) -> PathBuf {
+        self.dir.join("repos")
+    }
+
+    /// Registered GC roots (locks, generations, environments).
+    pub fn gcroots_dir(&self) -> PathBuf {
+        self.dir.join("gcroots")
+    }
+
+    /// User environments.
+    pub fn envs_dir(&self) -> PathBuf {
+        self.dir.join("envs")
+    }
+}

@@ -1,0 +1,345 @@
+//! The store: content-addressed package trees.
+//!
+//! `<root>/store/<name>-<version>-<sha256>/` holds `.PAKINFO`, `.BOM` and
+//! the payload under `tree/`. The sha256 is the one the lock pins (of the
+//! downloaded artifact), so a lock names its store entries directly.
+//!
+//! Extraction goes through [`package::walk`], writes into a temporary
+//! directory inside the store and renames it into place: a crash leaves no
+//! half entry, and a refused package leaves nothing at all. On disk, files
+//! never keep setuid/setgid bits and ownership is the extracting user's; the
+//! BOM stays the truth for both, and generations are built from it.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::packages::bom::{Bom, Entry, Kind};
+use crate::packages::package::{self, Sink};
+use crate::packages::pakinfo::PakInfo;
+use crate::state::StateDir;
+
+pub struct Store {
+    dir: PathBuf,
+    gcroots: PathBuf,
+}
+
+/// One extracted package.
+#[derive(Debug, Clone)]
+pub struct StoreEntry {
+    pub key: String,
+    pub dir: PathBuf,
+}
+
+impl StoreEntry {
+    /// The package payload, laid out like a root.
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join("tree")
+    }
+
+    pub fn info(&self) -> Result<PakInfo> {
+        let p = self.dir.join(package::INFO_NAME);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        PakInfo::from_toml(&text)
+            .with_context(|| format!("{} is corrupt; `pak gc` and fetch again", p.display()))
+    }
+
+    pub fn bom(&self) -> Result<Bom> {
+        let p = self.dir.join(package::BOM_NAME);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        Bom::parse(&text)
+            .with_context(|| format!("{} is corrupt; `pak gc` and fetch again", p.display()))
+    }
+}
+
+/// An exclusive lock on the store, held while it changes.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    pub fn open(root: &StateDir) -> Result<Store> {
+        let dir = root.store_dir();
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create the store at {}; choose another with --root",
+                dir.display()
+            )
+        })?;
+        Ok(Store {
+            dir,
+            gcroots: root.gcroots_dir(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lock(&self) -> Result<StoreLock> {
+        let path = self.dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    pub fn get(&self, key: &str) -> Option<StoreEntry> {
+        let dir = self.dir.join(key);
+        dir.join(package::BOM_NAME).is_file().then(|| StoreEntry {
+            key: key.to_string(),
+            dir,
+        })
+    }
+
+    /// Extracts a package into the store under `key`, unless it is there.
+    pub fn install(&self, pak: &Path, key: &str) -> Result<StoreEntry> {
+        if key.contains('/') || key.starts_with('.') || key.is_empty() {
+            bail!("{key:?} is not a store key");
+        }
+        let _lock = self.lock()?;
+        if let Some(e) = self.get(key) {
+            return Ok(e);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&self.dir)
+            .with_context(|| format!("cannot write in the store {}", self.dir.display()))?;
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree)?;
+        let mut sink = Extract {
+            tree: tree.clone(),
+            dirs: Vec::new(),
+        };
+        let (info, bom) = package::walk(pak, &mut sink)?;
+        // Directory modes last: a read-only directory must not stop its own
+        // contents from being written.
+        for (path, mode) in sink.dirs.iter().rev() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o1777))?;
+        }
+        std::fs::write(tmp.path().join(package::INFO_NAME), info.to_toml())?;
+        std::fs::write(tmp.path().join(package::BOM_NAME), bom.render())?;
+        rustix::fs::syncfs(File::open(tmp.path())?).context("cannot sync the store")?;
+        let dest = self.dir.join(key);
+        let tmp_path = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp_path, &dest) {
+            let _ = remove_tree(&tmp_path);
+            return Err(e)
+                .with_context(|| format!("cannot move the package into {}", dest.display()));
+        }
+        crate::util::fsutil::sync_dir(&self.dir)?;
+        Ok(StoreEntry {
+            key: key.to_string(),
+            dir: dest,
+        })
+    }
+
+    /// Every entry in the store, sorted by key.
+    pub fn entries(&self) -> Result<Vec<StoreEntry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(entry) = self.get(&name) {
+                out.push(entry);
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Which store entries ship `path` (an absolute path in an image).
+    /// `/bin`, `/sbin`, `/lib`, `/lib64` and their `/usr` twins are the
+    /// same on merged-/usr images, so either spelling finds the file.
+    pub fn owns(&self, path: &str) -> Result<Vec<(StoreEntry, String)>> {
+        let want = crate::image::assemble::canonical(path.trim_end_matches('/'));
+        let mut out = Vec::new();
+        for e in self.entries()? {
+            for b in e.bom()?.entries {
+                if matches!(b.kind, Kind::Dir) {
+                    continue;
+                }
+                if crate::image::assemble::canonical(&b.path) == want {
+                    out.push((e.clone(), b.path));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes entries that no GC root names; returns the removed keys.
+    pub fn gc(&self) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let live = self.live_keys()?;
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name == ".lock" {
+                continue;
+            }
+            // Leftovers of an interrupted extraction are garbage too.
+            if name.starts_with(".tmp-") || !live.contains(&name) {
+                remove_tree(&self.dir.join(&name))?;
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    fn live_keys(&self) -> Result<BTreeSet<String>> {
+        let mut live = BTreeSet::new();
+        let Ok(rd) = std::fs::read_dir(&self.gcroots) else {
+            return Ok(live);
+        };
+        for e in rd {
+            let text = std::fs::read_to_string(e?.path())?;
+            live.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        }
+        Ok(live)
+    }
+}
+
+/// Records that `name` (a lock, a generation, an environment) needs these
+/// store entries, so `pak gc` keeps them.
+pub fn register_root(root: &StateDir, name: &str, keys: &[String]) -> Result<()> {
+    let file = root.gcroots_dir().join(root_file_name(name));
+    let mut text = keys.join("\n");
+    text.push('\n');
+    crate::util::fsutil::write_atomic(&file, text.as_bytes())
+}
+
+pub fn remove_root(root: &StateDir, name: &str) -> Result<()> {
+    match std::fs::remove_file(root.gcroots_dir().join(root_file_name(name))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Roots are named after what holds them (often a path); the file name is
+/// a hash of that, so any name maps to one flat file.
+fn root_file_name(name: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(name.as_bytes())[..16])
+}
+
+fn remove_tree(p: &Path) -> Result<()> {
+    // Read-only directories (from packages) must be made writable first.
+    if let Ok(md) = std::fs::symlink_metadata(p)
+        && md.is_dir()
+    {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        for e in std::fs::read_dir(p)? {
+            remove_tree(&e?.path())?;
+        }
+        std::fs::remove_dir(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    } else {
+        std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes validated entries below `tree`. The walker has already refused
+/// anything unsafe; this side never follows a symlink (files are created
+/// with O_NOFOLLOW|O_EXCL, parents are directories it made itself).
+struct Extract {
+    tree: PathBuf,
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+impl Sink for Extract {
+    fn entry(&mut self, e: &Entry, content: Option<&mut dyn Read>) -> Result<()> {
+        let dest = self.tree.join(&e.path);
+        match &e.kind {
+            Kind::Dir => {
+                std::fs::create_dir(&dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?;
+                self.dirs.push((dest, e.mode));
+            }
+            Kind::File { .. } => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?;
+                let reader = content.expect("files come with content");
+                io::copy(reader, &mut f)?;
+                f.flush()?;
+                // setuid/setgid never reach the store's disk.
+                f.set_permissions(std::fs::Permissions::from_mode(e.mode & 0o1777))?;
+            }
+            Kind::Symlink { target } => std::os::unix::fs::symlink(target, &dest)?,
+            Kind::HardLink { target } => std::fs::hard_link(self.tree.join(target), &dest)?,
+            // Device nodes and fifos live in the BOM only; the generation
+            // writer creates them from it.
+            Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make_pak(dir: &Path) -> PathBuf {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(
+            src.path().join(".PAKINFO"),
+            "name = \"t\"\nversion = \"1\"\narch = \"any\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(src.path().join("usr/bin")).unwrap();
+        std::fs::write(src.path().join("usr/bin/t"), "x").unwrap();
+        std::fs::create_dir(src.path().join("ro")).unwrap();
+        std::fs::write(src.path().join("ro/f"), "y").unwrap();
+        std::fs::set_permissions(
+            src.path().join("ro"),
+            std::fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+        package::create_from_dir(src.path(), dir).unwrap()
+    }
+
+    #[test]
+    fn install_owns_gc() {
+        let root_dir = tempfile::tempdir().unwrap();
+        let root = StateDir::new(root_dir.path());
+        let out = tempfile::tempdir().unwrap();
+        let pak = make_pak(out.path());
+        let store = Store::open(&root).unwrap();
+        let e = store.install(&pak, "t-1-abc").unwrap();
+        assert_eq!(std::fs::read(e.tree().join("usr/bin/t")).unwrap(), b"x");
+        assert_eq!(e.info().unwrap().name, "t");
+        let again = store.install(&pak, "t-1-abc").unwrap();
+        assert_eq!(again.dir, e.dir);
+        let owners = store.owns("/usr/bin/t").unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            store.owns("/bin/t").unwrap().len(),
+            1,
+            "merged-/usr spelling"
+        );
+        register_root(&root, "lockA", &["t-1-abc".into()]).unwrap();
+        assert!(store.gc().unwrap().is_empty());
+        remove_root(&root, "lockA").unwrap();
+        assert_eq!(store.gc().unwrap(), vec!["t-1-abc".to_string()]);
+        assert!(store.entries().unwrap().is_empty());
+    }
+}

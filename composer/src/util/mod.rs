@@ -1,0 +1,5 @@
+//! Small helpers every step uses: atomic files, progress bars, time formatting.
+
+pub mod fsutil;
+pub mod progress;
+pub mod timefmt;
