@@ -370,6 +370,107 @@ fn automatic_fallback_is_reported() {
     assert!(err.contains("marked bad"), "{err}");
 }
 
+/// The ESP of `bytes` (a disk made by `disk_with`), to look at or edit.
+fn esp_of(bytes: Vec<u8>) -> pak::disk::fat::Volume<Cursor<Vec<u8>>> {
+    let parts = pak::disk::gpt::read(&mut Cursor::new(&bytes)).unwrap();
+    pak::disk::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap()
+}
+
+#[test]
+fn a_switch_puts_the_files_a_build_does_on_the_esp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = generation(tmp.path(), 1, &[]);
+    let g2 = generation(tmp.path(), 2, &[]);
+    let mut d = open(disk_with(tmp.path(), &g1));
+    d.switch(&mut incoming(&g2), false).unwrap();
+    let mut esp = esp_of(d.into_device().into_inner());
+    let mut names = |dir: &str| {
+        let mut v: Vec<String> = esp.list(dir).unwrap().into_iter().map(|e| e.name).collect();
+        v.sort();
+        v
+    };
+    // Slot a as `pak build` wrote it (through `new_esp`), slot b as the
+    // switch did (through `SlotBoot::files`).
+    assert_eq!(names("pak/a"), names("pak/b"));
+    assert_eq!(names("pak/b"), ["generation.toml", "initrd", "vmlinuz"]);
+    assert_eq!(names("loader/entries"), ["pak-a-1.conf", "pak-b-2+3.conf"]);
+}
+
+#[test]
+fn a_corrupt_slot_description_is_reported_with_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = generation(tmp.path(), 1, &[]);
+    let g2 = generation(tmp.path(), 2, &["hello"]);
+    let mut d = open(disk_with(tmp.path(), &g1));
+    d.switch(&mut incoming(&g2), false).unwrap();
+    let good = d.into_device().into_inner();
+    let mut esp = esp_of(good.clone());
+    esp.remove("pak/b/generation.toml").unwrap();
+    esp.create("pak/b/generation.toml", b"number = \"two\"\n")
+        .unwrap();
+    let bytes = esp.into_inner().into_inner();
+
+    // Status still shows both slots, and says what is wrong with b's.
+    let mut d = open(bytes.clone());
+    let st = d.status().unwrap();
+    let a = st.slot(Slot::A);
+    assert_eq!(
+        (a.system.as_deref(), a.description_error.as_ref()),
+        (Some("test"), None)
+    );
+    let b = st.slot(Slot::B);
+    assert_eq!(
+        (b.state, b.generation, b.system.as_ref()),
+        (SlotState::Pending, Some(2), None)
+    );
+    let err = b
+        .description_error
+        .clone()
+        .expect("the corrupt file is reported");
+    assert!(
+        err.contains("pak/b/generation.toml") && err.contains("corrupt"),
+        "{err}"
+    );
+    // What needs the description fails, naming it.
+    let err = format!("{:#}", d.diff(Some(1), Some(2)).unwrap_err());
+    assert!(err.contains("pak/b/generation.toml"), "{err}");
+    let (_, problem) = &d.verify().unwrap()[0];
+    let problem = problem.clone().expect("the entry cannot be verified");
+    assert!(problem.contains("pak/b/generation.toml"), "{problem}");
+
+    // The command line says it in words, and in JSON only when it happens.
+    let img = tmp.path().join("corrupt.raw");
+    std::fs::write(&img, &bytes).unwrap();
+    let out = pak_cli(&["system", "status", "--disk", img.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("slot a: good, generation 1 (test, 1 packages)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "slot b: pending, generation 2, 3 tries left, 0 done (its description is unreadable: "
+        ),
+        "{text}"
+    );
+    let json = |img: &Path| {
+        let out = pak_cli(
+            &[
+                "system",
+                "status",
+                "--disk",
+                img.to_str().unwrap(),
+                "--json",
+            ],
+            None,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert!(json(&img)["slots"][1]["description_error"].is_string());
+    std::fs::write(&img, &good).unwrap();
+    assert!(json(&img)["slots"][1].get("description_error").is_none());
+}
+
 #[test]
 fn bad_inputs_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use pak_boot::disk::{DATA_LABEL, ESP_LABEL, Slot};
 
 use gpt::{Partition, SECTOR};
 
@@ -81,10 +82,10 @@ impl Layout {
         let mut at = s(MIB);
         let mut out = Vec::new();
         for (label, ty, size) in [
-            ("esp", gpt::ESP_TYPE, self.esp),
-            ("root-a", gpt::ROOT_X86_64_TYPE, self.slot),
-            ("root-b", gpt::ROOT_X86_64_TYPE, self.slot),
-            ("data", gpt::VAR_TYPE, self.data),
+            (ESP_LABEL, gpt::ESP_TYPE, self.esp),
+            (Slot::A.label(), gpt::ROOT_X86_64_TYPE, self.slot),
+            (Slot::B.label(), gpt::ROOT_X86_64_TYPE, self.slot),
+            (DATA_LABEL, gpt::VAR_TYPE, self.data),
         ] {
             out.push(Partition {
                 label: label.into(),

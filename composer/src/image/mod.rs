@@ -397,7 +397,12 @@ pub fn differences(a: &Path, b: &Path) -> Result<Vec<Difference>> {
     let (len_a, len_b) = (fa.metadata()?.len(), fb.metadata()?.len());
     // The regions compared separately: the partitions, and what lies
     // outside them (the partition tables).
-    let parts = crate::disk::gpt::read(&mut open(a)?).unwrap_or_default();
+    // No partition table: a generation file, or not an image at all (then
+    // the squashfs check says so). A corrupt one cannot be compared by
+    // partition.
+    let parts = crate::disk::gpt::probe(&mut open(a)?)
+        .with_context(|| format!("{}: cannot read its partition table", a.display()))?
+        .unwrap_or_default();
     let generation = parts.is_empty() && squashfs::Reader::open(open(a)?, 0).is_ok();
     let region = |at: u64| -> (String, u64, u64) {
         if generation {
