@@ -450,10 +450,11 @@ fn has_ext_magic(dev: &Path) -> Result<bool> {
 /// mkfs.ext4, or busybox's mke2fs), run inside the mounted root.
 fn format_data(dev: &Path) -> Result<()> {
     let root = Path::new(SYSROOT);
+    // The filesystem is labelled like its partition.
     let candidates: [(&str, &[&str]); 3] = [
-        ("usr/sbin/mkfs.ext4", &["-q", "-F", "-L", "data"]),
-        ("usr/sbin/mke2fs", &["-L", "data"]),
-        ("usr/bin/busybox", &["mke2fs", "-L", "data"]),
+        ("usr/sbin/mkfs.ext4", &["-q", "-F", "-L", DATA_LABEL]),
+        ("usr/sbin/mke2fs", &["-L", DATA_LABEL]),
+        ("usr/bin/busybox", &["mke2fs", "-L", DATA_LABEL]),
     ];
     for (tool, args) in candidates {
         if fs::symlink_metadata(root.join(tool)).is_err() {

@@ -145,7 +145,7 @@ pub fn create(
     crate::disk::fat::write(&mut w, parts[0].offset(), parts[0].size(), "ESP", esp_files)?;
     w.seek(SeekFrom::Start(parts[1].offset()))?;
     let mut f = File::open(slot_a)?;
-    let bar = crate::util::progress::bytes(gen_size, "write root-a");
+    let bar = crate::util::progress::bytes(gen_size, &format!("write {}", Slot::A.label()));
     let mut buf = vec![0u8; 4 * MIB as usize];
     loop {
         let n = f.read(&mut buf)?;
