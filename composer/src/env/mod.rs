@@ -975,6 +975,51 @@ mod tests {
         assert!(edit_packages("packages = { a = \"*\" }\n", "jq", Some("*")).is_err());
     }
 
+    /// The exact text of a new environment's Pakfile, as the README shows it.
+    #[test]
+    fn new_pakfile_bytes() {
+        let packages = BTreeMap::from([
+            ("greet".to_string(), "*".to_string()),
+            ("g++".to_string(), ">= 12".to_string()),
+        ]);
+        let repositories = [
+            RepositorySpec {
+                name: "local".into(),
+                kind: "pak".into(),
+                url: Some("/home/you/repo".into()),
+                key: Some("pak public key 01\nAAAA\n".into()),
+                snapshot: None,
+                mirror: None,
+            },
+            RepositorySpec {
+                name: "debian".into(),
+                kind: "apt".into(),
+                url: None,
+                key: None,
+                snapshot: Some("https://snapshot.example".into()),
+                mirror: None,
+            },
+        ];
+        let text = render_pakfile(
+            "tools",
+            &packages,
+            &repositories,
+            Some(Path::new("/home/you/Pakfile")),
+        );
+        assert_eq!(
+            text,
+            format!(
+                "# pak environment \"tools\". `pak install -e tools PKG` and `pak uninstall -e tools PKG`\n# edit [packages] and keep the rest of this file, comments included.\n# Repositories taken from /home/you/Pakfile when it was created.\n\n[system]\nname = \"tools\"\narch = \"{}\"\n\n[packages]\n\"g++\" = \">= 12\"\ngreet = \"*\"\n\n[[repository]]\nname = \"local\"\nkind = \"pak\"\nurl = \"/home/you/repo\"\nkey = \"\"\"\npak public key 01\nAAAA\"\"\"\n\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n",
+                std::env::consts::ARCH
+            )
+        );
+        let empty = render_pakfile("e", &BTreeMap::new(), &[], None);
+        assert!(
+            empty.ends_with("[packages]\n\n# No repository yet: add a [[repository]] (name, url, key) to install packages.\n"),
+            "{empty}"
+        );
+    }
+
     #[test]
     fn path_loses_only_environment_bins() {
         let root = StateDir::new("/data/pak");

@@ -515,6 +515,27 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
         );
     }
 
+    /// The exact bytes images ship: a change here changes every image.
+    #[test]
+    fn repository_list_bytes() {
+        let public = crate::sources::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        let text = format!(
+            "[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"plain\"\nurl = \"http://example.org/p\"\nkey = \"\"\"\n{public}\"\"\"\n"
+        );
+        let list = repositories(&Pakfile::parse(&text).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            list,
+            format!(
+                "# Written by pak from the image's Pakfile: the repositories users'\n# environments start from. /etc/pak/repositories.toml overrides this.\n\n[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"plain\"\nurl = \"http://example.org/p\"\nkey = \"\"\"\n{public}\"\"\"\n"
+            )
+        );
+    }
+
     #[test]
     fn clashing_ids_are_refused() {
         let p = Pakfile::parse("[users.bob]\nuid = 33\n").unwrap();
