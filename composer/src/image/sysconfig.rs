@@ -317,18 +317,22 @@ fn repositories(p: &Pakfile) -> Result<Option<String>> {
         if r.kind != "pak" {
             continue;
         }
-        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        out.push_str(&format!(
-            "\n[[repository]]\nname = {}\nurl = {}\n",
-            q(&r.name),
-            q(url)
+        // `kind` is left out: these are all `pak`, the default.
+        let key = match &r.key {
+            Some(key) => {
+                let dir = p.resolve_path(".");
+                let public = crate::sources::key::PublicKey::from_pakfile_field(key, &dir)
+                    .with_context(|| format!("repository {:?}: its key", r.name))?;
+                Some(public.to_text())
+            }
+            None => None,
+        };
+        out.push_str(&crate::spec::edit::repository_table(
+            &r.name,
+            None,
+            Some(url),
+            key.as_deref(),
         ));
-        if let Some(key) = &r.key {
-            let dir = p.resolve_path(".");
-            let public = crate::sources::key::PublicKey::from_pakfile_field(key, &dir)
-                .with_context(|| format!("repository {:?}: its key", r.name))?;
-            out.push_str(&format!("key = {}\n", q(&public.to_text())));
-        }
         any = true;
     }
     Ok(any.then_some(out))
