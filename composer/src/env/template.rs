@@ -155,7 +155,7 @@ pub(super) fn render_pakfile(
     for r in repositories {
         out.push_str(&repository_table(
             &r.name,
-            Some(&r.kind),
+            Some(r.kind),
             r.url.as_deref(),
             r.key.as_deref().map(str::trim_end),
         ));
@@ -166,6 +166,7 @@ pub(super) fn render_pakfile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::pakfile::RepoKind;
 
     /// The exact text of a new environment's Pakfile, as the README shows it.
     #[test]
@@ -177,7 +178,7 @@ mod tests {
         let repositories = [
             RepositorySpec {
                 name: "local".into(),
-                kind: "pak".into(),
+                kind: RepoKind::Pak,
                 url: Some("/home/you/repo".into()),
                 key: Some("pak public key 01\nAAAA\n".into()),
                 snapshot: None,
@@ -185,7 +186,7 @@ mod tests {
             },
             RepositorySpec {
                 name: "debian".into(),
-                kind: "apt".into(),
+                kind: RepoKind::Apt,
                 url: None,
                 key: None,
                 snapshot: Some("https://snapshot.example".into()),

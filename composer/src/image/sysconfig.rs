@@ -314,7 +314,7 @@ fn repositories(p: &Pakfile) -> Result<Option<String>> {
         else {
             continue;
         };
-        if r.kind != "pak" {
+        if r.kind != crate::spec::pakfile::RepoKind::Pak {
             continue;
         }
         // `kind` is left out: these are all `pak`, the default.

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::spec::pakfile::Pakfile;
+use crate::spec::pakfile::{Pakfile, RepoKind};
 
 /// `s` as a TOML string. Text with newlines (a key) becomes a `"""` string.
 pub fn toml_string(s: &str) -> String {
@@ -32,13 +32,13 @@ pub fn toml_key(name: &str) -> String {
 /// Pakfile does not: both are shipped bytes, so each caller keeps its own).
 pub fn repository_table(
     name: &str,
-    kind: Option<&str>,
+    kind: Option<RepoKind>,
     url: Option<&str>,
     key: Option<&str>,
 ) -> String {
     let mut out = format!("\n[[repository]]\nname = {}\n", toml_string(name));
     if let Some(kind) = kind {
-        out.push_str(&format!("kind = {}\n", toml_string(kind)));
+        out.push_str(&format!("kind = {}\n", toml_string(kind.as_str())));
     }
     if let Some(url) = url {
         out.push_str(&format!("url = {}\n", toml_string(url)));
@@ -181,7 +181,7 @@ mod tests {
             "\n[[repository]]\nname = \"web\"\nurl = \"https://x\"\nkey = \"\"\"\nk 1\nAB\n\"\"\"\n"
         );
         assert_eq!(
-            repository_table("debian", Some("apt"), None, None),
+            repository_table("debian", Some(RepoKind::Apt), None, None),
             "\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n"
         );
     }
