@@ -36,10 +36,9 @@ mod taste;
 mod template;
 mod wrappers;
 
-pub use install::{Edit, Target, install, parse_spec, uninstall};
+pub use install::{Edit, Target, install, uninstall};
 pub use launch::{ENV_VAR, exec};
 pub use prepare::{Prepared, prepare};
-pub use registry::{Env, EnvSummary, USER_ENV, check_name, gc, list, remove};
+pub use registry::{Env, EnvSummary, USER_ENV, gc, list, remove};
 pub use taste::Taste;
-pub use template::{SYSTEM_REPOSITORY_FILES, Template, default_repositories};
-pub use wrappers::path_without_wrappers;
+pub use template::Template;

@@ -240,9 +240,8 @@ pub fn list(root: &StateDir) -> Result<Vec<Env>> {
 /// Registers every environment's lock as a GC root, so `pak gc` keeps what
 /// they need even if a lock was edited since its packages were fetched.
 /// A broken lock stops the collection: what it needs cannot be known.
-fn register_gc_roots(root: &StateDir) -> Result<usize> {
-    let envs = list(root)?;
-    for env in &envs {
+fn register_gc_roots(root: &StateDir) -> Result<()> {
+    for env in list(root)? {
         let lock = Lock::read(&env.lock_path()).with_context(|| {
             format!(
                 "environment {:?} has a broken lock, so `pak gc` cannot tell what it needs; fix it (`pak update --pakfile {}`) or `pak env remove {}`",
@@ -255,7 +254,7 @@ fn register_gc_roots(root: &StateDir) -> Result<usize> {
             prepare::register_lock(root, &env.lock_path(), &lock)?;
         }
     }
-    Ok(envs.len())
+    Ok(())
 }
 
 /// Deletes environment `name` once no install or uninstall is changing it.
