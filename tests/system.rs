@@ -13,7 +13,9 @@ use std::process::Command;
 
 use pak::image::generation::{self, GenerationMeta, PackageRef, Written};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
-use pak::system::{CutAfter, Incoming, PakDisk};
+use pak::system::{CutAfter, Incoming, PakDisk, Rollback, SlotState};
+use pak_boot::bls::State;
+use pak_boot::disk::{Slot, SlotBoot};
 
 const MIB: u64 = 1 << 20;
 
@@ -203,20 +205,20 @@ fn disk_with(dir: &Path, g: &Gen) -> Vec<u8> {
         &g.kernel,
         &g.initrd,
     ));
-    let files = vec![
-        ("EFI/BOOT/BOOTX64.EFI".to_string(), b"MZ loader".to_vec()),
-        (
-            "loader/loader.conf".into(),
-            pak_boot::bls::LOADER_CONF.as_bytes().to_vec(),
-        ),
-        (
-            "loader/entries/pak-a-1.conf".into(),
-            pak_boot::bls::render_entry("test", 'a', 1, 1, "console=ttyS0").into_bytes(),
-        ),
-        ("pak/a/vmlinuz".into(), g.kernel.clone()),
-        ("pak/a/initrd".into(), g.initrd.clone()),
-        ("pak/a/generation.toml".into(), m.to_toml().into_bytes()),
-    ];
+    let description = m.to_toml();
+    // What `pak build` puts on the ESP, its entry already marked good.
+    let boot = SlotBoot {
+        slot: Slot::A,
+        generation: 1,
+        system: "test",
+        cmdline: "console=ttyS0",
+        tries: None,
+        priority: 1,
+        kernel: &g.kernel,
+        initrd: &g.initrd,
+        description: description.as_bytes(),
+    };
+    let files = pak_boot::disk::new_esp(b"MZ loader", &boot);
     let img = dir.join("disk.raw");
     pak::disk::create(&img, &layout, &files, &gen_path, "test").unwrap();
     std::fs::read(&img).unwrap()
@@ -246,7 +248,7 @@ fn check_boots<D: pak::system::Device>(d: &mut PakDisk<D>, cut: &str) -> u64 {
     assert!(
         report
             .iter()
-            .any(|(name, p)| p.is_none() && !name.contains('+')),
+            .any(|(name, p)| p.is_none() && name.state() == State::Good),
         "{cut}: no good generation to fall back to: {report:?}"
     );
     let status = d.status().unwrap();
@@ -277,12 +279,12 @@ fn switch_rollback_and_mark_good_on_a_disk() {
     let g2 = generation(tmp.path(), 2, &["hello"]);
     let mut d = open(disk_with(tmp.path(), &g1));
     let s = d.switch(&mut incoming(&g2), false).unwrap();
-    assert_eq!((s.slot, s.generation), ('b', 2));
+    assert_eq!((s.slot, s.generation), (Slot::B, 2));
     assert_eq!(s.entry, "pak-b-2+3.conf");
     let st = d.status().unwrap();
     assert_eq!(st.default_entry.as_deref(), Some("pak-b-2+3.conf"));
-    assert_eq!(st.slots[0].state, "good");
-    assert_eq!(st.slots[1].state, "pending");
+    assert_eq!(st.slot(Slot::A).state, SlotState::Good);
+    assert_eq!(st.slot(Slot::B).state, SlotState::Pending);
     let diff = d.diff(Some(1), Some(2)).unwrap();
     assert_eq!(diff.added, vec![("hello".to_string(), "2.0".to_string())]);
     assert!(diff.removed.is_empty() && diff.changed.is_empty());
@@ -296,18 +298,20 @@ fn switch_rollback_and_mark_good_on_a_disk() {
     let err = format!("{:#}", d.switch(&mut incoming(&g2), false).unwrap_err());
     assert!(err.contains("not newer than generation 2"), "{err}");
 
-    assert!(
-        d.rollback()
-            .unwrap()
-            .contains("generation 1 (slot a) boots next")
+    assert_eq!(
+        d.rollback().unwrap(),
+        Rollback::Done {
+            slot: Slot::A,
+            generation: 1
+        }
     );
     let st = d.status().unwrap();
     assert_eq!(st.default_entry.as_deref(), Some("pak-a-1.conf"));
-    assert_eq!(st.booted_slot, Some('a'));
+    assert_eq!(st.booted_slot, Some(Slot::A));
     // Rolled back to 1; a new generation 3 goes to slot b, over 2.
     let g3 = generation(tmp.path(), 3, &["hello", "jq"]);
     let s = d.switch(&mut incoming(&g3), false).unwrap();
-    assert_eq!((s.slot, s.generation), ('b', 3));
+    assert_eq!((s.slot, s.generation), (Slot::B, 3));
     let bytes = d.into_device().into_inner();
     assert_eq!(
         check_boots(&mut open(bytes.clone()), "after switching to 3"),
@@ -343,18 +347,128 @@ fn automatic_fallback_is_reported() {
     }
     // The machine is back on generation 1 (live it would know from the
     // kernel command line).
-    let mut d = PakDisk::open(Cursor::new(bytes), "test disk", Some(('a', 1))).unwrap();
+    let mut d = PakDisk::open(Cursor::new(bytes.clone()), "test disk", Some((Slot::A, 1))).unwrap();
     let st = d.status().unwrap();
-    assert_eq!(st.slots[1].state, "bad");
+    assert_eq!(st.slot(Slot::B).state, SlotState::Bad);
     let r = st.rolled_back.clone().expect("the fallback is reported");
-    assert!(
-        r.contains("generation 2 (slot b) failed to boot 3 times"),
-        "{r}"
+    assert_eq!(
+        (r.failed_slot, r.failed_generation, r.tries),
+        (Slot::B, 2, 3)
     );
-    let text = pak::system::render(&st);
-    assert!(text.contains("rolled back:"), "{text}");
+    assert_eq!((r.running_slot, r.running_generation), (Slot::A, 1));
+    // In words, from the command line (a disk image boots what it would
+    // fall back to, the same).
+    let img = tmp.path().join("fell-back.raw");
+    std::fs::write(&img, &bytes).unwrap();
+    let out = pak_cli(&["system", "status", "--disk", img.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rolled back: generation 2 (slot b) failed to boot 3 times"),
+        "{text}"
+    );
     let err = format!("{:#}", d.rollback().unwrap_err());
     assert!(err.contains("marked bad"), "{err}");
+}
+
+/// The ESP of `bytes` (a disk made by `disk_with`), to look at or edit.
+fn esp_of(bytes: Vec<u8>) -> pak::disk::fat::Volume<Cursor<Vec<u8>>> {
+    let parts = pak::disk::gpt::read(&mut Cursor::new(&bytes)).unwrap();
+    pak::disk::fat::Volume::open(Cursor::new(bytes), parts[0].offset()).unwrap()
+}
+
+#[test]
+fn a_switch_puts_the_files_a_build_does_on_the_esp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = generation(tmp.path(), 1, &[]);
+    let g2 = generation(tmp.path(), 2, &[]);
+    let mut d = open(disk_with(tmp.path(), &g1));
+    d.switch(&mut incoming(&g2), false).unwrap();
+    let mut esp = esp_of(d.into_device().into_inner());
+    let mut names = |dir: &str| {
+        let mut v: Vec<String> = esp.list(dir).unwrap().into_iter().map(|e| e.name).collect();
+        v.sort();
+        v
+    };
+    // Slot a as `pak build` wrote it (through `new_esp`), slot b as the
+    // switch did (through `SlotBoot::files`).
+    assert_eq!(names("pak/a"), names("pak/b"));
+    assert_eq!(names("pak/b"), ["generation.toml", "initrd", "vmlinuz"]);
+    assert_eq!(names("loader/entries"), ["pak-a-1.conf", "pak-b-2+3.conf"]);
+}
+
+#[test]
+fn a_corrupt_slot_description_is_reported_with_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = generation(tmp.path(), 1, &[]);
+    let g2 = generation(tmp.path(), 2, &["hello"]);
+    let mut d = open(disk_with(tmp.path(), &g1));
+    d.switch(&mut incoming(&g2), false).unwrap();
+    let good = d.into_device().into_inner();
+    let mut esp = esp_of(good.clone());
+    esp.remove("pak/b/generation.toml").unwrap();
+    esp.create("pak/b/generation.toml", b"number = \"two\"\n")
+        .unwrap();
+    let bytes = esp.into_inner().into_inner();
+
+    // Status still shows both slots, and says what is wrong with b's.
+    let mut d = open(bytes.clone());
+    let st = d.status().unwrap();
+    let a = st.slot(Slot::A);
+    assert_eq!(
+        (a.system.as_deref(), a.description_error.as_ref()),
+        (Some("test"), None)
+    );
+    let b = st.slot(Slot::B);
+    assert_eq!(
+        (b.state, b.generation, b.system.as_ref()),
+        (SlotState::Pending, Some(2), None)
+    );
+    let err = b
+        .description_error
+        .clone()
+        .expect("the corrupt file is reported");
+    assert!(
+        err.contains("pak/b/generation.toml") && err.contains("corrupt"),
+        "{err}"
+    );
+    // What needs the description fails, naming it.
+    let err = format!("{:#}", d.diff(Some(1), Some(2)).unwrap_err());
+    assert!(err.contains("pak/b/generation.toml"), "{err}");
+    let (_, problem) = &d.verify().unwrap()[0];
+    let problem = problem.clone().expect("the entry cannot be verified");
+    assert!(problem.contains("pak/b/generation.toml"), "{problem}");
+
+    // The command line says it in words, and in JSON only when it happens.
+    let img = tmp.path().join("corrupt.raw");
+    std::fs::write(&img, &bytes).unwrap();
+    let out = pak_cli(&["system", "status", "--disk", img.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("slot a: good, generation 1 (test, 1 packages)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "slot b: pending, generation 2, 3 tries left, 0 done (its description is unreadable: "
+        ),
+        "{text}"
+    );
+    let json = |img: &Path| {
+        let out = pak_cli(
+            &[
+                "system",
+                "status",
+                "--disk",
+                img.to_str().unwrap(),
+                "--json",
+            ],
+            None,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert!(json(&img)["slots"][1]["description_error"].is_string());
+    std::fs::write(&img, &good).unwrap();
+    assert!(json(&img)["slots"][1].get("description_error").is_none());
 }
 
 #[test]
@@ -518,10 +632,10 @@ fn a_cut_at_any_write_of_a_switch_leaves_a_bootable_disk() {
     d.mark_good().unwrap();
     let with_b = d.into_device().into_inner();
     let g3 = generation(tmp.path(), 3, &["hello", "jq"]);
-    let mut d = PakDisk::open(Cursor::new(with_b), "t", Some(('b', 2))).unwrap();
+    let mut d = PakDisk::open(Cursor::new(with_b), "t", Some((Slot::B, 2))).unwrap();
     // From generation 2 in slot b, the switch goes to slot a.
     let st = d.status().unwrap();
-    assert_eq!(st.booted_slot, Some('b'));
+    assert_eq!(st.booted_slot, Some(Slot::B));
     let before = d.into_device().into_inner();
     let (points2, booted) = cut_everywhere(
         tmp.path(),
@@ -561,6 +675,16 @@ fn a_cut_during_rollback_or_mark_good_leaves_a_bootable_disk() {
     eprintln!("rollback: {points} cut points");
 }
 
+/// `pak ARGS`, cut after `cut` device operations if given.
+fn pak_cli(args: &[&str], cut: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
+    c.args(args).env("PAK_NO_PROGRESS", "1");
+    if let Some(n) = cut {
+        c.env("PAK_CUT_AFTER_OPS", n);
+    }
+    c.output().unwrap()
+}
+
 /// The CLI on a real image file: the same code, and `PAK_CUT_AFTER_OPS`
 /// reaches it.
 #[test]
@@ -572,14 +696,7 @@ fn the_command_line_switches_a_disk_image() {
     std::fs::write(&img, disk_with(tmp.path(), &g1)).unwrap();
     let sqfs = tmp.path().join("g2.sqfs");
     std::fs::write(&sqfs, &g2.file).unwrap();
-    let pak = |args: &[&str], cut: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
-        c.args(args).env("PAK_NO_PROGRESS", "1");
-        if let Some(n) = cut {
-            c.env("PAK_CUT_AFTER_OPS", n);
-        }
-        c.output().unwrap()
-    };
+    let pak = pak_cli;
     let s = |p: &PathBuf| p.to_str().unwrap().to_string();
     let before = std::fs::read(&img).unwrap();
     let out = pak(

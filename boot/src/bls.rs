@@ -10,9 +10,11 @@
 
 use std::fmt;
 
+use crate::disk::{Slot, esp};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryName {
-    pub slot: char,
+    pub slot: Slot,
     pub generation: u64,
     /// (tries left, tries done); `None` for an entry marked good.
     pub tries: Option<(u32, u32)>,
@@ -34,11 +36,7 @@ impl EntryName {
             None => (rest, None),
         };
         let (slot, generation) = id.split_once('-')?;
-        let slot = match slot {
-            "a" => 'a',
-            "b" => 'b',
-            _ => return None,
-        };
+        let slot = Slot::parse(slot)?;
         let generation = generation.parse().ok()?;
         let tries = match counter {
             None => None,
@@ -93,7 +91,7 @@ impl fmt::Display for EntryName {
 /// generation whose init dies must reboot (and so use up a try), not hang.
 pub fn render_entry(
     system: &str,
-    slot: char,
+    slot: Slot,
     generation: u64,
     priority: u64,
     cmdline: &str,
@@ -103,8 +101,9 @@ pub fn render_entry(
     } else {
         " panic=10"
     };
+    let (kernel, initrd) = (esp::kernel(slot), esp::initrd(slot));
     format!(
-        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nlinux /pak/{slot}/vmlinuz\ninitrd /pak/{slot}/initrd\noptions {cmdline}{panic} pak.slot={slot} pak.generation={generation}\n"
+        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nlinux /{kernel}\ninitrd /{initrd}\noptions {cmdline}{panic} pak.slot={slot} pak.generation={generation}\n"
     )
 }
 
@@ -151,10 +150,10 @@ mod tests {
         ] {
             assert!(EntryName::parse(bad).is_none(), "{bad}");
         }
-        let e = render_entry("minimal", 'a', 1, 7, "console=ttyS0");
+        let e = render_entry("minimal", Slot::A, 1, 7, "console=ttyS0");
         assert!(e.contains("options console=ttyS0 panic=10 pak.slot=a pak.generation=1"));
         assert_eq!(priority(&e), Some(7));
-        let e = render_entry("minimal", 'b', 2, 3, "console=ttyS0 panic=5");
+        let e = render_entry("minimal", Slot::B, 2, 3, "console=ttyS0 panic=5");
         assert!(e.contains("options console=ttyS0 panic=5 pak.slot=b"));
         assert_eq!(priority("title x\n"), None);
     }

@@ -1,10 +1,14 @@
 //! The kernel command line options pak's boot uses.
 
+use crate::disk::{NotASlot, Slot};
+
 /// What `/init` needs from `/proc/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BootArgs {
-    /// `pak.slot=a|b`: which root partition (`root-a`, `root-b`).
-    pub slot: Option<String>,
+    /// `pak.slot=a|b`: which root partition (`root-a`, `root-b`). A value
+    /// naming neither is kept as the error, so `/init` can say what the
+    /// loader entry got wrong.
+    pub slot: Option<Result<Slot, NotASlot>>,
     /// `pak.generation=N`.
     pub generation: Option<u64>,
     /// `pak.debug=shell`: a shell instead of a reboot on failure.
@@ -20,7 +24,7 @@ pub fn parse(cmdline: &str) -> BootArgs {
     let mut a = BootArgs::default();
     for word in cmdline.split_whitespace() {
         match word.split_once('=') {
-            Some(("pak.slot", v)) => a.slot = Some(v.to_string()),
+            Some(("pak.slot", v)) => a.slot = Some(v.parse()),
             Some(("pak.generation", v)) => a.generation = v.parse().ok(),
             Some(("pak.debug", "shell")) => a.debug_shell = true,
             Some(("init", v)) => a.init = Some(v.to_string()),
@@ -33,16 +37,22 @@ pub fn parse(cmdline: &str) -> BootArgs {
 
 #[cfg(test)]
 mod tests {
+    use crate::disk::{NotASlot, Slot};
+
     #[test]
     fn parses_pak_options() {
         let a = super::parse(
             "console=ttyS0 pak.slot=b pak.generation=7 pak.debug=shell init=/bin/sh quiet",
         );
-        assert_eq!(a.slot.as_deref(), Some("b"));
+        assert_eq!(a.slot, Some(Ok(Slot::B)));
         assert_eq!(a.generation, Some(7));
         assert!(a.debug_shell);
         assert_eq!(a.init.as_deref(), Some("/bin/sh"));
         assert_eq!(super::parse("pak.watchdog=30").watchdog, Some(30));
         assert_eq!(super::parse("").slot, None);
+        assert_eq!(
+            super::parse("pak.slot=c").slot,
+            Some(Err(NotASlot("c".into())))
+        );
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use rustix::mount::{MountFlags, MountPropagationFlags};
 
 use crate::cmdline::{self, BootArgs};
+use crate::disk::{DATA_LABEL, Slot};
 
 const SYSROOT: &str = "/sysroot";
 const MODULE_LIST: &str = "/etc/pak/modules";
@@ -136,25 +137,32 @@ fn early() -> Result<BootArgs> {
         args.generation
             .map(|g| g.to_string())
             .unwrap_or_else(|| "?".into()),
-        args.slot.as_deref().unwrap_or("?")
+        match &args.slot {
+            Some(Ok(s)) => s.as_str(),
+            Some(Err(bad)) => &bad.0,
+            None => "?",
+        }
     ));
     Ok(args)
 }
 
 fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
     load_modules()?;
-    let slot = args
-        .slot
-        .as_deref()
-        .ok_or("the kernel command line has no pak.slot=a|b; the loader entry is broken")?;
-    if slot != "a" && slot != "b" {
-        return Err(format!("pak.slot={slot} is neither a nor b"));
-    }
-    let root_dev = wait_for_partition(&format!("root-{slot}"))?;
-    let data_dev = wait_for_partition("data")?;
+    let slot: Slot = match &args.slot {
+        None => {
+            return Err(
+                "the kernel command line has no pak.slot=a|b; the loader entry is broken".into(),
+            );
+        }
+        Some(Err(bad)) => return Err(format!("pak.slot={} is neither a nor b", bad.0)),
+        Some(Ok(s)) => *s,
+    };
+    let root_dev = wait_for_partition(slot.label())?;
+    let data_dev = wait_for_partition(DATA_LABEL)?;
     say(&format!(
-        "root is {} (root-{slot}), data is {}",
+        "root is {} ({}), data is {}",
         root_dev.display(),
+        slot.label(),
         data_dev.display()
     ));
 
@@ -442,10 +450,11 @@ fn has_ext_magic(dev: &Path) -> Result<bool> {
 /// mkfs.ext4, or busybox's mke2fs), run inside the mounted root.
 fn format_data(dev: &Path) -> Result<()> {
     let root = Path::new(SYSROOT);
+    // The filesystem is labelled like its partition.
     let candidates: [(&str, &[&str]); 3] = [
-        ("usr/sbin/mkfs.ext4", &["-q", "-F", "-L", "data"]),
-        ("usr/sbin/mke2fs", &["-L", "data"]),
-        ("usr/bin/busybox", &["mke2fs", "-L", "data"]),
+        ("usr/sbin/mkfs.ext4", &["-q", "-F", "-L", DATA_LABEL]),
+        ("usr/sbin/mke2fs", &["-L", DATA_LABEL]),
+        ("usr/bin/busybox", &["mke2fs", "-L", DATA_LABEL]),
     ];
     for (tool, args) in candidates {
         if fs::symlink_metadata(root.join(tool)).is_err() {

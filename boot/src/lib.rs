@@ -2,4 +2,5 @@
 
 pub mod bls;
 pub mod cmdline;
+pub mod disk;
 pub mod init;

@@ -1,15 +1,30 @@
-//! `pak system ...`: argument handling over [`crate::system`].
+//! `pak system ...`: argument handling over [`crate::system`], and the
+//! words for what it returns (`--json` prints the same data).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use super::{Global, SystemCommand};
-use crate::system::{self, Incoming, PakDisk};
+use crate::system::{Diff, Incoming, MarkGood, PakDisk, Rollback, Status};
+
+/// Fault injection for tests: `PAK_CUT_AFTER_OPS=N` lets a `--disk` run
+/// make N writes and flushes, then fails the rest as a power cut would.
+/// Read here and nowhere else; the running system's disk is never cut.
+const CUT_AFTER_OPS: &str = "PAK_CUT_AFTER_OPS";
 
 fn open(disk: Option<&Path>) -> Result<PakDisk> {
     match disk {
-        Some(d) => PakDisk::open_image(d),
+        Some(d) => {
+            let cut =
+                match std::env::var(CUT_AFTER_OPS) {
+                    Ok(n) => Some(n.parse().with_context(|| {
+                        format!("{CUT_AFTER_OPS} must be a number of operations")
+                    })?),
+                    Err(_) => None,
+                };
+            PakDisk::open_image(d, cut)
+        }
         None => PakDisk::open_live(),
     }
 }
@@ -21,7 +36,7 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", system::render(&status));
+                print!("{}", render_status(&status));
             }
         }
         SystemCommand::Generations { disk } => {
@@ -70,28 +85,19 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                 None => {
                     let p = super::project::project(g)?;
                     super::project::lock_if_needed(g, &p)?;
-                    let number = d.newest_generation()? + 1;
-                    let dir = p.root.dir().join("tmp");
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("cannot create {}", dir.display()))?;
-                    let tmp = tempfile::Builder::new()
-                        .prefix(".generation-")
-                        .suffix(".sqfs")
-                        .tempfile_in(&dir)?;
-                    let built = crate::image::build_generation(&p, number, tmp.path())?;
+                    let next = d.build_next(&p)?;
                     if !g.quiet {
                         println!(
-                            "built generation {number} of {} ({} packages)",
-                            built.meta.system,
-                            built.meta.packages.len()
+                            "built generation {} of {} ({} packages)",
+                            next.meta.number,
+                            next.meta.system,
+                            next.meta.packages.len()
                         );
                     }
-                    let f = std::fs::File::open(tmp.path())?;
-                    let mut incoming = Incoming::read(f, &format!("generation {number}"))?;
-                    d.switch(&mut incoming, force)?
+                    d.switch(&mut next.incoming()?, force)?
                 }
             };
-            if std::env::var_os("PAK_CUT_AFTER_OPS").is_some() {
+            if std::env::var_os(CUT_AFTER_OPS).is_some() {
                 eprintln!("pak: device operations: {}", d.device().ops);
             }
             println!(
@@ -114,18 +120,20 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
             if reboot && disk.is_some() {
                 bail!("--reboot is for the running system");
             }
-            println!("{}", open(disk.as_deref())?.rollback()?);
+            println!("{}", render_rollback(open(disk.as_deref())?.rollback()?));
             if reboot {
                 reboot_now()?;
             }
         }
-        SystemCommand::MarkGood { disk } => println!("{}", open(disk.as_deref())?.mark_good()?),
+        SystemCommand::MarkGood { disk } => {
+            println!("{}", render_mark_good(&open(disk.as_deref())?.mark_good()?))
+        }
         SystemCommand::Diff { disk, from, to } => {
             let d = open(disk.as_deref())?.diff(from, to)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                print!("{}", d.render());
+                print!("{}", render_diff(&d));
             }
         }
         SystemCommand::Verify { disk } => {
@@ -145,6 +153,99 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let verb = if s.live { "booted" } else { "boots next" };
+    match (s.booted_slot, s.booted_generation) {
+        (Some(slot), Some(g)) => {
+            let good = match s.booted_good {
+                Some(true) => "marked good",
+                Some(false) => "not marked good yet",
+                None => "no entry",
+            };
+            out.push_str(&format!(
+                "{verb}: generation {g} from slot {slot} ({good})\n"
+            ))
+        }
+        _ => out.push_str("no generation boots from this disk\n"),
+    }
+    out.push_str(&format!(
+        "default entry: {}\n",
+        s.default_entry.as_deref().unwrap_or("none")
+    ));
+    if let Some(r) = &s.rolled_back {
+        out.push_str(&format!("rolled back: {r}\n"));
+    }
+    for slot in &s.slots {
+        let mut line = format!("slot {}: {}", slot.slot, slot.state);
+        if let Some(g) = slot.generation {
+            line.push_str(&format!(", generation {g}"));
+        }
+        if let (Some(l), Some(d)) = (slot.tries_left, slot.tries_done) {
+            line.push_str(&format!(", {l} tries left, {d} done"));
+        }
+        if let (Some(sys), Some(n)) = (&slot.system, slot.packages) {
+            line.push_str(&format!(" ({sys}, {n} packages)"));
+        }
+        if let Some(e) = &slot.description_error {
+            line.push_str(&format!(" (its description is unreadable: {e})"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if !s.etc_conflicts.is_empty() {
+        out.push_str(
+            "/etc files you changed that this generation also changed (yours are in use):\n",
+        );
+        for c in &s.etc_conflicts {
+            out.push_str(&format!("  {c}\n"));
+        }
+    }
+    out
+}
+
+fn render_diff(d: &Diff) -> String {
+    let mut out = format!("generation {} -> {}\n", d.from, d.to);
+    for (n, v) in &d.added {
+        out.push_str(&format!("+ {n} {v}\n"));
+    }
+    for (n, v) in &d.removed {
+        out.push_str(&format!("- {n} {v}\n"));
+    }
+    for (n, a, b) in &d.changed {
+        out.push_str(&format!("~ {n} {a} -> {b}\n"));
+    }
+    if d.is_empty() {
+        out.push_str("same packages\n");
+    }
+    out
+}
+
+fn render_rollback(r: Rollback) -> String {
+    match r {
+        Rollback::Done { slot, generation } => {
+            format!("generation {generation} (slot {slot}) boots next; reboot to use it")
+        }
+        Rollback::AlreadyNext { slot, generation } => {
+            format!("generation {generation} (slot {slot}) already boots next")
+        }
+    }
+}
+
+fn render_mark_good(m: &MarkGood) -> String {
+    match m {
+        MarkGood::Marked {
+            slot,
+            generation,
+            from,
+            to,
+        } => format!("marked generation {generation} (slot {slot}) good: {from} -> {to}"),
+        MarkGood::AlreadyGood { slot, generation } => {
+            format!("generation {generation} (slot {slot}) is already marked good")
+        }
+    }
 }
 
 fn reboot_now() -> Result<()> {

@@ -183,12 +183,33 @@ pub fn write<W: Write + Seek>(
 
 /// Reads the primary GPT.
 pub fn read<R: Read + Seek>(r: &mut R) -> Result<Vec<Partition>> {
+    match read_table(r)? {
+        Ok(parts) => Ok(parts),
+        Err(absent) => bail!("{absent}"),
+    }
+}
+
+/// Reads the primary GPT if there is one: `None` when the disk has no GPT
+/// signature at all (a generation file, a blank disk), an error when it
+/// has one that cannot be read or is corrupt.
+pub fn probe<R: Read + Seek>(r: &mut R) -> Result<Option<Vec<Partition>>> {
+    Ok(read_table(r)?.ok())
+}
+
+/// The partitions, or (inner `Err`) why there is no GPT to read.
+fn read_table<R: Read + Seek>(
+    r: &mut R,
+) -> Result<std::result::Result<Vec<Partition>, &'static str>> {
     let mut h = [0u8; 92];
     r.seek(SeekFrom::Start(SECTOR))?;
-    r.read_exact(&mut h)
-        .context("the disk is too small for a GPT")?;
+    match r.read_exact(&mut h) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Ok(Err("the disk is too small for a GPT"));
+        }
+        r => r.context("cannot read the GPT header")?,
+    }
     if &h[0..8] != b"EFI PART" {
-        bail!("no GUID partition table: this is not a pak disk");
+        return Ok(Err("no GUID partition table: this is not a pak disk"));
     }
     let mut check = h;
     check[16..20].fill(0);
@@ -203,7 +224,8 @@ pub fn read<R: Read + Seek>(r: &mut R) -> Result<Vec<Partition>> {
     }
     let mut entries = vec![0u8; n * size];
     r.seek(SeekFrom::Start(lba * SECTOR))?;
-    r.read_exact(&mut entries)?;
+    r.read_exact(&mut entries)
+        .context("cannot read the GPT partition entries")?;
     if crc32fast::hash(&entries) != u32::from_le_bytes(h[88..92].try_into()?) {
         bail!("the GPT partition entries checksum is wrong: the partition table is corrupt");
     }
@@ -225,7 +247,7 @@ pub fn read<R: Read + Seek>(r: &mut R) -> Result<Vec<Partition>> {
             last_lba: u64::from_le_bytes(e[40..48].try_into()?),
         });
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 #[cfg(test)]
@@ -275,5 +297,35 @@ mod tests {
             let text = String::from_utf8_lossy(&p.stdout);
             assert!(text.contains("root-a") && text.contains("EF00"), "{text}");
         }
+    }
+
+    #[test]
+    fn probe_tells_no_table_from_a_corrupt_one() {
+        use std::io::Cursor;
+        let total = 8 * 1024 * 1024 / SECTOR;
+        let parts = vec![Partition {
+            label: "esp".into(),
+            type_guid: ESP_TYPE.into(),
+            guid: derived_guid("a"),
+            first_lba: 2048,
+            last_lba: 4095,
+        }];
+        let mut disk = Cursor::new(vec![0u8; (total * SECTOR) as usize]);
+        write(&mut disk, total, &derived_guid("disk"), &parts).unwrap();
+        assert_eq!(probe(&mut disk).unwrap(), Some(parts));
+        // No table: zeros, or a file too short to hold one.
+        assert_eq!(probe(&mut Cursor::new(vec![0u8; 8192])).unwrap(), None);
+        assert_eq!(probe(&mut Cursor::new(vec![0u8; 100])).unwrap(), None);
+        assert!(
+            read(&mut Cursor::new(vec![0u8; 8192]))
+                .unwrap_err()
+                .to_string()
+                .contains("no GUID partition table")
+        );
+        // A table whose entries were damaged is an error, not "no table".
+        let mut bytes = disk.into_inner();
+        bytes[2 * SECTOR as usize + 60] ^= 1;
+        let err = probe(&mut Cursor::new(bytes)).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use pak_boot::disk::{DATA_LABEL, ESP_LABEL, Slot};
 
 use gpt::{Partition, SECTOR};
 
@@ -81,10 +82,10 @@ impl Layout {
         let mut at = s(MIB);
         let mut out = Vec::new();
         for (label, ty, size) in [
-            ("esp", gpt::ESP_TYPE, self.esp),
-            ("root-a", gpt::ROOT_X86_64_TYPE, self.slot),
-            ("root-b", gpt::ROOT_X86_64_TYPE, self.slot),
-            ("data", gpt::VAR_TYPE, self.data),
+            (ESP_LABEL, gpt::ESP_TYPE, self.esp),
+            (Slot::A.label(), gpt::ROOT_X86_64_TYPE, self.slot),
+            (Slot::B.label(), gpt::ROOT_X86_64_TYPE, self.slot),
+            (DATA_LABEL, gpt::VAR_TYPE, self.data),
         ] {
             out.push(Partition {
                 label: label.into(),
@@ -144,7 +145,7 @@ pub fn create(
     crate::disk::fat::write(&mut w, parts[0].offset(), parts[0].size(), "ESP", esp_files)?;
     w.seek(SeekFrom::Start(parts[1].offset()))?;
     let mut f = File::open(slot_a)?;
-    let bar = crate::util::progress::bytes(gen_size, "write root-a");
+    let bar = crate::util::progress::bytes(gen_size, &format!("write {}", Slot::A.label()));
     let mut buf = vec![0u8; 4 * MIB as usize];
     loop {
         let n = f.read(&mut buf)?;

@@ -253,7 +253,9 @@ pub fn generation_from(
     })
 }
 
-/// The ESP's files for a new disk whose slot a holds `built`.
+/// The ESP's files for a new disk whose slot a holds `built`: the same
+/// files a switch writes for a slot ([`pak_boot::disk::SlotBoot`]), with
+/// the boot loader and its configuration.
 pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
     let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
     let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
@@ -269,27 +271,20 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
     let sdboot = read_from_tree(&built.tree, SYSTEMD_BOOT).context(
         "the image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi); add systemd-boot-efi to [packages] (the base profile has it)",
     )?;
-    let entry = pak_boot::bls::EntryName {
-        slot: 'a',
+    let description = m.to_toml();
+    let boot = pak_boot::disk::SlotBoot {
+        slot: pak_boot::disk::Slot::A,
         generation: m.number,
-        tries: Some((m.tries, 0)),
+        system: &m.system,
+        cmdline: &m.cmdline,
+        tries: Some(m.tries),
+        // The only entry: any priority boots; later switches count up from it.
+        priority: 1,
+        kernel: &kernel,
+        initrd: &initrd,
+        description: description.as_bytes(),
     };
-    Ok(vec![
-        ("EFI/BOOT/BOOTX64.EFI".into(), sdboot),
-        (
-            "loader/loader.conf".into(),
-            pak_boot::bls::LOADER_CONF.as_bytes().to_vec(),
-        ),
-        (
-            format!("loader/entries/{entry}"),
-            pak_boot::bls::render_entry(&m.system, 'a', m.number, 1, &m.cmdline).into_bytes(),
-        ),
-        ("pak/a/vmlinuz".into(), kernel),
-        ("pak/a/initrd".into(), initrd),
-        // The slot's description beside its kernel, so the host side can
-        // report slots without reading their squashfs.
-        ("pak/a/generation.toml".into(), m.to_toml().into_bytes()),
-    ])
+    Ok(pak_boot::disk::new_esp(&sdboot, &boot))
 }
 
 /// `pak build -o IMAGE`.
@@ -402,7 +397,12 @@ pub fn differences(a: &Path, b: &Path) -> Result<Vec<Difference>> {
     let (len_a, len_b) = (fa.metadata()?.len(), fb.metadata()?.len());
     // The regions compared separately: the partitions, and what lies
     // outside them (the partition tables).
-    let parts = crate::disk::gpt::read(&mut open(a)?).unwrap_or_default();
+    // No partition table: a generation file, or not an image at all (then
+    // the squashfs check says so). A corrupt one cannot be compared by
+    // partition.
+    let parts = crate::disk::gpt::probe(&mut open(a)?)
+        .with_context(|| format!("{}: cannot read its partition table", a.display()))?
+        .unwrap_or_default();
     let generation = parts.is_empty() && squashfs::Reader::open(open(a)?, 0).is_ok();
     let region = |at: u64| -> (String, u64, u64) {
         if generation {

@@ -57,9 +57,10 @@ pub fn read_embedded(image: &Path) -> Result<(ImageKind, Embedded)> {
         || std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()));
     let (kind, base) = match crate::disk::gpt::read(&mut open()?) {
         Ok(parts) => {
-            let slot = parts.iter().find(|p| p.label == "root-a").with_context(|| {
+            let root_a = pak_boot::disk::Slot::A.label();
+            let slot = parts.iter().find(|p| p.label == root_a).with_context(|| {
                 format!(
-                    "{} has a partition table but no root-a partition: it is not a disk made by `pak build`",
+                    "{} has a partition table but no {root_a} partition: it is not a disk made by `pak build`",
                     image.display()
                 )
             })?;

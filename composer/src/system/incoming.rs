@@ -1,0 +1,59 @@
+//! A generation file on its way to a slot: read, and its seal checked,
+//! before anything on the disk is touched.
+
+use std::io::{Read, Seek};
+
+use anyhow::{Context, Result};
+
+use crate::image::generation::{self, GenerationMeta};
+use crate::image::squashfs::Reader;
+
+/// A generation read from a generation file, checked, ready to write.
+pub struct Incoming<S> {
+    pub(super) source: S,
+    /// What to call the file in messages.
+    pub(super) name: String,
+    pub meta: GenerationMeta,
+    pub(super) kernel: Vec<u8>,
+    pub(super) initrd: Vec<u8>,
+    /// The squashfs and its seal: what goes to the slot.
+    pub(super) image_size: u64,
+    pub(super) image_sha256: String,
+}
+
+impl<S: Read + Seek> Incoming<S> {
+    /// Reads the description, kernel and initrd of the generation file
+    /// `source` and checks its seal (the sha256 `pak build` put behind the
+    /// squashfs), so a corrupt file is refused before the disk is touched.
+    pub fn read(mut source: S, name: &str) -> Result<Self> {
+        let not_gen = || {
+            format!(
+                "{name} is not a pak generation file (make one with `pak build --generation FILE.sqfs`)"
+            )
+        };
+        let (meta, kernel, initrd, used) = {
+            let mut r = Reader::open(&mut source, 0).with_context(not_gen)?;
+            let text = r.read(generation::META_FILE).with_context(not_gen)?;
+            let meta = GenerationMeta::parse(&String::from_utf8_lossy(&text))
+                .with_context(|| format!("{name}: its {} is invalid", generation::META_FILE))?;
+            let kernel = r
+                .read(&meta.kernel)
+                .with_context(|| format!("{name} is corrupt: cannot read its kernel"))?;
+            let initrd = r
+                .read(&meta.initrd)
+                .with_context(|| format!("{name} is corrupt: cannot read its initrd"))?;
+            (meta, kernel, initrd, r.bytes_used())
+        };
+        let (image_size, image_sha256) = generation::check_seal(&mut source, used)
+            .with_context(|| format!("{name} is corrupt or incomplete"))?;
+        Ok(Incoming {
+            source,
+            name: name.to_string(),
+            meta,
+            kernel,
+            initrd,
+            image_size,
+            image_sha256,
+        })
+    }
+}

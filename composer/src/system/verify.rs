@@ -1,0 +1,57 @@
+//! `pak system verify`: does every entry that can boot boot what it names?
+
+use anyhow::{Context, Result, bail};
+use pak_boot::bls::EntryName;
+use pak_boot::disk::esp;
+
+use super::device::read_sha256;
+use super::{Device, PakDisk};
+use crate::util::fsutil::sha256_hex;
+
+impl<D: Device> PakDisk<D> {
+    /// Checks every entry that can boot: its kernel and initrd on the ESP
+    /// and its slot's squashfs match what was recorded when they were
+    /// written. Returns the entries in boot order, each with what is wrong
+    /// with it, if anything.
+    pub fn verify(&mut self) -> Result<Vec<(EntryName, Option<String>)>> {
+        let mut out = Vec::new();
+        for e in self.entries()? {
+            let problem = self.verify_entry(&e.name).err().map(|e| format!("{e:#}"));
+            out.push((e.name, problem));
+        }
+        Ok(out)
+    }
+
+    fn verify_entry(&mut self, name: &EntryName) -> Result<()> {
+        let slot = name.slot;
+        let description = esp::description(slot);
+        let meta = self
+            .slot_meta(slot)?
+            .with_context(|| format!("no {description}"))?;
+        if meta.number != name.generation {
+            bail!(
+                "the entry names generation {} but slot {slot} holds {}",
+                name.generation,
+                meta.number
+            );
+        }
+        let w = meta
+            .written
+            .with_context(|| format!("{description} records no sha256"))?;
+        for (f, want) in [
+            (esp::kernel(slot), &w.kernel_sha256),
+            (esp::initrd(slot), &w.initrd_sha256),
+        ] {
+            let bytes = self.esp.read(&f)?;
+            if &sha256_hex(&bytes) != want {
+                bail!("{f} does not match its sha256");
+            }
+        }
+        let off = self.partition(slot).offset();
+        let got = read_sha256(self.esp.device(), off, w.image_size)?;
+        if got != w.image_sha256 {
+            bail!("slot {slot} does not hold the generation written there");
+        }
+        Ok(())
+    }
+}
