@@ -634,7 +634,7 @@ fn render_pakfile(
         out.push_str(&format!(
             "\n[[repository]]\nname = {}\nkind = {}\n",
             q(&r.name),
-            q(&r.kind)
+            q(r.kind.as_str())
         ));
         if let Some(url) = &r.url {
             out.push_str(&format!("url = {}\n", q(url)));

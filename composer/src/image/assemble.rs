@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
+use crate::packages::paths::{MERGED, canonical};
+
 /// What a package ships at one path, as its BOM says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkgEntry {
@@ -66,27 +68,6 @@ pub struct Node {
 #[derive(Debug, Default, Clone)]
 pub struct RootTree {
     pub nodes: BTreeMap<String, Node>,
-}
-
-const MERGED: &[(&str, &str)] = &[
-    ("bin", "usr/bin"),
-    ("sbin", "usr/sbin"),
-    ("lib", "usr/lib"),
-    ("lib64", "usr/lib64"),
-];
-
-/// Maps a package path onto merged-/usr.
-pub fn canonical(path: &str) -> String {
-    let path = path.trim_start_matches('/');
-    for (from, to) in MERGED {
-        if path == *from {
-            return to.to_string();
-        }
-        if let Some(rest) = path.strip_prefix(from).and_then(|r| r.strip_prefix('/')) {
-            return format!("{to}/{rest}");
-        }
-    }
-    path.to_string()
 }
 
 /// A relative symlink keeps pointing where it pointed when its own

@@ -228,7 +228,7 @@ fn busybox_applets(tree: &mut RootTree) -> Result<()> {
     let applets = list_applets(source)?;
     let target = format!("/{path}");
     for applet in applets {
-        let applet = crate::image::assemble::canonical(&applet);
+        let applet = crate::packages::paths::canonical(&applet);
         if applet.is_empty() || tree.get(&applet).is_some() {
             continue;
         }

@@ -68,7 +68,7 @@ fn directories(tree: &RootTree) -> Vec<String> {
             _ => continue,
         };
         for line in text.lines().map(str::trim).filter(|l| l.starts_with('/')) {
-            let d = crate::image::assemble::canonical(line.trim_end_matches('/'));
+            let d = crate::packages::paths::canonical(line.trim_end_matches('/'));
             if !dirs.contains(&d) {
                 dirs.push(d);
             }

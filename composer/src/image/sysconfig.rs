@@ -314,7 +314,7 @@ fn repositories(p: &Pakfile) -> Result<Option<String>> {
         else {
             continue;
         };
-        if r.kind != "pak" {
+        if r.kind != crate::spec::pakfile::RepoKind::Pak {
             continue;
         }
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();

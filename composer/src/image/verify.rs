@@ -229,7 +229,7 @@ fn seed_downloads(pakfile: &Pakfile, lock: &Lock, root: &StateDir, seeds: &Seeds
         };
         // A pak repository may also serve a Debian package as it is (a
         // vendored one); the cache keeps each by its own extension.
-        let exts: &[&str] = if repo.kind == "apt" {
+        let exts: &[&str] = if repo.kind == crate::spec::pakfile::RepoKind::Apt {
             &["deb"]
         } else {
             &["pak", "deb"]
@@ -245,7 +245,7 @@ fn seed_downloads(pakfile: &Pakfile, lock: &Lock, root: &StateDir, seeds: &Seeds
             }
         }
         let url = repo.url.as_deref().unwrap_or("");
-        let remote = repo.kind == "apt"
+        let remote = repo.kind == crate::spec::pakfile::RepoKind::Apt
             || crate::sources::fetch::is_remote(url)
             || crate::sources::fetch::is_remote(&p.location);
         if !remote {

@@ -48,46 +48,26 @@ impl std::hash::Hasher for Fnv {
 
 type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
-#[derive(Debug)]
+/// Why the resolver found no set of packages. Callers branch on the kind
+/// (an unknown name is worth a search; a conflict is not).
+#[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// A root names nothing any repository offers.
+    #[error("no repository offers a package named {name:?}, and no package provides it{}{} (`pak search` looks through the Pakfile's repositories)",
+        if suggestions.is_empty() { "" } else { "; did you mean " },
+        if suggestions.is_empty() { String::new() } else { format!("{}?", suggestions.join(", ")) })]
     Unknown {
         name: String,
         suggestions: Vec<String>,
     },
     /// A root requirement could not be parsed.
+    #[error("{0}")]
     Invalid(String),
-    /// No set of candidates satisfies everything; the text explains why.
-    Unsatisfiable(String),
+    /// No set of candidates satisfies everything: why, one sentence a line
+    /// (see `explain`).
+    #[error("the Pakfile's requirements cannot all be met together:\n  {}\nChange or remove one of the requirements named above, or add a repository that offers what is missing.", .0.join("\n  "))]
+    Unsatisfiable(Vec<String>),
 }
-
-impl fmt::Display for ResolveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ResolveError::Unknown { name, suggestions } => {
-                write!(
-                    f,
-                    "no repository offers a package named {name:?}, and no package provides it"
-                )?;
-                if !suggestions.is_empty() {
-                    write!(f, "; did you mean {}?", suggestions.join(", "))?;
-                }
-                write!(
-                    f,
-                    " (`pak search` looks through the Pakfile's repositories)"
-                )
-            }
-            ResolveError::Invalid(e) => f.write_str(e),
-            ResolveError::Unsatisfiable(why) => write!(
-                f,
-                "the Pakfile's requirements cannot all be met together:\n{}\nChange or remove one of the requirements named above, or add a repository that offers what is missing.",
-                why.trim_end()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ResolveError {}
 
 #[derive(Debug, Clone)]
 enum SolvKind {
@@ -576,12 +556,16 @@ pub fn resolve(
             out.sort_by(|a, b| cands[*a].info.name.cmp(&cands[*b].info.name));
             Ok(out)
         }
-        Err(UnsolvableOrCancelled::Unsolvable(conflict)) => Err(ResolveError::Unsatisfiable(
-            conflict.display_user_friendly(&solver).to_string(),
-        )),
-        Err(UnsolvableOrCancelled::Cancelled(_)) => Err(ResolveError::Unsatisfiable(
+        Err(UnsolvableOrCancelled::Unsolvable(conflict)) => {
+            let graph = conflict.graph(&solver);
+            Err(ResolveError::Unsatisfiable(super::explain::explain(
+                &graph,
+                solver.provider(),
+            )))
+        }
+        Err(UnsolvableOrCancelled::Cancelled(_)) => Err(ResolveError::Unsatisfiable(vec![
             "resolution was cancelled".into(),
-        )),
+        ])),
     }
 }
 
@@ -838,6 +822,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("a 2.0") && msg.contains("b >= 3"), "{msg}");
+    }
+
+    #[test]
+    fn a_conflict_is_told_in_sentences_top_to_bottom() {
+        let (u9, u11) = ("1.22.1-9+deb12u9", "1.22.1-9+deb12u11");
+        let c = vec![
+            cand("nginx", u11, &[&format!("nginx-common = {u11}")], &[], &[]),
+            cand("nginx-common", u11, &[], &[], &[]),
+            cand("nginx-common", u9, &[], &[], &[]),
+        ];
+        let err = resolve(
+            &c,
+            "x86_64",
+            &roots(&[("nginx", "*"), ("nginx-common", &format!("= {u9}"))]),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        let ResolveError::Unsatisfiable(lines) = &err else {
+            panic!("{err}")
+        };
+        eprintln!("{err}");
+        assert_eq!(
+            lines,
+            &[
+                format!("The Pakfile asks for nginx and nginx-common = {u9}."),
+                format!(
+                    "nginx {u11} needs nginx-common = {u11}, but only one version of nginx-common can be installed, and the Pakfile asks for nginx-common = {u9}."
+                ),
+                format!("So nginx {u11} cannot be installed."),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chain_ends_in_what_nothing_offers() {
+        let c = vec![
+            cand("app", "1", &["lib >= 2"], &[], &[]),
+            cand("app", "2", &["lib >= 3"], &[], &[]),
+            cand("lib", "2", &["tool"], &[], &[]),
+        ];
+        let err = resolve(&c, "x86_64", &roots(&[("app", "*")]), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        eprintln!("{err}");
+        assert!(err.contains("no repository offers tool"), "{err}");
+        assert!(
+            err.contains("So no version of app can be installed."),
+            "{err}"
+        );
     }
 
     #[test]

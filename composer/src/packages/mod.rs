@@ -7,5 +7,6 @@ pub mod deb;
 pub mod debian;
 pub mod package;
 pub mod pakinfo;
+pub mod paths;
 pub mod requirement;
 pub mod version;

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::lock::LockedPackage;
 use crate::packages::candidate::Candidate;
-use crate::spec::pakfile::Pakfile;
+use crate::spec::pakfile::{Pakfile, RepoKind};
 use crate::state::StateDir;
 use crate::store::{Store, StoreEntry};
 use apt::AptHost;
@@ -84,14 +84,14 @@ impl Sources {
     pub fn from_pakfile(p: &Pakfile) -> Result<Sources> {
         let mut list = Vec::new();
         for spec in &p.repository {
-            list.push(match spec.kind.as_str() {
-                "apt" => Source::Apt {
+            list.push(match spec.kind {
+                RepoKind::Apt => Source::Apt {
                     name: spec.name.clone(),
                     host: AptHost::system(),
                     snapshot: spec.snapshot.as_deref().map(|s| resolve_url(s, &p.dir)),
                     mirror: spec.mirror.as_deref().map(|s| resolve_url(s, &p.dir)),
                 },
-                _ => Source::Pak {
+                RepoKind::Pak => Source::Pak {
                     repo: Repository::from_spec(spec, &p.dir)?,
                     index: OnceCell::new(),
                     mirror: spec.mirror.as_deref().map(|s| resolve_url(s, &p.dir)),

@@ -77,9 +77,8 @@ fn default_arch() -> String {
 #[serde(deny_unknown_fields)]
 pub struct RepositorySpec {
     pub name: String,
-    /// `pak` (a signed index, the default) or `apt` (the host's Debian archive).
-    #[serde(default = "default_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: RepoKind,
     /// For `pak` repositories: a directory (relative to the Pakfile), `file://` or `http(s)://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -102,8 +101,25 @@ pub struct RepositorySpec {
     pub mirror: Option<String>,
 }
 
-fn default_kind() -> String {
-    "pak".into()
+/// What a `[[repository]]` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoKind {
+    /// A signed pak index and its packages (a directory or a URL).
+    #[default]
+    Pak,
+    /// Debian's archive, through the building host's apt configuration.
+    Apt,
+}
+
+impl RepoKind {
+    /// As written in a Pakfile.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoKind::Pak => "pak",
+            RepoKind::Apt => "apt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,8 +261,8 @@ impl Pakfile {
                     repo.name
                 );
             }
-            match repo.kind.as_str() {
-                "pak" => {
+            match repo.kind {
+                RepoKind::Pak => {
                     if repo.snapshot.is_some() {
                         bail!(
                             "repository {:?} has a `snapshot`, which only applies to kind = \"apt\" repositories (a pak repository keeps its own packages); remove it",
@@ -266,11 +282,7 @@ impl Pakfile {
                         );
                     }
                 }
-                "apt" => {}
-                other => bail!(
-                    "repository {:?} has unknown kind {other:?}; use \"pak\" or \"apt\"",
-                    repo.name
-                ),
+                RepoKind::Apt => {}
             }
         }
         for path in self.files.keys() {
@@ -378,7 +390,7 @@ mod tests {
         let p = Pakfile::parse(STARTER).unwrap();
         assert_eq!(p.system.profiles, vec!["base"]);
         assert_eq!(p.boot.tries, 3);
-        assert_eq!(p.repository[0].kind, "apt");
+        assert_eq!(p.repository[0].kind, RepoKind::Apt);
     }
 
     #[test]

@@ -165,14 +165,14 @@ impl Store {
     /// `/bin`, `/sbin`, `/lib`, `/lib64` and their `/usr` twins are the
     /// same on merged-/usr images, so either spelling finds the file.
     pub fn owns(&self, path: &str) -> Result<Vec<(StoreEntry, String)>> {
-        let want = crate::image::assemble::canonical(path.trim_end_matches('/'));
+        let want = crate::packages::paths::canonical(path.trim_end_matches('/'));
         let mut out = Vec::new();
         for e in self.entries()? {
             for b in e.bom()?.entries {
                 if matches!(b.kind, Kind::Dir) {
                     continue;
                 }
-                if crate::image::assemble::canonical(&b.path) == want {
+                if crate::packages::paths::canonical(&b.path) == want {
                     out.push((e.clone(), b.path));
                 }
             }

@@ -151,11 +151,17 @@ impl Machine {
     }
 
     fn failure(&self, what: &str) -> anyhow::Error {
-        anyhow::anyhow!(
-            "{what}\n--- last console lines ---\n{}\n--- full console log: {} ---",
-            self.tail(40),
-            self.log.display()
-        )
+        self.failed(Failure::Other, what)
+    }
+
+    fn failed(&self, kind: Failure, what: &str) -> anyhow::Error {
+        ConsoleError {
+            kind,
+            what: what.to_string(),
+            tail: self.tail(40),
+            log: self.log.clone(),
+        }
+        .into()
     }
 
     /// Waits until the console shows `pred`'s match after the cursor;
@@ -177,7 +183,10 @@ impl Machine {
             }
             if con.closed {
                 drop(con);
-                return Err(self.failure(&format!("the machine stopped while waiting for {what}")));
+                return Err(self.failed(
+                    Failure::Stopped,
+                    &format!("the machine stopped while waiting for {what}"),
+                ));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -232,7 +241,7 @@ impl Machine {
                     self.execute("dmesg -n 1 2>/dev/null", left)?;
                     return Ok(());
                 }
-                Err(e) if e.to_string().contains("stopped") => return Err(e),
+                Err(e) if ConsoleError::is(&e, Failure::Stopped) => return Err(e),
                 Err(_) => continue,
             }
         }
@@ -466,6 +475,32 @@ pub fn run_script(cfg: &VmConfig, script: &[(usize, Step)], log: &Path) -> Resul
         }
     }
     Ok(())
+}
+
+/// Why waiting on the console failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// QEMU exited: waiting longer cannot help.
+    Stopped,
+    Other,
+}
+
+/// A failure on the console, with its last lines and where the whole log is.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}\n--- last console lines ---\n{tail}\n--- full console log: {} ---", log.display())]
+pub struct ConsoleError {
+    pub kind: Failure,
+    what: String,
+    tail: String,
+    log: PathBuf,
+}
+
+impl ConsoleError {
+    /// Whether `err` is a console failure of this kind.
+    pub fn is(err: &anyhow::Error, kind: Failure) -> bool {
+        err.downcast_ref::<ConsoleError>()
+            .is_some_and(|e| e.kind == kind)
+    }
 }
 
 #[cfg(test)]
