@@ -166,6 +166,12 @@ fn errors_in_the_pakfile() {
     p.pakfile("b = \"*\"\nc = \"*\"\n");
     s.fails(&["lock"]);
     s.fails(&["--pakfile", "Missing", "lock"]);
+    p.package("c", "1.0-1", &["a >= 2"]);
+    p.package("a", "2.0-1", &[]);
+    p.index();
+    p.pakfile("a = \"< 2\"\nc = \"*\"\n");
+    s.note("c 1.0-1 (needs a >= 2) and a 2.0-1 published; the Pakfile pins a < 2");
+    s.fails(&["lock"]);
     s.snapshot("pakfile_errors");
     assert!(!p.path("Pakfile.lock").exists(), "no lock on failure");
 }
