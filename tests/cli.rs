@@ -271,6 +271,8 @@ fn system_status_generations_and_diff_on_a_disk() {
     s.fails(&["system", "diff", "--disk", "disk.raw", "1", "7"]);
     s.ok(&["system", "rollback", "--disk", "disk.raw"]);
     s.ok(&["system", "status", "--disk", "disk.raw"]);
+    s.ok(&["system", "status", "--disk", "disk.raw", "--json"]);
+    s.ok(&["system", "generations", "--disk", "disk.raw", "--json"]);
     s.snapshot("system_on_a_disk");
 }
 

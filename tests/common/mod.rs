@@ -339,7 +339,7 @@ impl Ran {
         self.stdout()
     }
 
-    /// It failed (and did not crash); its stderr.
+    /// It failed, and did not crash; its stderr.
     #[track_caller]
     pub fn fails(self) -> String {
         assert!(
@@ -349,9 +349,11 @@ impl Ran {
             self.stdout(),
             self.stderr()
         );
+        // A refusal is an error message and exit 1, never a panic (101)
+        // or a signal.
         assert!(
-            self.output.status.code().is_some(),
-            "{} was killed ({})\nstderr: {}",
+            self.output.status.code().is_some_and(|c| c != 101),
+            "{} crashed ({})\nstderr: {}",
             self.what,
             self.output.status,
             self.stderr()
