@@ -1,9 +1,17 @@
 //! Where pak keeps its state: the store, seen repository indexes, locks.
 //!
-//! root: `/var/lib/pak`; others: `$XDG_DATA_HOME/pak` (or
+//! root: [`SYSTEM_ROOT`]; others: `$XDG_DATA_HOME/pak` (or
 //! `~/.local/share/pak`). `--root` overrides both.
 
 use std::path::{Path, PathBuf};
+
+/// root's state, which is also the system's: images keep it on their data
+/// partition, and unprivileged callers read package trees from its store.
+pub const SYSTEM_ROOT: &str = "/var/lib/pak";
+
+/// Where unprivileged callers look for the system's state instead of
+/// [`SYSTEM_ROOT`] (tests, and hosts that keep it elsewhere).
+pub const SYSTEM_ROOT_VAR: &str = "PAK_SYSTEM_ROOT";
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -18,7 +26,7 @@ impl StateDir {
     /// The default root for the calling user.
     pub fn default_for_user() -> Self {
         if rustix::process::geteuid().is_root() {
-            return StateDir::new("/var/lib/pak");
+            return StateDir::new(SYSTEM_ROOT);
         }
         let data = std::env::var_os("XDG_DATA_HOME")
             .filter(|v| !v.is_empty())
@@ -26,6 +34,17 @@ impl StateDir {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
             .unwrap_or_else(|| PathBuf::from(".pak-data"));
         StateDir::new(data.join("pak"))
+    }
+
+    /// The system's state as other users find it: [`SYSTEM_ROOT`], or
+    /// `$PAK_SYSTEM_ROOT` when set. root's own default does not follow the
+    /// variable: it names where to look, not where root writes.
+    pub fn system_shared() -> Self {
+        let dir = std::env::var_os(SYSTEM_ROOT_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_ROOT));
+        StateDir::new(dir)
     }
 
     pub fn dir(&self) -> &Path {

@@ -2,10 +2,10 @@
 //! environments (see `crate::env`).
 
 use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Global;
@@ -103,9 +103,7 @@ pub fn command(g: &Global, cmd: EnvCommand) -> Result<()> {
             }
         }
         EnvCommand::Remove { name } => {
-            let env = Env::open(&root, &name)?;
-            let _guard = env.lock()?;
-            env.remove()?;
+            env::remove(&root, &name)?;
             if !g.quiet {
                 println!("removed environment {name}; `pak gc` frees the packages only it used");
             }
@@ -203,9 +201,7 @@ pub fn taste(g: &Global, spec: &str, cmd: Vec<OsString>) -> Result<ExitCode> {
             )
         }
     };
-    set_env(&root, Some("taste"), &[]);
-    // Forked, not exec'd: the temporary Pakfile is removed once it ends.
-    let status = match prepared.sandbox.run(&program, &args) {
+    let status = match taste.run(&prepared, &program, &args) {
         Ok(status) => status,
         Err(err) => {
             return Ok(ExitCode::from(sandbox_failure(
@@ -228,68 +224,34 @@ pub fn taste(g: &Global, spec: &str, cmd: Vec<OsString>) -> Result<ExitCode> {
 }
 
 pub fn install(g: &Global, target: Target, spec: &str) -> Result<()> {
-    let root = g.root();
-    let (name, req) = env::parse_spec(spec)?;
-    let (env, created) = target_env(g, &target, true)?;
-    let pakfile = env
-        .as_ref()
-        .map(Env::pakfile_path)
-        .unwrap_or_else(|| g.pakfile.clone());
-    let where_ = describe_target(env.as_ref(), &pakfile);
-    let _guard = env.as_ref().map(Env::lock).transpose()?;
-    let result = env::install(&pakfile, &root, &name, &req)
-        .and_then(|edit| {
-            if let Some(env) = &env {
-                env.write_wrappers()?;
-            }
-            Ok(edit)
-        })
-        .with_context(|| format!("cannot install {spec} into {where_}; nothing was changed"));
-    let edit = match result {
-        Ok(edit) => edit,
-        Err(err) => {
-            if created && let Some(env) = &env {
-                let _ = env.remove();
-            }
-            return Err(err);
-        }
-    };
-    report(
-        g,
-        &edit,
-        &format!("installed {spec} into {where_}"),
-        env.as_ref(),
-    );
+    let edit = env::install(&g.root(), &target.resolve(g), spec)?;
+    report(g, &edit, &format!("installed {spec} into {}", edit.target));
     Ok(())
 }
 
 pub fn uninstall(g: &Global, target: Target, name: &str) -> Result<()> {
-    let root = g.root();
-    let (env, _) = target_env(g, &target, false)?;
-    let pakfile = env
-        .as_ref()
-        .map(Env::pakfile_path)
-        .unwrap_or_else(|| g.pakfile.clone());
-    let where_ = describe_target(env.as_ref(), &pakfile);
-    let _guard = env.as_ref().map(Env::lock).transpose()?;
-    let edit = env::uninstall(&pakfile, &root, name)
-        .and_then(|edit| {
-            if let Some(env) = &env {
-                env.write_wrappers()?;
-            }
-            Ok(edit)
-        })
-        .with_context(|| format!("cannot uninstall {name} from {where_}"))?;
+    let edit = env::uninstall(&g.root(), &target.resolve(g), name)?;
     report(
         g,
         &edit,
-        &format!("uninstalled {name} from {where_}"),
-        env.as_ref(),
+        &format!("uninstalled {name} from {}", edit.target),
     );
     Ok(())
 }
 
-fn report(g: &Global, edit: &env::Edit, done: &str, env: Option<&Env>) {
+impl Target {
+    fn resolve(&self, g: &Global) -> env::Target {
+        match (&self.env, self.user) {
+            (_, true) => env::Target::User {
+                cwd_pakfile: g.pakfile.clone(),
+            },
+            (Some(name), false) => env::Target::Env(name.clone()),
+            (None, false) => env::Target::Pakfile(g.pakfile.clone()),
+        }
+    }
+}
+
+fn report(g: &Global, edit: &env::Edit, done: &str) {
     if g.quiet {
         return;
     }
@@ -297,58 +259,14 @@ fn report(g: &Global, edit: &env::Edit, done: &str, env: Option<&Env>) {
         println!("{c}");
     }
     println!("{done}");
-    if let Some(env) = env {
-        let commands: Vec<String> = std::fs::read_dir(env.bin_dir())
-            .map(|rd| {
-                let mut names: Vec<String> = rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort();
-                names
-            })
-            .unwrap_or_default();
-        if !commands.is_empty() {
-            println!(
-                "commands in {}: {}",
-                env.bin_dir().display(),
-                commands.join(", ")
-            );
-        }
-    }
-}
-
-fn describe_target(env: Option<&Env>, pakfile: &std::path::Path) -> String {
-    match env {
-        Some(env) => format!("environment {}", env.name),
-        None => pakfile.display().to_string(),
-    }
-}
-
-/// The environment `-e`/`--user` name (the `user` one is created on first
-/// install), or `None` for the Pakfile of the current directory.
-fn target_env(g: &Global, target: &Target, create_user: bool) -> Result<(Option<Env>, bool)> {
-    let root = g.root();
-    if target.user {
-        let env = Env::at(&root, env::USER_ENV)?;
-        if env.pakfile_path().is_file() {
-            return Ok((Some(env), false));
-        }
-        if !create_user {
-            bail!(
-                "there is no `user` environment yet (looked in {}); `pak install --user PKG` creates it",
-                env.dir.display()
-            );
-        }
-        let template = Template::Empty {
-            cwd_pakfile: g.pakfile.clone(),
-        };
-        let (env, _) = Env::create(&root, env::USER_ENV, &template)?;
-        return Ok((Some(env), true));
-    }
-    match &target.env {
-        Some(name) => Ok((Some(Env::open(&root, name)?), false)),
-        None => Ok((None, false)),
+    if let Some((env, commands)) = &edit.env
+        && !commands.is_empty()
+    {
+        println!(
+            "commands in {}: {}",
+            env.bin_dir().display(),
+            commands.join(", ")
+        );
     }
 }
 
@@ -362,27 +280,7 @@ fn exec(
     args: Vec<OsString>,
     extra: &[(&str, OsString)],
 ) -> Result<u8> {
-    // Fetching may have started threads (progress, downloads), and an
-    // unprivileged user namespace needs a single-threaded caller; run
-    // again from the start, which finds everything in the store now.
-    if prepared.fetched
-        && !rustix::process::geteuid().is_root()
-        && threads() > 1
-        && std::env::var_os(REEXEC_VAR).is_none()
-    {
-        let mut again = std::process::Command::new("/proc/self/exe");
-        again
-            .arg0(std::env::args_os().next().unwrap_or_else(|| "pak".into()))
-            .args(std::env::args_os().skip(1))
-            .env(REEXEC_VAR, "1");
-        let err = again.exec();
-        bail!("cannot run pak again after fetching: {err}");
-    }
-    set_env(&g.root(), name, extra);
-    let err = match prepared.sandbox.exec(&program, &args) {
-        Ok(never) => match never {},
-        Err(err) => err,
-    };
+    let err = env::exec(prepared, &g.root(), name, &program, &args, extra)?;
     Ok(sandbox_failure(
         &err,
         &name.map_or("the Pakfile's environment".to_string(), |n| {
@@ -390,8 +288,6 @@ fn exec(
         }),
     ))
 }
-
-const REEXEC_VAR: &str = "PAK_RUN_REEXEC";
 
 fn sandbox_failure(err: &SandboxError, env: &str) -> u8 {
     eprintln!("error: {err}");
@@ -401,37 +297,6 @@ fn sandbox_failure(err: &SandboxError, env: &str) -> u8 {
         );
     }
     err.exit_code()
-}
-
-/// What the command sees: `$PAK_ENV`, and a `PATH` without environment
-/// wrappers (they would call `pak run` again instead of the command).
-fn set_env(root: &crate::state::StateDir, name: Option<&str>, extra: &[(&str, OsString)]) {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let path = env::path_without_wrappers(root, &path);
-    // SAFETY: pak is single-threaded here (checked above for the
-    // unprivileged case; root may have idle worker threads that never read
-    // the environment).
-    unsafe {
-        std::env::set_var("PATH", path);
-        std::env::remove_var(REEXEC_VAR);
-        if let Some(name) = name {
-            std::env::set_var(env::ENV_VAR, name);
-        }
-        for (k, v) in extra {
-            std::env::set_var(k, v);
-        }
-    }
-}
-
-fn threads() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(1)
 }
 
 fn count(n: usize, what: &str) -> String {

@@ -101,10 +101,7 @@ pub fn owns(g: &Global, path: &str) -> Result<()> {
 }
 
 pub fn gc(g: &Global) -> Result<()> {
-    // Environments' locks may have changed since their packages were fetched.
-    crate::env::register_gc_roots(&g.root())?;
-    let store = Store::open(&g.root())?;
-    let removed = store.gc()?;
+    let removed = crate::env::gc(&g.root())?;
     if !g.quiet {
         for r in &removed {
             println!("removed {r}");

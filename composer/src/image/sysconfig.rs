@@ -317,18 +317,22 @@ fn repositories(p: &Pakfile) -> Result<Option<String>> {
         if r.kind != crate::spec::pakfile::RepoKind::Pak {
             continue;
         }
-        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        out.push_str(&format!(
-            "\n[[repository]]\nname = {}\nurl = {}\n",
-            q(&r.name),
-            q(url)
+        // `kind` is left out: these are all `pak`, the default.
+        let key = match &r.key {
+            Some(key) => {
+                let dir = p.resolve_path(".");
+                let public = crate::sources::key::PublicKey::from_pakfile_field(key, &dir)
+                    .with_context(|| format!("repository {:?}: its key", r.name))?;
+                Some(public.to_text())
+            }
+            None => None,
+        };
+        out.push_str(&crate::spec::edit::repository_table(
+            &r.name,
+            None,
+            Some(url),
+            key.as_deref(),
         ));
-        if let Some(key) = &r.key {
-            let dir = p.resolve_path(".");
-            let public = crate::sources::key::PublicKey::from_pakfile_field(key, &dir)
-                .with_context(|| format!("repository {:?}: its key", r.name))?;
-            out.push_str(&format!("key = {}\n", q(&public.to_text())));
-        }
         any = true;
     }
     Ok(any.then_some(out))
@@ -512,6 +516,27 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
             files
                 .iter()
                 .all(|f| f.path != "/usr/lib/pak/repositories.toml")
+        );
+    }
+
+    /// The exact bytes images ship: a change here changes every image.
+    #[test]
+    fn repository_list_bytes() {
+        let public = crate::sources::key::SecretKey::generate()
+            .unwrap()
+            .public()
+            .to_text();
+        let text = format!(
+            "[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"plain\"\nurl = \"http://example.org/p\"\nkey = \"\"\"\n{public}\"\"\"\n"
+        );
+        let list = repositories(&Pakfile::parse(&text).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            list,
+            format!(
+                "# Written by pak from the image's Pakfile: the repositories users'\n# environments start from. /etc/pak/repositories.toml overrides this.\n\n[[repository]]\nname = \"web\"\nurl = \"https://example.org/pak\"\nkey = \"\"\"\n{public}\"\"\"\n\n[[repository]]\nname = \"plain\"\nurl = \"http://example.org/p\"\nkey = \"\"\"\n{public}\"\"\"\n"
+            )
         );
     }
 

@@ -1,4 +1,5 @@
 //! What the user declares: the Pakfile, and the profiles it includes.
 
+pub mod edit;
 pub mod pakfile;
 pub mod profile;

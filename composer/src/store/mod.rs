@@ -181,7 +181,9 @@ impl Store {
     }
 
     /// Removes entries that no GC root names; returns the removed keys.
-    pub fn gc(&self) -> Result<Vec<String>> {
+    /// Only for [`crate::env::gc`]: environments' roots go stale when their
+    /// locks are edited, and it registers them again before collecting.
+    pub(crate) fn gc(&self) -> Result<Vec<String>> {
         let _lock = self.lock()?;
         let live = self.live_keys()?;
         let mut removed = Vec::new();

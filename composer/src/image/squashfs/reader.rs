@@ -8,6 +8,11 @@
 //! and position comes from the image and is checked against the image's own
 //! size before it is used: a corrupt or hostile generation file is refused
 //! with an error, never followed off the end or into a huge allocation.
+//!
+//! It is longer than most files here (about 830 lines of code, then its
+//! corruption tests) because it is one job, reading the format
+//! defensively: every table goes through the same bounds-checked reads, and
+//! splitting the tables apart would spread those checks thin.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
