@@ -6,7 +6,7 @@ mod common;
 use common::Project;
 
 fn lock_text(p: &Project) -> String {
-    std::fs::read_to_string(p.dir().join("Pakfile.lock")).unwrap()
+    p.read("Pakfile.lock")
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn locked_refuses_any_change_naming_it_and_writes_nothing() {
             && err.contains("+ a 1.0-1"),
         "{err}"
     );
-    assert!(!p.dir().join("Pakfile.lock").exists());
+    assert!(!p.path("Pakfile.lock").exists());
 
     p.ok(&["lock"]);
     let before = lock_text(&p);
@@ -114,7 +114,7 @@ fn locked_refuses_any_change_naming_it_and_writes_nothing() {
         );
         assert_eq!(lock_text(&p), before, "{args:?} changed the lock");
     }
-    assert!(!p.dir().join("x.raw").exists());
+    assert!(!p.path("x.raw").exists());
 
     // A Pakfile nothing can satisfy: the resolver's reason, and --locked.
     p.pakfile("a = \">= 3\"\n");
@@ -149,7 +149,7 @@ fn pak_itself_is_locked_by_version_and_another_version_is_refused() {
         "name = \"pak\"\nversion = \"0.0.9\"",
     );
     assert_ne!(other, lock);
-    std::fs::write(p.dir().join("Pakfile.lock"), &other).unwrap();
+    p.write("Pakfile.lock", &other);
     let err = p.fails(&["fetch"]);
     assert!(
         err.contains(&format!("pins pak 0.0.9, but this is pak {version}"))
@@ -166,7 +166,7 @@ fn pak_itself_is_locked_by_version_and_another_version_is_refused() {
         &format!("sha256 = \"{}\"\nsource = \"pak\"", "ab".repeat(32)),
     );
     assert_ne!(old, lock_text(&p));
-    std::fs::write(p.dir().join("Pakfile.lock"), &old).unwrap();
+    p.write("Pakfile.lock", &old);
     let err = p.fails(&["--locked", "fetch"]);
     assert!(err.contains("pinned by version"), "{err}");
     let out = p.ok(&["fetch"]);

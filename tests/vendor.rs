@@ -11,11 +11,12 @@
 //! assumed.
 
 mod common;
+use common::{Package, Pak, Project};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,9 +134,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A project directory, the served tree and a fake apt host around it.
+/// A project (signed local repository, key `local`), the served tree and
+/// a fake apt host around it.
 struct World {
-    _tmp: tempfile::TempDir,
+    p: Project,
     dir: PathBuf,
     www: PathBuf,
     server: Server,
@@ -143,104 +145,51 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let tmp = tempfile::Builder::new()
-            .prefix("pak-vendor-test-")
-            .tempdir()
-            .unwrap();
-        let dir = tmp.path().to_path_buf();
+        let p = Project::with_prefix("pak-vendor-test-");
+        let dir = p.dir().to_path_buf();
         let www = dir.join("www");
         std::fs::create_dir_all(&www).unwrap();
         let server = Server::start(&www);
-        let w = World {
-            _tmp: tmp,
+        World {
+            p,
             dir,
             www,
             server,
-        };
-        ok(w.pak("root", &["key", "generate", "local"]));
-        w
+        }
     }
 
     fn root(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// Runs pak in the project directory with store root `root`.
-    fn pak(&self, root: &str, args: &[&str]) -> Output {
-        self.command(root, args).output().expect("run pak")
-    }
-
-    fn command(&self, root: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
-        c.current_dir(&self.dir)
-            .arg("--root")
-            .arg(self.root(root))
-            .args(args)
-            .env("PAK_NO_PROGRESS", "1")
+    /// pak in the project directory with store root `root`, on the fake
+    /// apt host.
+    fn pak(&self, root: &str, args: &[&str]) -> Pak {
+        self.p
+            .pak(args)
+            .root(self.root(root))
             .env("PAK_APT_ROOT", self.dir.join("apt"))
-            .env_remove("PAKFILE")
-            .env_remove("PAK_ROOT")
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    /// `pak pkg create` of a package with `files` into `out`.
-    fn pak_package(&self, out: &str, name: &str, extra: &str, files: &[(&str, &[u8], u32)]) {
-        let src = self.dir.join(format!("src-{name}"));
-        write_tree(&src, files);
-        std::fs::write(
-            src.join(".PAKINFO"),
-            format!("name = \"{name}\"\nversion = \"1.0-1\"\narch = \"x86_64\"\n{extra}"),
-        )
-        .unwrap();
-        let out = self.dir.join(out);
-        std::fs::create_dir_all(&out).unwrap();
-        ok(self.pak(
-            "root",
-            &[
-                "pkg",
-                "create",
-                src.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
-        ));
     }
 
     /// A signed repository `dir` with greet (and what `more` adds).
     fn pak_repository(&self, dir: &str, more: bool) {
-        self.pak_package(
+        self.p.add_to(
             dir,
-            "greet",
-            "",
-            &[("usr/bin/greet", b"#!/bin/sh\necho hello\n", 0o755)],
+            &Package::new("greet", "1.0-1").arch("x86_64").file_mode(
+                "usr/bin/greet",
+                "#!/bin/sh\necho hello\n",
+                0o755,
+            ),
         );
         if more {
-            self.pak_package(
-                dir,
-                "systemd-boot-test",
-                "",
-                &[(
-                    "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-                    b"MZ a stand-in boot loader",
-                    0o644,
-                )],
-            );
+            self.p
+                .add_to(dir, &Package::boot_loader("systemd-boot-test"));
         }
         self.index(dir);
     }
 
     fn index(&self, dir: &str) {
-        ok(self.pak(
-            "root",
-            &[
-                "repo",
-                "index",
-                self.dir.join(dir).to_str().unwrap(),
-                "--key",
-                "local.key",
-            ],
-        ));
+        self.p.index_dir(dir);
     }
 
     /// An apt host whose one source is `www/debian` over HTTP, listing the
@@ -285,34 +234,16 @@ impl World {
         put(&self.www.join("debian").join(KERNEL_DEB), &bytes);
     }
 
-    /// A `.deb` holding `boot/vmlinuz-*` and a modules tree (one module,
-    /// the filesystems the initramfs needs built in).
+    /// A `.deb` of the stand-in kernel.
     fn kernel_deb(&self) -> PathBuf {
         let src = self.dir.join("src-kernel");
-        let modules = "usr/lib/modules/1.0-test";
-        write_tree(
-            &src,
-            &[
-                ("boot/vmlinuz-1.0-test", b"a stand-in kernel", 0o644),
-                (
-                    &format!("{modules}/kernel/drivers/misc/dummy.ko"),
-                    &fake_module(),
-                    0o644,
-                ),
-                (
-                    &format!("{modules}/modules.builtin"),
-                    b"kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
-                    0o644,
-                ),
-                (
-                    "DEBIAN/control",
-                    format!(
-                        "Package: {KERNEL}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: pak tests <tests@pak.invalid>\nDescription: a stand-in kernel\n"
-                    )
-                    .as_bytes(),
-                    0o644,
-                ),
-            ],
+        Package::kernel(KERNEL).write_files(&src);
+        put(
+            &src.join("DEBIAN/control"),
+            format!(
+                "Package: {KERNEL}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: pak tests <tests@pak.invalid>\nDescription: a stand-in kernel\n"
+            )
+            .as_bytes(),
         );
         let deb = self.dir.join("kernel.deb");
         let out = Command::new("dpkg-deb")
@@ -330,19 +261,11 @@ impl World {
     }
 
     fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.dir.join(file), text).unwrap();
+        self.p.write(file, text);
     }
 
     fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap()
-    }
-}
-
-fn write_tree(dir: &Path, files: &[(&str, &[u8], u32)]) {
-    for (path, content, mode) in files {
-        let p = dir.join(path);
-        put(&p, content);
-        common::chmod(&p, *mode);
+        self.p.read(file)
     }
 }
 
@@ -353,55 +276,6 @@ fn put(path: &Path, bytes: &[u8]) {
 
 fn sha256(bytes: &[u8]) -> String {
     pak::util::fsutil::sha256_hex(bytes)
-}
-
-/// The smallest ELF64 with a `.modinfo` section: what pak reads of a module.
-fn fake_module() -> Vec<u8> {
-    let modinfo = b"license=GPL\0description=a stand-in module\0";
-    let names = b"\0.modinfo\0.shstrtab\0";
-    let data = 64;
-    let names_at = data + modinfo.len();
-    let shoff = (names_at + names.len()).next_multiple_of(8);
-    let mut b = vec![0u8; shoff + 3 * 64];
-    b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    b[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
-    b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    b[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
-    b[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
-    b[data..names_at].copy_from_slice(modinfo);
-    b[names_at..names_at + names.len()].copy_from_slice(names);
-    for (i, name, off, size) in [
-        (1, 1u32, data, modinfo.len()),
-        (2, 10u32, names_at, names.len()),
-    ] {
-        let h = shoff + i * 64;
-        b[h..h + 4].copy_from_slice(&name.to_le_bytes());
-        b[h + 0x18..h + 0x20].copy_from_slice(&(off as u64).to_le_bytes());
-        b[h + 0x20..h + 0x28].copy_from_slice(&(size as u64).to_le_bytes());
-    }
-    b
-}
-
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "pak failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-#[track_caller]
-fn err(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "pak should have failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[track_caller]
@@ -456,14 +330,14 @@ fn a_pak_package_gone_from_its_repository_is_a_clear_error() {
             w.server.url("repo")
         ),
     );
-    ok(w.pak("r1", &["lock"]));
+    w.pak("r1", &["lock"]).ok();
     let lock = w.read("Pakfile.lock");
     let moved = w.dir.join(GREET_PAK);
     std::fs::rename(w.www.join("repo").join(GREET_PAK), &moved).unwrap();
 
     // The file is gone but the index still lists it.
     w.server.take_log();
-    let e = err(w.pak("r2", &["fetch"]));
+    let e = w.pak("r2", &["fetch"]).fails();
     assert_has(
         &e,
         &[
@@ -485,7 +359,7 @@ fn a_pak_package_gone_from_its_repository_is_a_clear_error() {
     w.index("www/repo");
     std::fs::rename(&moved, w.www.join("repo").join(GREET_PAK)).unwrap();
     w.server.take_log();
-    let e = err(w.pak("r2", &["fetch"]));
+    let e = w.pak("r2", &["fetch"]).fails();
     assert_has(
         &e,
         &[
@@ -508,7 +382,7 @@ fn a_pak_package_gone_from_its_repository_is_a_clear_error() {
 
     // --offline: refused before any request, naming what is missing.
     w.index("www/repo");
-    let e = err(w.pak("r3", &["--offline", "fetch"]));
+    let e = w.pak("r3", &["--offline", "fetch"]).fails();
     assert_has(
         &e,
         &[
@@ -524,10 +398,10 @@ fn a_pak_package_gone_from_its_repository_is_a_clear_error() {
     );
     assert_nothing_kept(&w.root("r3"));
     // What the cache holds still serves offline.
-    ok(w.pak("r3", &["fetch"]));
+    w.pak("r3", &["fetch"]).ok();
     std::fs::remove_dir_all(w.root("r3").join("store")).unwrap();
     w.server.take_log();
-    ok(w.pak("r3", &["--offline", "fetch"]));
+    w.pak("r3", &["--offline", "fetch"]).ok();
     assert_eq!(w.server.take_log(), Vec::<String>::new());
 }
 
@@ -539,7 +413,7 @@ fn a_debian_package_the_mirror_dropped_comes_from_the_snapshot() {
         "[system]\nname = \"t\"\n[packages]\n{KERNEL} = \"*\"\n[[repository]]\nname = \"debian\"\nkind = \"apt\"\n"
     );
     w.write("Pakfile", &pakfile);
-    ok(w.pak("r1", &["lock"]));
+    w.pak("r1", &["lock"]).ok();
     let lock = w.read("Pakfile.lock");
     assert_has(
         &lock,
@@ -553,7 +427,7 @@ fn a_debian_package_the_mirror_dropped_comes_from_the_snapshot() {
     let deb = w.www.join("debian").join(KERNEL_DEB);
     let bytes = std::fs::read(&deb).unwrap();
     std::fs::remove_file(&deb).unwrap();
-    let e = err(w.pak("r2", &["fetch"]));
+    let e = w.pak("r2", &["fetch"]).fails();
     assert_has(
         &e,
         &[
@@ -576,7 +450,7 @@ fn a_debian_package_the_mirror_dropped_comes_from_the_snapshot() {
         &format!("{pakfile}snapshot = \"{}\"\n", w.server.url("snapshot")),
     );
     w.server.take_log();
-    let e = err(w.pak("r2", &["fetch"]));
+    let e = w.pak("r2", &["fetch"]).fails();
     assert_has(&e, &["nor does the snapshot", "did not have it either"]);
     let snapshot_path = format!("/snapshot/debian/{SNAPSHOT_DATE}/{KERNEL_DEB}");
     assert_eq!(
@@ -588,7 +462,7 @@ fn a_debian_package_the_mirror_dropped_comes_from_the_snapshot() {
 
     // The snapshot has it: fetched, and nothing else asked.
     put(&w.www.join(&snapshot_path[1..]), &bytes);
-    let out = ok(w.pak("r2", &["fetch"]));
+    let out = w.pak("r2", &["fetch"]).ok();
     assert!(out.contains("1 packages in the store"), "{out}");
     assert_eq!(
         w.server.take_log(),
@@ -611,9 +485,9 @@ fn a_vendored_copy_builds_the_same_image_offline() {
             "{packages}[[repository]]\nname = \"debian\"\nkind = \"apt\"\n[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"local.pub\"\n"
         ),
     );
-    ok(w.pak("r1", &["build", "-o", "a.raw"]));
+    w.pak("r1", &["build", "-o", "a.raw"]).ok();
 
-    let snippet = ok(w.pak("r1", &["vendor", "vendor"]));
+    let snippet = w.pak("r1", &["vendor", "vendor"]).ok();
     assert_has(
         &snippet,
         &[
@@ -653,11 +527,11 @@ fn a_vendored_copy_builds_the_same_image_offline() {
     std::fs::copy(w.dir.join("Pakfile.lock"), w.dir.join("Vendored.lock")).unwrap();
     std::fs::rename(w.dir.join("repo"), w.dir.join("repo.away")).unwrap();
     w.server.take_log();
-    let out = w.pak(
+    w.pak(
         "r2",
         &["--offline", "--pakfile", "Vendored", "build", "-o", "b.raw"],
-    );
-    ok(out);
+    )
+    .ok();
     assert_eq!(w.server.take_log(), Vec::<String>::new(), "no request");
     std::fs::rename(w.dir.join("repo.away"), w.dir.join("repo")).unwrap();
     assert_eq!(w.read("Vendored.lock"), w.read("Pakfile.lock"));
@@ -680,11 +554,12 @@ fn a_vendored_copy_builds_the_same_image_offline() {
             "{packages}[[repository]]\nname = \"debian\"\nurl = \"vendor/debian\"\nkey = \"vendor/vendor.pub\"\n[[repository]]\nname = \"local\"\nurl = \"vendor/local\"\nkey = \"vendor/vendor.pub\"\n"
         ),
     );
-    ok(w.pak("r2", &["--offline", "--pakfile", "Direct", "update"]));
+    w.pak("r2", &["--offline", "--pakfile", "Direct", "update"])
+        .ok();
     assert_eq!(w.read("Direct.lock"), w.read("Pakfile.lock"));
 
     // Vendoring again signs with the same key, the next index version.
-    let again = ok(w.pak("r1", &["vendor", "vendor"]));
+    let again = w.pak("r1", &["vendor", "vendor"]).ok();
     assert!(
         again.contains("signed with") && !again.contains("new key"),
         "{again}"
@@ -699,13 +574,11 @@ fn a_vendored_copy_builds_the_same_image_offline() {
     // and modes whatever the umask, and its indexes are signed with it.
     let mut trees = Vec::new();
     for (dir, umask) in [("v1", "022"), ("v2", "077")] {
-        let out = w
-            .command("r1", &["vendor", dir, "--key", "local.key"])
+        let text = w
+            .pak("r1", &["vendor", dir, "--key", "local.key"])
             .env("SOURCE_DATE_EPOCH", "1700000000")
-            .pre_exec_umask(umask)
-            .output()
-            .unwrap();
-        let text = ok(out);
+            .umask(umask)
+            .ok();
         assert!(
             text.contains(&format!("mirror = \"{dir}/local\"")),
             "{text}"
@@ -745,32 +618,4 @@ fn tree_of(dir: &Path) -> Vec<(String, u32, String)> {
             (f, mode, content)
         })
         .collect()
-}
-
-trait Umask {
-    fn pre_exec_umask(&mut self, octal: &str) -> &mut Self;
-}
-
-impl Umask for Command {
-    /// Runs the program under this umask (through sh, which sets it).
-    fn pre_exec_umask(&mut self, octal: &str) -> &mut Self {
-        let program = self.get_program().to_os_string();
-        let args: Vec<_> = self.get_args().map(|a| a.to_os_string()).collect();
-        let mut sh = Command::new("sh");
-        sh.arg("-c")
-            .arg(format!("umask {octal} && exec \"$0\" \"$@\""))
-            .arg(program)
-            .args(args);
-        if let Some(d) = self.get_current_dir() {
-            sh.current_dir(d);
-        }
-        for (k, v) in self.get_envs() {
-            match v {
-                Some(v) => sh.env(k, v),
-                None => sh.env_remove(k),
-            };
-        }
-        *self = sh;
-        self
-    }
 }

@@ -2,10 +2,10 @@
 //! busybox and systemd-boot, locked afresh against this host's apt.
 
 mod common;
-use common::{e2e_store, pak_e2e, workspace};
+use common::{Ran, e2e_store, pak, pak_e2e, workspace};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// A copy of images/minimal/Pakfile, without its lock, in `work`.
 fn minimal_project(work: &Path) -> PathBuf {
@@ -16,22 +16,9 @@ fn minimal_project(work: &Path) -> PathBuf {
     pakfile
 }
 
-fn pak(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pak"))
-        .arg("--root")
-        .arg(e2e_store())
-        .args(args)
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// `pak verify IMAGE` with the e2e store.
+fn verify(image: &Path) -> Ran {
+    pak(["verify"]).arg(image).root(e2e_store()).run()
 }
 
 /// The byte offset of partition `label` in a disk image.
@@ -53,12 +40,8 @@ fn verify_says_identical_then_names_the_slot_and_file_of_a_flipped_byte() {
         img.to_str().unwrap(),
     ]);
     let before = std::fs::metadata(&img).unwrap().modified().unwrap();
-    let good = pak(&["verify".as_ref(), img.as_os_str()]);
-    assert!(
-        good.status.success() && text(&good).contains("identical"),
-        "{}",
-        text(&good)
-    );
+    let good = verify(&img).ok();
+    assert!(good.contains("identical"), "{good}");
 
     // One byte in the middle of slot a's squashfs (its data area: the
     // metadata tables sit at the end), flipped in a copy.
@@ -90,9 +73,9 @@ fn verify_says_identical_then_names_the_slot_and_file_of_a_flipped_byte() {
         f.seek(SeekFrom::Start(at)).unwrap();
         f.write_all(&[b[0] ^ 0x5a]).unwrap();
     }
-    let res = pak(&["verify".as_ref(), bad.as_os_str()]);
-    let out = text(&res);
-    assert!(!res.status.success(), "a flipped byte must fail: {out}");
+    let res = verify(&bad);
+    let out = res.text();
+    assert!(!res.success(), "a flipped byte must fail: {out}");
     assert!(
         out.contains(&format!(
             "partition root-a at byte {} (image byte {at})",
@@ -130,19 +113,15 @@ fn build_check_varies_user_store_and_environment_and_passes() {
     let work = tempfile::tempdir().unwrap();
     let pakfile = minimal_project(work.path());
     let img = work.path().join("minimal.raw");
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .arg("--root")
-        .arg(e2e_store())
-        .arg("--pakfile")
+    let res = pak(["--pakfile"])
         .arg(&pakfile)
         .args(["build", "--check", "-o"])
         .arg(&img)
-        .env("PAK_NO_PROGRESS", "1")
+        .root(e2e_store())
         .env("TZ", "Pacific/Auckland")
-        .output()
-        .unwrap();
-    let out = text(&res);
-    assert!(res.status.success(), "{out}");
+        .run();
+    let out = res.text();
+    assert!(res.success(), "{out}");
     assert!(out.contains("reproducible"), "{out}");
     for varied in [
         "store root",
@@ -164,17 +143,11 @@ fn verify_refuses_what_is_not_a_pak_image() {
     let work = tempfile::tempdir().unwrap();
     let junk = work.path().join("junk.raw");
     std::fs::write(&junk, vec![7u8; 1 << 16]).unwrap();
-    let res = pak(&["verify".as_ref(), junk.as_os_str()]);
-    let out = text(&res);
-    assert!(!res.status.success(), "{out}");
+    let out = verify(&junk).fails();
     assert!(
         out.contains("neither a pak disk image") && out.contains("junk.raw"),
         "{out}"
     );
-    let res = pak(&["verify".as_ref(), work.path().join("nope.raw").as_os_str()]);
-    assert!(
-        !res.status.success() && text(&res).contains("cannot open"),
-        "{}",
-        text(&res)
-    );
+    let out = verify(&work.path().join("nope.raw")).fails();
+    assert!(out.contains("cannot open"), "{out}");
 }

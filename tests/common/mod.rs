@@ -1,9 +1,12 @@
-//! What several integration tests share: where the workspace and the e2e
-//! store are, and an unprivileged user to run pak as.
+//! What several integration tests share: one way to run pak ([`pak`]),
+//! one way to make packages, signed repositories and Pakfiles
+//! ([`Project`], [`Package`]), where the workspace and the e2e store are,
+//! and an unprivileged user to run pak as.
 #![allow(dead_code)]
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -77,20 +80,9 @@ pub fn test_user(name: &str) -> User {
 }
 
 /// Runs pak with `args` (store: [`e2e_store`]), which must succeed; its stdout.
-pub fn pak_e2e<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .arg("--root")
-        .arg(e2e_store())
-        .args(args)
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "pak {args:?}: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    String::from_utf8_lossy(&res.stdout).into_owned()
+#[track_caller]
+pub fn pak_e2e<S: AsRef<OsStr>>(args: &[S]) -> String {
+    pak(args).root(e2e_store()).ok()
 }
 
 /// A test machine for `image`, with `drives` attached read-only.
@@ -161,17 +153,388 @@ pub fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// pak with `args`, to be run: the one way tests start the binary. Progress
+/// bars are off, and the variables that would point pak at another
+/// Pakfile, store or build date are cleared, so only what a test sets
+/// counts.
+pub fn pak<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Pak {
+    Pak {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_pak")),
+        root: None,
+        cwd: None,
+        umask: None,
+        args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
+        env: vec![
+            ("PAK_NO_PROGRESS".into(), Some("1".into())),
+            ("PAKFILE".into(), None),
+            ("PAK_ROOT".into(), None),
+            ("SOURCE_DATE_EPOCH".into(), None),
+        ],
+    }
+}
+
+/// A pak command line being put together; see [`pak`].
+#[derive(Debug, Clone)]
+pub struct Pak {
+    program: PathBuf,
+    root: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    umask: Option<String>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+}
+
+impl Pak {
+    /// `--root DIR` (the last one given counts).
+    pub fn root(mut self, dir: impl AsRef<Path>) -> Pak {
+        self.root = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The working directory pak runs in.
+    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Pak {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Pak {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Pak {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Pak {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Pak {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Runs pak under this umask (octal, e.g. "077").
+    pub fn umask(mut self, octal: &str) -> Pak {
+        self.umask = Some(octal.into());
+        self
+    }
+
+    /// Another binary with pak's command line (a copy others may run).
+    pub fn program(mut self, program: impl AsRef<Path>) -> Pak {
+        self.program = program.as_ref().to_path_buf();
+        self
+    }
+
+    /// The process to spawn, for what the builder does not cover (a
+    /// umask, another user, a pipe).
+    pub fn command(&self) -> Command {
+        let mut c = match &self.umask {
+            // Through sh, which sets it and execs pak (so the pid is pak's).
+            Some(octal) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {octal} && exec \"$0\" \"$@\""))
+                    .arg(&self.program);
+                sh
+            }
+            None => Command::new(&self.program),
+        };
+        if let Some(root) = &self.root {
+            c.arg("--root").arg(root);
+        }
+        c.args(&self.args);
+        if let Some(dir) = &self.cwd {
+            c.current_dir(dir);
+        }
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+
+    /// Runs it to the end.
+    pub fn run(&self) -> Ran {
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+        Ran {
+            what: self.to_string(),
+            output,
+        }
+    }
+
+    /// Runs it, which must succeed; its stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        self.run().ok()
+    }
+
+    /// Runs it, which must fail; its stderr.
+    #[track_caller]
+    pub fn fails(&self) -> String {
+        self.run().fails()
+    }
+}
+
+impl std::fmt::Display for Pak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pak")?;
+        if let Some(root) = &self.root {
+            write!(f, " --root {}", root.display())?;
+        }
+        for a in &self.args {
+            write!(f, " {}", a.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
+
+/// A finished pak run.
+#[derive(Debug)]
+pub struct Ran {
+    what: String,
+    pub output: Output,
+}
+
+impl Ran {
+    pub fn success(&self) -> bool {
+        self.output.status.success()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// stdout then stderr: what a user sees on a terminal.
+    pub fn text(&self) -> String {
+        self.stdout() + &self.stderr()
+    }
+
+    /// It succeeded; its stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        assert!(
+            self.success(),
+            "{} failed ({})\nstdout: {}\nstderr: {}",
+            self.what,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// It failed, and did not crash; its stderr.
+    #[track_caller]
+    pub fn fails(self) -> String {
+        assert!(
+            !self.success(),
+            "{} should have failed\nstdout: {}\nstderr: {}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
+        // A refusal is an error message and exit 1, never a panic (101)
+        // or a signal.
+        assert!(
+            self.output.status.code().is_some_and(|c| c != 101),
+            "{} crashed ({})\nstderr: {}",
+            self.what,
+            self.output.status,
+            self.stderr()
+        );
+        self.stderr()
+    }
+}
+
+/// A package to build with `pak pkg create`: its `.PAKINFO` fields and
+/// files. Arch `any` unless set.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    arch: String,
+    requires: Vec<String>,
+    provides: Vec<String>,
+    /// More `.PAKINFO` lines, verbatim.
+    extra: String,
+    files: Vec<(String, Vec<u8>, u32)>,
+}
+
+impl Package {
+    pub fn new(name: &str, version: &str) -> Package {
+        Package {
+            name: name.into(),
+            version: version.into(),
+            arch: "any".into(),
+            requires: vec![],
+            provides: vec![],
+            extra: String::new(),
+            files: vec![],
+        }
+    }
+
+    pub fn arch(mut self, arch: &str) -> Package {
+        self.arch = arch.into();
+        self
+    }
+
+    pub fn requires(mut self, requires: &[&str]) -> Package {
+        self.requires.extend(requires.iter().map(|r| r.to_string()));
+        self
+    }
+
+    pub fn provides(mut self, provides: &[&str]) -> Package {
+        self.provides.extend(provides.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// A line of `.PAKINFO` the builder has no method for.
+    pub fn pakinfo_line(mut self, line: &str) -> Package {
+        self.extra.push_str(line);
+        self.extra.push('\n');
+        self
+    }
+
+    /// A file (mode 0644) at `path`, relative to the root it installs into.
+    pub fn file(self, path: &str, content: impl AsRef<[u8]>) -> Package {
+        self.file_mode(path, content, 0o644)
+    }
+
+    pub fn file_mode(mut self, path: &str, content: impl AsRef<[u8]>, mode: u32) -> Package {
+        self.files
+            .push((path.into(), content.as_ref().to_vec(), mode));
+        self
+    }
+
+    /// The file name `pak pkg create` gives it.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}-{}.pak", self.name, self.version, self.arch)
+    }
+
+    pub fn pakinfo(&self) -> String {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut info = format!(
+            "name = \"{}\"\nversion = \"{}\"\narch = \"{}\"\n",
+            self.name, self.version, self.arch
+        );
+        if !self.requires.is_empty() {
+            info.push_str(&format!("requires = [{}]\n", list(&self.requires)));
+        }
+        if !self.provides.is_empty() {
+            info.push_str(&format!("provides = [{}]\n", list(&self.provides)));
+        }
+        info + &self.extra
+    }
+
+    /// Its files under `dir` (without `.PAKINFO`).
+    pub fn write_files(&self, dir: &Path) {
+        for (path, content, mode) in &self.files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            chmod(&p, *mode);
+        }
+    }
+
+    /// Its source directory (files and `.PAKINFO`), as `pak pkg create` takes it.
+    pub fn write_source(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        self.write_files(dir);
+        std::fs::write(dir.join(".PAKINFO"), self.pakinfo()).unwrap();
+    }
+
+    /// A stand-in kernel: `boot/vmlinuz-1.0-test` and a modules tree with
+    /// one module (the filesystems the initramfs needs built in). Enough
+    /// for `pak build`, which copies a kernel but never runs it.
+    pub fn kernel(name: &str) -> Package {
+        let modules = "usr/lib/modules/1.0-test";
+        Package::new(name, "1.0-1")
+            .arch("x86_64")
+            .file("boot/vmlinuz-1.0-test", "a stand-in kernel")
+            .file(
+                &format!("{modules}/kernel/drivers/misc/dummy.ko"),
+                fake_module(),
+            )
+            .file(
+                &format!("{modules}/modules.builtin"),
+                "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
+            )
+    }
+
+    /// A stand-in systemd-boot: the file pak copies onto the ESP.
+    pub fn boot_loader(name: &str) -> Package {
+        Package::new(name, "1.0-1").arch("x86_64").file(
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            "MZ a stand-in boot loader",
+        )
+    }
+}
+
+/// The smallest ELF64 with a `.modinfo` section: what pak reads of a module.
+pub fn fake_module() -> Vec<u8> {
+    let modinfo = b"license=GPL\0description=a stand-in module\0";
+    let names = b"\0.modinfo\0.shstrtab\0";
+    let data = 64;
+    let names_at = data + modinfo.len();
+    let shoff = (names_at + names.len()).next_multiple_of(8);
+    let mut b = vec![0u8; shoff + 3 * 64];
+    b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    b[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    b[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+    b[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
+    b[data..names_at].copy_from_slice(modinfo);
+    b[names_at..names_at + names.len()].copy_from_slice(names);
+    for (i, name, off, size) in [
+        (1, 1u32, data, modinfo.len()),
+        (2, 10u32, names_at, names.len()),
+    ] {
+        let h = shoff + i * 64;
+        b[h..h + 4].copy_from_slice(&name.to_le_bytes());
+        b[h + 0x18..h + 0x20].copy_from_slice(&(off as u64).to_le_bytes());
+        b[h + 0x20..h + 0x28].copy_from_slice(&(size as u64).to_le_bytes());
+    }
+    b
+}
+
 /// A project directory with a signed local repository (`repo/`, key
-/// `local`), its own store root, and a Pakfile naming that repository;
-/// pak runs in it as a user would.
+/// `local`), its own store root (`root/`), and a Pakfile naming that
+/// repository; pak runs in it as a user would.
 pub struct Project {
     dir: tempfile::TempDir,
 }
 
 impl Project {
     pub fn new() -> Project {
+        Project::with_prefix(".tmp")
+    }
+
+    /// One whose directory's name starts with `prefix`, to find it when a
+    /// test keeps it.
+    pub fn with_prefix(prefix: &str) -> Project {
         let p = Project {
-            dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
         };
         std::fs::create_dir(p.repo()).unwrap();
         p.ok(&["key", "generate", "local"]);
@@ -182,79 +545,111 @@ impl Project {
         self.dir.path()
     }
 
+    /// `rel` in the project directory.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir().join(rel)
+    }
+
     pub fn repo(&self) -> PathBuf {
-        self.dir().join("repo")
+        self.path("repo")
+    }
+
+    /// pak in the project directory with store root `root/` (change it
+    /// with [`Pak::root`]).
+    pub fn pak<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Pak {
+        pak(args).cwd(self.dir()).root(self.path("root"))
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
-        c.current_dir(self.dir())
-            .arg("--root")
-            .arg(self.dir().join("root"))
-            .args(args)
-            .env("PAK_NO_PROGRESS", "1")
-            .env_remove("PAKFILE");
-        c
+        self.pak(args).command()
     }
 
     /// Runs pak, which must succeed; its stdout.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "pak {args:?} failed\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.pak(args).ok()
     }
 
     /// Runs pak, which must fail; its stderr.
     #[track_caller]
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            !out.status.success(),
-            "pak {args:?} should have failed\nstdout: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        self.pak(args).fails()
     }
 
     /// `pak pkg create` of NAME VERSION (arch any) into the repository,
     /// shipping `/usr/share/NAME/VERSION`.
     pub fn package(&self, name: &str, version: &str, requires: &[&str]) {
-        let src = self.dir().join(format!("src-{name}-{version}"));
-        let file = src.join("usr/share").join(name).join(version);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, format!("{name} {version}\n")).unwrap();
-        let requires: Vec<String> = requires.iter().map(|r| format!("{r:?}")).collect();
-        std::fs::write(
-            src.join(".PAKINFO"),
-            format!(
-                "name = \"{name}\"\nversion = \"{version}\"\narch = \"any\"\nrequires = [{}]\n",
-                requires.join(", ")
-            ),
-        )
-        .unwrap();
-        let (src, repo) = (src.display().to_string(), self.repo().display().to_string());
-        self.ok(&["pkg", "create", &src, "-o", &repo]);
+        self.add(&Package::new(name, version).requires(requires).file(
+            &format!("usr/share/{name}/{version}"),
+            format!("{name} {version}\n"),
+        ));
+    }
+
+    /// `pak pkg create` of `package` into the repository; the `.pak` file.
+    pub fn add(&self, package: &Package) -> PathBuf {
+        self.add_to("repo", package)
+    }
+
+    /// `pak pkg create` of `package` into `dir` (relative to the project),
+    /// made if missing; the `.pak` file.
+    pub fn add_to(&self, dir: impl AsRef<Path>, package: &Package) -> PathBuf {
+        let src = self.path(format!("src-{}-{}", package.name, package.version));
+        if src.exists() {
+            std::fs::remove_dir_all(&src).unwrap();
+        }
+        package.write_source(&src);
+        let out = self.path(dir);
+        std::fs::create_dir_all(&out).unwrap();
+        let made = self
+            .pak(["pkg", "create"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .ok();
+        let made = self.path(made.trim());
+        assert_eq!(made, out.join(package.file_name()));
+        made
     }
 
     /// Signs the repository's index anew.
     pub fn index(&self) {
-        self.ok(&["repo", "index", "repo", "--key", "local.key"]);
+        self.index_dir("repo");
+    }
+
+    /// Signs the index of the repository `dir` (relative to the project)
+    /// with the project's key.
+    pub fn index_dir(&self, dir: impl AsRef<Path>) {
+        self.pak(["repo", "index"])
+            .arg(self.path(dir))
+            .args(["--key", "local.key"])
+            .ok();
     }
 
     /// Writes the Pakfile with these `[packages]` lines.
     pub fn pakfile(&self, packages: &str) {
-        std::fs::write(
-            self.dir().join("Pakfile"),
-            format!(
-                "[system]\nname = \"test\"\narch = \"x86_64\"\n\n[packages]\n{packages}\n[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"local.pub\"\n"
+        self.pakfile_with(packages, "");
+    }
+
+    /// Writes the Pakfile with these `[packages]` lines and `more` after
+    /// the local repository.
+    pub fn pakfile_with(&self, packages: &str, more: &str) {
+        self.write(
+            "Pakfile",
+            &format!(
+                "[system]\nname = \"test\"\narch = \"x86_64\"\n\n[packages]\n{packages}\n[[repository]]\nname = \"local\"\nurl = \"repo\"\nkey = \"local.pub\"\n{more}"
             ),
-        )
-        .unwrap();
+        );
+    }
+
+    /// Writes `text` to `rel` in the project directory.
+    pub fn write(&self, rel: impl AsRef<Path>, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn read(&self, rel: impl AsRef<Path>) -> String {
+        let p = self.path(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
     }
 }

@@ -13,6 +13,7 @@ use crate::state::StateDir;
 mod env;
 mod pkg;
 mod project;
+mod shell;
 mod system;
 mod vendor;
 mod verify;
@@ -203,6 +204,15 @@ pub enum Command {
         #[command(flatten)]
         target: env::Target,
         pkg: String,
+    },
+    /// Print the completion script for SHELL, e.g. `pak completions bash >
+    /// /usr/share/bash-completion/completions/pak`
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page pak(1), or write one page per command into DIR
+    Man {
+        /// Write pak.1, pak-system.1, pak-system-status.1, ... into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -397,6 +407,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Taste { pkg, cmd } => return env::taste(g, &pkg, cmd),
         Command::Install { target, pkg } => env::install(g, target, &pkg)?,
         Command::Uninstall { target, pkg } => env::uninstall(g, target, &pkg)?,
+        Command::Completions { shell: sh } => shell::completions(sh)?,
+        Command::Man { dir } => shell::man(dir.as_deref())?,
     }
     Ok(ExitCode::SUCCESS)
 }
