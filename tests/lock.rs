@@ -19,7 +19,7 @@ fn lock_prints_every_change_and_moves_only_what_the_pakfile_needs() {
 
     let out = p.ok(&["lock"]);
     assert!(out.contains("+ a 1.0-1"), "{out}");
-    assert!(out.contains("wrote Pakfile.lock (1 packages)"), "{out}");
+    assert!(out.contains("wrote Pakfile.lock (1 package)"), "{out}");
     assert!(p.ok(&["lock"]).contains("Pakfile.lock is up to date"));
 
     // A newer a in the repository does not move a lock that still fits.
@@ -95,7 +95,7 @@ fn locked_refuses_any_change_naming_it_and_writes_nothing() {
     let before = lock_text(&p);
     assert!(
         p.ok(&["--locked", "fetch"])
-            .contains("1 packages in the store")
+            .contains("1 package in the store")
     );
 
     // A changed Pakfile, through every command that locks.

@@ -463,7 +463,7 @@ fn a_debian_package_the_mirror_dropped_comes_from_the_snapshot() {
     // The snapshot has it: fetched, and nothing else asked.
     put(&w.www.join(&snapshot_path[1..]), &bytes);
     let out = w.pak("r2", &["fetch"]).ok();
-    assert!(out.contains("1 packages in the store"), "{out}");
+    assert!(out.contains("1 package in the store"), "{out}");
     assert_eq!(
         w.server.take_log(),
         vec![format!("/debian/{KERNEL_DEB}"), snapshot_path]

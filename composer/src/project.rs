@@ -125,7 +125,10 @@ impl Project {
         let mut lock = match self.resolve(&update, current.as_ref()) {
             Ok(lock) => lock,
             Err(e) if self.policy == LockPolicy::Frozen => {
-                return Err(e.context(self.frozen_message(&[], &reasons)));
+                return Err(e.context(format!(
+                    "{} does not fit the Pakfile, and no lock could (--locked or not): fix the Pakfile as the reasons below say, then run `pak lock` and commit the new lock; nothing was written",
+                    self.lock_path().display()
+                )));
             }
             Err(e) => return Err(e),
         };

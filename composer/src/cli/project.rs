@@ -26,6 +26,11 @@ pub fn init(dir: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// "1 package", "16 packages".
+pub(super) fn packages(n: usize) -> String {
+    format!("{n} package{}", if n == 1 { "" } else { "s" })
+}
+
 fn display(p: &Path) -> String {
     p.strip_prefix("./").unwrap_or(p).display().to_string()
 }
@@ -41,9 +46,9 @@ fn report_lock(g: &Global, p: &Project, out: &LockOutcome, quiet_if_unchanged: b
     }
     if !out.written {
         println!(
-            "{} is up to date ({} packages)",
+            "{} is up to date ({})",
             display(&p.lock_path()),
-            out.lock.packages.len()
+            packages(out.lock.packages.len())
         );
         return;
     }
@@ -59,9 +64,9 @@ fn report_lock(g: &Global, p: &Project, out: &LockOutcome, quiet_if_unchanged: b
         println!("{c}");
     }
     println!(
-        "wrote {} ({} packages)",
+        "wrote {} ({})",
         display(&p.lock_path()),
-        out.lock.packages.len()
+        packages(out.lock.packages.len())
     );
 }
 
@@ -85,8 +90,8 @@ pub fn fetch(g: &Global) -> Result<()> {
     let (lock, entries) = p.fetch()?;
     if !g.quiet {
         println!(
-            "{} packages in the store at {}",
-            lock.packages.len(),
+            "{} in the store at {}",
+            packages(lock.packages.len()),
             p.root.store_dir().display()
         );
         if g.verbose {

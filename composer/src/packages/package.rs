@@ -460,7 +460,13 @@ pub fn read_info(path: &Path) -> Result<PakInfo> {
         .with_context(|| format!("{} is not a tar archive", path.display()))?;
     let mut first = entries
         .next()
-        .with_context(|| format!("{} is empty", path.display()))??;
+        .with_context(|| format!("{} is empty", path.display()))?
+        .with_context(|| {
+            format!(
+                "{} is damaged or truncated: its first entry cannot be read",
+                path.display()
+            )
+        })?;
     let text = read_small(&mut first, INFO_NAME, INFO_MAX)
         .with_context(|| format!("{} is not a package", path.display()))?;
     PakInfo::from_toml(&text)
