@@ -55,8 +55,12 @@ pub enum ImageKind {
 pub fn read_embedded(image: &Path) -> Result<(ImageKind, Embedded)> {
     let open =
         || std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()));
-    let (kind, base) = match crate::disk::gpt::read(&mut open()?) {
-        Ok(parts) => {
+    // A damaged partition table is an error, not a reason to read the disk
+    // as a generation file.
+    let table = crate::disk::gpt::probe(&mut open()?)
+        .with_context(|| format!("{}: its partition table is damaged", image.display()))?;
+    let (kind, base) = match table {
+        Some(parts) => {
             let root_a = pak_boot::disk::Slot::A.label();
             let slot = parts.iter().find(|p| p.label == root_a).with_context(|| {
                 format!(
@@ -66,7 +70,7 @@ pub fn read_embedded(image: &Path) -> Result<(ImageKind, Embedded)> {
             })?;
             (ImageKind::Disk, slot.offset())
         }
-        Err(_) => (ImageKind::Generation, 0),
+        None => (ImageKind::Generation, 0),
     };
     let mut r = Reader::open(open()?, base).with_context(|| match kind {
         ImageKind::Disk => format!("{}: slot a holds no readable generation", image.display()),
@@ -722,6 +726,17 @@ mod tests {
     use super::*;
     use crate::lock::LockedPackage;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_damaged_partition_table_is_named_not_read_as_a_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("x.raw");
+        let mut bytes = vec![0u8; 64 << 10];
+        bytes[512..520].copy_from_slice(b"EFI PART");
+        std::fs::write(&img, &bytes).unwrap();
+        let err = format!("{:#}", read_embedded(&img).unwrap_err());
+        assert!(err.contains("its partition table is damaged"), "{err}");
+    }
 
     fn locked(name: &str, source: &str, sha: &str) -> LockedPackage {
         LockedPackage {
