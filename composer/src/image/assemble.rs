@@ -27,30 +27,27 @@ pub struct PkgEntry {
     pub gid: u32,
 }
 
+/// How the assembled root knows a regular file's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeKind {
-    Dir,
-    /// Content at `source`, with its sha256 (to tell equal files apart
-    /// from conflicting ones without reading them).
-    File {
+pub enum Content {
+    /// A package's file in the store, with its sha256 (to tell equal files
+    /// apart from conflicting ones without reading them).
+    Stored {
         source: PathBuf,
         size: u64,
         sha256: String,
     },
-    /// Content given inline (configuration pak writes).
+    /// Bytes pak writes itself (configuration, its own description).
     Data(Vec<u8>),
-    Symlink(String),
-    /// Same inode as the (already canonical) path named.
-    HardLink(String),
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
-    BlockDev {
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
+}
+
+/// What a path of the assembled root is; a hard link names the (already
+/// canonical) path whose inode it shares.
+pub type NodeKind = crate::packages::file::FileKind<Content>;
+
+/// A file of bytes pak writes itself.
+pub fn data(bytes: Vec<u8>) -> NodeKind {
+    NodeKind::File(Content::Data(bytes))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,7 +298,10 @@ fn normalize(p: &str) -> String {
 
 fn same(a: &Node, b: &Node) -> bool {
     let kinds = match (&a.kind, &b.kind) {
-        (NodeKind::File { sha256: x, .. }, NodeKind::File { sha256: y, .. }) => x == y,
+        (
+            NodeKind::File(Content::Stored { sha256: x, .. }),
+            NodeKind::File(Content::Stored { sha256: y, .. }),
+        ) => x == y,
         (x, y) => x == y,
     };
     kinds && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid
@@ -314,11 +314,11 @@ mod tests {
     fn file(path: &str, sha: &str) -> PkgEntry {
         PkgEntry {
             path: path.into(),
-            kind: NodeKind::File {
+            kind: NodeKind::File(Content::Stored {
                 source: PathBuf::from("/x"),
                 size: 1,
                 sha256: sha.into(),
-            },
+            }),
             mode: 0o644,
             uid: 0,
             gid: 0,

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::image::assemble::{NodeKind, PkgEntry, RootTree};
+use crate::image::assemble::{Content, NodeKind, PkgEntry, RootTree};
 use crate::image::sysconfig::{self, ConfigKind};
 use crate::lock::{Lock, LockedPackage};
 use crate::spec::pakfile::Pakfile;
@@ -127,14 +127,20 @@ pub fn assemble(
     id.update(pakfile.boot.cmdline.as_bytes());
     for f in config {
         let kind = match f.kind {
-            ConfigKind::File(b) => NodeKind::Data(b),
+            ConfigKind::File(b) => crate::image::assemble::data(b),
             ConfigKind::Symlink(t) => NodeKind::Symlink(t),
         };
         tree.put(&f.path, kind, f.mode, f.uid, f.gid);
     }
     // What ldconfig would have written after the libraries were installed.
     if let Some(cache) = crate::image::ldcache::build(&tree) {
-        tree.put("etc/ld.so.cache", NodeKind::Data(cache), 0o644, 0, 0);
+        tree.put(
+            "etc/ld.so.cache",
+            crate::image::assemble::data(cache),
+            0o644,
+            0,
+            0,
+        );
     }
     tree.move_var_to_factory();
 
@@ -160,14 +166,14 @@ pub fn assemble(
     };
     tree.put(
         LOCK_FILE,
-        NodeKind::Data(lock.to_toml().into_bytes()),
+        crate::image::assemble::data(lock.to_toml().into_bytes()),
         0o644,
         0,
         0,
     );
     tree.put(
         META_FILE,
-        NodeKind::Data(meta.to_toml().into_bytes()),
+        crate::image::assemble::data(meta.to_toml().into_bytes()),
         0o644,
         0,
         0,
@@ -176,7 +182,13 @@ pub fn assemble(
 }
 
 pub fn add_initrd(tree: &mut RootTree, initrd: Vec<u8>) {
-    tree.put(INITRD_FILE, NodeKind::Data(initrd), 0o644, 0, 0);
+    tree.put(
+        INITRD_FILE,
+        crate::image::assemble::data(initrd),
+        0o644,
+        0,
+        0,
+    );
 }
 
 /// The kernel the image boots: exactly one `boot/vmlinuz-<version>` with
@@ -222,7 +234,7 @@ fn busybox_applets(tree: &mut RootTree) -> Result<()> {
     let Some((path, node)) = tree.resolve("usr/bin/busybox") else {
         return Ok(());
     };
-    let NodeKind::File { source, .. } = &node.kind else {
+    let NodeKind::File(Content::Stored { source, .. }) = &node.kind else {
         return Ok(());
     };
     let applets = list_applets(source)?;
@@ -369,11 +381,11 @@ mod tests {
     fn entry(path: &str) -> PkgEntry {
         PkgEntry {
             path: path.into(),
-            kind: NodeKind::File {
+            kind: NodeKind::File(Content::Stored {
                 source: PathBuf::from("/dev/null"),
                 size: 0,
                 sha256: "00".into(),
-            },
+            }),
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -415,7 +427,7 @@ mod tests {
             tree.get("usr/lib/modules/6.1.0-1-cloud-amd64/kernel/x.ko")
                 .is_some()
         );
-        let NodeKind::Data(bytes) = &tree.get(META_FILE).unwrap().kind else {
+        let NodeKind::File(Content::Data(bytes)) = &tree.get(META_FILE).unwrap().kind else {
             panic!()
         };
         assert_eq!(

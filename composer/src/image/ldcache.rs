@@ -7,7 +7,7 @@
 
 use std::cmp::Ordering;
 
-use crate::image::assemble::{NodeKind, RootTree};
+use crate::image::assemble::{Content, NodeKind, RootTree};
 
 const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
 /// libc6 library, x86-64.
@@ -63,8 +63,10 @@ fn directories(tree: &RootTree) -> Vec<String> {
             break;
         }
         let text = match &node.kind {
-            NodeKind::File { source, .. } => std::fs::read_to_string(source).unwrap_or_default(),
-            NodeKind::Data(b) => String::from_utf8_lossy(b).into_owned(),
+            NodeKind::File(Content::Stored { source, .. }) => {
+                std::fs::read_to_string(source).unwrap_or_default()
+            }
+            NodeKind::File(Content::Data(b)) => String::from_utf8_lossy(b).into_owned(),
             _ => continue,
         };
         for line in text.lines().map(str::trim).filter(|l| l.starts_with('/')) {
@@ -90,7 +92,7 @@ pub fn build(tree: &RootTree) -> Option<Vec<u8>> {
             if name.contains('/') || !name.starts_with("lib") || !name.contains(".so.") {
                 continue;
             }
-            if matches!(tree.resolve(path), Some((_, n)) if matches!(n.kind, NodeKind::File { .. } | NodeKind::Data(_)))
+            if matches!(tree.resolve(path), Some((_, n)) if matches!(n.kind, NodeKind::File(Content::Stored { .. }) | NodeKind::File(Content::Data(_))))
             {
                 libs.push((name.to_string(), format!("/{path}")));
             }
@@ -141,11 +143,11 @@ mod tests {
     fn file(path: &str) -> PkgEntry {
         PkgEntry {
             path: path.into(),
-            kind: NodeKind::File {
+            kind: NodeKind::File(Content::Stored {
                 source: PathBuf::from("/dev/null"),
                 size: 0,
                 sha256: path.into(),
-            },
+            }),
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -180,7 +182,7 @@ mod tests {
         );
         t.put(
             "etc/ld.so.conf.d/x.conf",
-            NodeKind::Data(b"/opt/x/lib\n".to_vec()),
+            crate::image::assemble::data(b"/opt/x/lib\n".to_vec()),
             0o644,
             0,
             0,

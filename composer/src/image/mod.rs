@@ -19,11 +19,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::disk::{self, Layout};
 use crate::lock::{Lock, LockedPackage};
-use crate::packages::bom;
 use crate::project::Project;
 use crate::sources::Sources;
 use crate::store::{Store, StoreEntry};
-use assemble::{NodeKind, PkgEntry, RootTree};
+use assemble::{Content, NodeKind, PkgEntry, RootTree};
 use generation::{GenerationMeta, PackageInput};
 
 pub const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -43,19 +42,11 @@ fn package_entries(e: &StoreEntry) -> Result<Vec<PkgEntry>> {
         .entries
         .into_iter()
         .map(|b| {
-            let kind = match b.kind {
-                bom::Kind::Dir => NodeKind::Dir,
-                bom::Kind::File { size, sha256 } => NodeKind::File {
-                    source: tree.join(&b.path),
-                    size,
-                    sha256,
-                },
-                bom::Kind::Symlink { target } => NodeKind::Symlink(target),
-                bom::Kind::HardLink { target } => NodeKind::HardLink(target),
-                bom::Kind::CharDev { major, minor } => NodeKind::CharDev { major, minor },
-                bom::Kind::BlockDev { major, minor } => NodeKind::BlockDev { major, minor },
-                bom::Kind::Fifo => NodeKind::Fifo,
-            };
+            let kind = b.kind.map(|d| Content::Stored {
+                source: tree.join(&b.path),
+                size: d.size,
+                sha256: d.sha256,
+            });
             PkgEntry {
                 path: b.path,
                 kind,
@@ -131,24 +122,10 @@ fn to_squashfs(tree: &RootTree) -> squashfs::Tree {
         },
     );
     for (path, n) in &tree.nodes {
-        let kind = match &n.kind {
-            NodeKind::Dir => squashfs::Kind::Dir,
-            NodeKind::File { source, .. } => {
-                squashfs::Kind::File(squashfs::Source::Path(source.clone()))
-            }
-            NodeKind::Data(b) => squashfs::Kind::File(squashfs::Source::Bytes(b.clone())),
-            NodeKind::Symlink(t) => squashfs::Kind::Symlink(t.clone()),
-            NodeKind::HardLink(t) => squashfs::Kind::HardLink(t.clone()),
-            NodeKind::CharDev { major, minor } => squashfs::Kind::CharDev {
-                major: *major,
-                minor: *minor,
-            },
-            NodeKind::BlockDev { major, minor } => squashfs::Kind::BlockDev {
-                major: *major,
-                minor: *minor,
-            },
-            NodeKind::Fifo => squashfs::Kind::Fifo,
-        };
+        let kind = n.kind.map_ref(|c| match c {
+            Content::Stored { source, .. } => squashfs::Source::Path(source.clone()),
+            Content::Data(b) => squashfs::Source::Bytes(b.clone()),
+        });
         t.entries.insert(
             path.clone(),
             squashfs::Entry {
@@ -169,10 +146,10 @@ pub fn read_from_tree(tree: &RootTree, path: &str) -> Result<Vec<u8>> {
         .resolve(path)
         .with_context(|| format!("the image has no /{path}"))?;
     match &node.kind {
-        NodeKind::File { source, .. } => {
+        NodeKind::File(Content::Stored { source, .. }) => {
             std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))
         }
-        NodeKind::Data(b) => Ok(b.clone()),
+        NodeKind::File(Content::Data(b)) => Ok(b.clone()),
         _ => bail!("/{path} in the image is not a file"),
     }
 }
@@ -230,7 +207,7 @@ pub fn generation_from(
     for (name, bytes) in crate::image::kmod::depmod(&modules_dir)? {
         tree.put(
             &format!("usr/lib/modules/{}/{name}", meta.kernel_version),
-            NodeKind::Data(bytes),
+            crate::image::assemble::data(bytes),
             0o644,
             0,
             0,

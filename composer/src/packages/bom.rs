@@ -23,30 +23,16 @@ use anyhow::{Result, bail};
 
 pub const MAGIC: &str = "pak-bom 1";
 
+/// A BOM knows a regular file by its size and sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File {
-        size: u64,
-        sha256: String,
-    },
-    Symlink {
-        target: String,
-    },
-    /// A hard link to an earlier file entry of the same package.
-    HardLink {
-        target: String,
-    },
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
-    BlockDev {
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: String,
 }
+
+/// What a BOM entry is. A hard link names an earlier file entry of the
+/// same package.
+pub type Kind = crate::packages::file::FileKind<FileDigest>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -153,9 +139,11 @@ impl Bom {
         for e in &self.entries {
             let (t, size, sha, target) = match &e.kind {
                 Kind::Dir => ("d", "-".to_string(), "-", None),
-                Kind::File { size, sha256 } => ("f", size.to_string(), sha256.as_str(), None),
-                Kind::Symlink { target } => ("l", "-".into(), "-", Some(target)),
-                Kind::HardLink { target } => ("h", "-".into(), "-", Some(target)),
+                Kind::File(FileDigest { size, sha256 }) => {
+                    ("f", size.to_string(), sha256.as_str(), None)
+                }
+                Kind::Symlink(target) => ("l", "-".into(), "-", Some(target)),
+                Kind::HardLink(target) => ("h", "-".into(), "-", Some(target)),
                 Kind::CharDev { major, minor } => ("c", format!("{major},{minor}"), "-", None),
                 Kind::BlockDev { major, minor } => ("b", format!("{major},{minor}"), "-", None),
                 Kind::Fifo => ("p", "-".into(), "-", None),
@@ -206,7 +194,7 @@ impl Bom {
         self.entries
             .iter()
             .map(|e| match e.kind {
-                Kind::File { size, .. } => size,
+                Kind::File(FileDigest { size, .. }) => size,
                 _ => 0,
             })
             .sum()
@@ -243,13 +231,13 @@ fn parse_line(line: &str) -> Result<Entry> {
             if f[5].len() != 64 || !f[5].bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("bad sha256 {:?}", f[5]);
             }
-            Kind::File {
+            Kind::File(FileDigest {
                 size,
                 sha256: f[5].to_string(),
-            }
+            })
         }
-        ("l", Some(target)) => Kind::Symlink { target },
-        ("h", Some(target)) => Kind::HardLink { target },
+        ("l", Some(target)) => Kind::Symlink(target),
+        ("h", Some(target)) => Kind::HardLink(target),
         ("c", None) => {
             let (major, minor) = dev(f[4])?;
             Kind::CharDev { major, minor }
@@ -290,10 +278,10 @@ mod tests {
                 },
                 Entry {
                     path: "a b/f%".into(),
-                    kind: Kind::File {
+                    kind: Kind::File(FileDigest {
                         size: 3,
                         sha256: "ab".repeat(32),
-                    },
+                    }),
                     mode: 0o4755,
                     uid: 0,
                     gid: 0,
@@ -307,9 +295,7 @@ mod tests {
                 },
                 Entry {
                     path: "é".into(),
-                    kind: Kind::Symlink {
-                        target: "../x y".into(),
-                    },
+                    kind: Kind::Symlink("../x y".into()),
                     mode: 0o777,
                     uid: 0,
                     gid: 0,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::packages::bom::{Entry, Kind};
+use crate::packages::bom::{Entry, FileDigest, Kind};
 use crate::packages::package::{Content, Writer};
 use crate::packages::pakinfo::PakInfo;
 
@@ -148,10 +148,10 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
                 let mut buf = Vec::with_capacity(e.size() as usize);
                 e.read_to_end(&mut buf)?;
                 (
-                    entry(Kind::File {
+                    entry(Kind::File(FileDigest {
                         size: 0,
                         sha256: String::new(),
-                    }),
+                    })),
                     Content::Bytes(buf),
                 )
             }
@@ -164,7 +164,7 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
                 (
                     Entry {
                         mode: 0o777,
-                        ..entry(Kind::Symlink { target: t })
+                        ..entry(Kind::Symlink(t))
                     },
                     Content::None,
                 )
@@ -176,7 +176,7 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
                     .to_string_lossy()
                     .into_owned();
                 let t = payload_path(&t).context("hard link to the root")?;
-                (entry(Kind::HardLink { target: t }), Content::None)
+                (entry(Kind::HardLink(t)), Content::None)
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let (major, minor) = (

@@ -5,6 +5,7 @@ pub mod bom;
 pub mod candidate;
 pub mod deb;
 pub mod debian;
+pub mod file;
 pub mod package;
 pub mod pakinfo;
 pub mod paths;

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::packages::bom::{self, Bom, Entry, Kind};
+use crate::packages::bom::{self, Bom, Entry, FileDigest, Kind};
 use crate::packages::pakinfo::PakInfo;
 
 pub const INFO_NAME: &str = ".PAKINFO";
@@ -94,7 +94,7 @@ impl Writer {
             {
                 missing_parents.push(parent.to_string());
             }
-            if let Kind::File { size, sha256 } = &mut entry.kind {
+            if let Kind::File(FileDigest { size, sha256 }) = &mut entry.kind {
                 let (n, h) = match content {
                     Content::Bytes(b) => (b.len() as u64, hex::encode(Sha256::digest(b))),
                     Content::Path(p) => hash_file(p)?,
@@ -135,17 +135,17 @@ impl Writer {
         let files: HashSet<&String> = self
             .entries
             .iter()
-            .filter(|(_, (e, _))| matches!(e.kind, Kind::File { .. }))
+            .filter(|(_, (e, _))| matches!(e.kind, Kind::File(_)))
             .map(|(p, _)| p)
             .collect();
         for (path, (entry, _)) in &self.entries {
             match &entry.kind {
-                Kind::HardLink { target } if !files.contains(target) || target >= path => {
+                Kind::HardLink(target) if !files.contains(target) || target >= path => {
                     bail!(
                         "hard link {path} must point to a regular file that sorts before it, not {target}"
                     )
                 }
-                Kind::Symlink { target } if bom::link_destination(path, target).is_none() => {
+                Kind::Symlink(target) if bom::link_destination(path, target).is_none() => {
                     bail!("symlink {path} -> {target} points outside the package root")
                 }
                 _ => {}
@@ -176,7 +176,7 @@ impl Writer {
                     h.set_size(0);
                     tar.append_data(&mut h, &entry.path, io::empty())?;
                 }
-                Kind::File { size, .. } => {
+                Kind::File(FileDigest { size, .. }) => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(*size);
                     match content {
@@ -192,8 +192,8 @@ impl Writer {
                         Content::None => unreachable!("checked in complete()"),
                     }
                 }
-                Kind::Symlink { target } | Kind::HardLink { target } => {
-                    let t = if matches!(entry.kind, Kind::Symlink { .. }) {
+                Kind::Symlink(target) | Kind::HardLink(target) => {
+                    let t = if matches!(entry.kind, Kind::Symlink(_)) {
                         tar::EntryType::Symlink
                     } else {
                         tar::EntryType::Link
@@ -300,30 +300,23 @@ pub fn create_from_dir(dir: &Path, out_dir: &Path) -> Result<PathBuf> {
                 w.add(
                     Entry {
                         mode: 0o777,
-                        ..entry(Kind::Symlink {
-                            target: target.into(),
-                        })
+                        ..entry(Kind::Symlink(target.into()))
                     },
                     Content::None,
                 )?;
             } else if ft.is_file() {
                 if md.nlink() > 1 {
                     if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
-                        w.add(
-                            entry(Kind::HardLink {
-                                target: first.clone(),
-                            }),
-                            Content::None,
-                        )?;
+                        w.add(entry(Kind::HardLink(first.clone())), Content::None)?;
                         continue;
                     }
                     inodes.insert((md.dev(), md.ino()), path.clone());
                 }
                 w.add(
-                    entry(Kind::File {
+                    entry(Kind::File(FileDigest {
                         size: 0,
                         sha256: String::new(),
-                    }),
+                    })),
                     Content::Path(full),
                 )?;
             } else if ft.is_char_device() || ft.is_block_device() {
@@ -354,7 +347,7 @@ impl Writer {
     fn normalise_hardlinks(&mut self) {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (path, (e, _)) in &self.entries {
-            if let Kind::HardLink { target } = &e.kind {
+            if let Kind::HardLink(target) = &e.kind {
                 groups.entry(target.clone()).or_default().push(path.clone());
             }
         }
@@ -383,9 +376,7 @@ impl Writer {
                 (
                     Entry {
                         path: first.clone(),
-                        kind: Kind::HardLink {
-                            target: leader.clone(),
-                        },
+                        kind: Kind::HardLink(leader.clone()),
                         ..leader_entry
                     },
                     Content::None,
@@ -393,9 +384,7 @@ impl Writer {
             );
             for l in links.iter().filter(|l| **l != leader) {
                 if let Some((e, _)) = self.entries.get_mut(l) {
-                    e.kind = Kind::HardLink {
-                        target: leader.clone(),
-                    };
+                    e.kind = Kind::HardLink(leader.clone());
                 }
             }
         }
@@ -546,7 +535,7 @@ fn walk_inner(path: &Path, sink: &mut dyn Sink) -> Result<(PakInfo, Bom)> {
             );
         }
         check_entry(&te, want, &bom, &special, &seen_files)?;
-        if let Kind::File { size, sha256 } = &want.kind {
+        if let Kind::File(FileDigest { size, sha256 }) = &want.kind {
             let mut hr = Hashing {
                 inner: &mut te,
                 hash: Sha256::new(),
@@ -585,12 +574,12 @@ fn check_entry<R: Read>(
     let et = h.entry_type();
     let type_ok = match &want.kind {
         Kind::Dir => et == tar::EntryType::Directory,
-        Kind::File { size, .. } => {
+        Kind::File(FileDigest { size, .. }) => {
             (et == tar::EntryType::Regular || et == tar::EntryType::Continuous)
                 && te.size() == *size
         }
-        Kind::Symlink { .. } => et == tar::EntryType::Symlink,
-        Kind::HardLink { .. } => et == tar::EntryType::Link,
+        Kind::Symlink(_) => et == tar::EntryType::Symlink,
+        Kind::HardLink(_) => et == tar::EntryType::Link,
         Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
             let t = if matches!(want.kind, Kind::CharDev { .. }) {
                 tar::EntryType::Char
@@ -624,7 +613,7 @@ fn check_entry<R: Read>(
         }
     }
     match &want.kind {
-        Kind::Symlink { target } => {
+        Kind::Symlink(target) => {
             let link = te.link_name()?.map(|l| l.to_string_lossy().into_owned());
             if link.as_deref() != Some(target.as_str()) {
                 bail!("{p}: link target disagrees with the bill of materials");
@@ -633,7 +622,7 @@ fn check_entry<R: Read>(
                 bail!("{p}: symlink to {target} escapes the package root");
             }
         }
-        Kind::HardLink { target } => {
+        Kind::HardLink(target) => {
             let link = te.link_name()?.map(|l| l.to_string_lossy().into_owned());
             if link.as_deref() != Some(target.as_str()) {
                 bail!("{p}: hard link target disagrees with the bill of materials");
@@ -703,13 +692,11 @@ mod tests {
         // The sorted-first path of the hard-link pair carries the content.
         assert!(matches!(
             bom.get("usr/bin/a-hello").unwrap().kind,
-            Kind::File { .. }
+            Kind::File(_)
         ));
         assert_eq!(
             bom.get("usr/bin/hello").unwrap().kind,
-            Kind::HardLink {
-                target: "usr/bin/a-hello".into()
-            }
+            Kind::HardLink("usr/bin/a-hello".into())
         );
         assert_eq!(read_info(&p1).unwrap(), info());
     }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
-use crate::packages::bom::{Entry, Kind};
+use crate::packages::bom::{Entry, FileDigest, Kind};
 use crate::packages::candidate::Candidate;
 use crate::packages::package::{Content, Writer};
 use crate::packages::pakinfo::PakInfo;
@@ -104,10 +104,10 @@ pub fn write_package(sha256: &str, out_dir: &Path) -> Result<PathBuf> {
     w.add(
         Entry {
             path: "usr/bin/pak".into(),
-            kind: Kind::File {
+            kind: Kind::File(FileDigest {
                 size: 0,
                 sha256: String::new(),
-            },
+            }),
             mode: 0o755,
             uid: 0,
             gid: 0,

@@ -271,7 +271,7 @@ impl Sink for Extract {
                     .with_context(|| format!("cannot create {}", dest.display()))?;
                 self.dirs.push((dest, e.mode));
             }
-            Kind::File { .. } => {
+            Kind::File(_) => {
                 use std::os::unix::fs::OpenOptionsExt;
                 let mut f = File::options()
                     .write(true)
@@ -286,8 +286,8 @@ impl Sink for Extract {
                 // setuid/setgid never reach the store's disk.
                 f.set_permissions(std::fs::Permissions::from_mode(e.mode & 0o1777))?;
             }
-            Kind::Symlink { target } => std::os::unix::fs::symlink(target, &dest)?,
-            Kind::HardLink { target } => std::fs::hard_link(self.tree.join(target), &dest)?,
+            Kind::Symlink(target) => std::os::unix::fs::symlink(target, &dest)?,
+            Kind::HardLink(target) => std::fs::hard_link(self.tree.join(target), &dest)?,
             // Device nodes and fifos live in the BOM only; the generation
             // writer creates them from it.
             Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo => {}

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 mod data;
 mod reader;
@@ -49,24 +49,10 @@ pub enum Source {
     Bytes(Vec<u8>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File(Source),
-    Symlink(String),
-    /// Another path of the tree, a regular file: the same inode.
-    HardLink(String),
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
-    BlockDev {
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
-    Socket,
-}
+/// What a path of the tree is; a hard link names another path of the
+/// tree, a regular file, whose inode it shares. Sockets are not packed: no
+/// package can hold one (they are sockets of a running system).
+pub type Kind = crate::packages::file::FileKind<Source>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -171,7 +157,10 @@ impl Tree {
             } else if ft.is_fifo() {
                 Kind::Fifo
             } else {
-                Kind::Socket
+                bail!(
+                    "{} is a socket: sockets belong to a running system and are not packed",
+                    abs.display()
+                )
             };
             let xattrs = read_xattrs(&abs)?;
             t.entries.insert(

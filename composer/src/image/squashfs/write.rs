@@ -99,7 +99,6 @@ fn basic_type(k: &Kind) -> u16 {
         Kind::BlockDev { .. } => 4,
         Kind::CharDev { .. } => 5,
         Kind::Fifo => 6,
-        Kind::Socket => 7,
     }
 }
 
@@ -514,7 +513,7 @@ impl<'a> Plan<'a> {
         b
     }
 
-    /// Symlinks, devices, fifos and sockets.
+    /// Symlinks, devices and fifos.
     fn other_inode(&self, i: usize, opts: &Options) -> Vec<u8> {
         let n = &self.nodes[i];
         let mut b = Vec::with_capacity(64);
@@ -525,7 +524,7 @@ impl<'a> Plan<'a> {
                 b.extend((target.len() as u32).to_le_bytes());
                 b.extend(target.as_bytes());
             }
-            Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo | Kind::Socket => {
+            Kind::CharDev { .. } | Kind::BlockDev { .. } | Kind::Fifo => {
                 // Basic inode types 4-7; their extended twins add 7 and an
                 // xattr index.
                 let basic = basic_type(&n.entry.kind);
