@@ -90,7 +90,7 @@ fn main() {
         }
         let infos: Vec<&pak::packages::pakinfo::PakInfo> =
             chosen.iter().map(|i| &cands[*i].info).collect();
-        let problems = pak::lock::resolve::check_closure(&infos);
+        let problems = pak::lock::closure::check_closure(&infos);
         assert!(
             problems.is_empty(),
             "{target}: closure problems: {problems:?}"

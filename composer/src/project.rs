@@ -254,9 +254,9 @@ impl Project {
             }
         }
         let refs: Vec<&PakInfo> = infos.iter().collect();
-        why.extend(resolve::check_closure(&refs));
+        why.extend(crate::lock::closure::check_closure(&refs));
         if why.is_empty() {
-            for p in resolve::unneeded(&refs, &roots) {
+            for p in crate::lock::closure::unneeded(&refs, &roots) {
                 why.push(format!("nothing needs {} any more", p.name));
             }
         }

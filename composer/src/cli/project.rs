@@ -209,14 +209,14 @@ pub fn build(
 
 /// `--check`: the same lock, built again by another process that differs
 /// from this one in everything a second machine would, must give the same
-/// bytes. The library does it ([`crate::image::verify::check`]); this renders.
+/// bytes. The library does it ([`crate::image::check::check`]); this renders.
 fn check_reproducible(
     g: &Global,
     p: &Project,
     output: &Path,
     started: std::time::SystemTime,
 ) -> Result<()> {
-    let report = crate::image::verify::check(output, &p.pakfile_path, &p.root, started)?;
+    let report = crate::image::check::check(output, &p.pakfile_path, &p.root, started)?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !g.quiet || !report.differences.is_empty() {

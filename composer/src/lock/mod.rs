@@ -15,6 +15,7 @@
 //! pak binary, same bytes; and a lock naming a pak version the builder is
 //! not is an error, never a silent re-pin.
 
+pub mod closure;
 pub mod explain;
 pub mod resolve;
 

@@ -583,103 +583,6 @@ fn near_names(names: &[&str], want: &str) -> Vec<String> {
         .collect()
 }
 
-/// The chosen packages nothing needs: not reached from `roots` through
-/// requirements (any package satisfying an alternative counts as reached).
-/// A lock holding one is stale: its Pakfile no longer asks for it.
-pub fn unneeded<'a>(
-    chosen: &[&'a crate::packages::pakinfo::PakInfo],
-    roots: &[Dep],
-) -> Vec<&'a crate::packages::pakinfo::PakInfo> {
-    let mut reached = vec![false; chosen.len()];
-    let mut queue: Vec<Dep> = roots.to_vec();
-    while let Some(d) = queue.pop() {
-        for (i, info) in chosen.iter().enumerate() {
-            if !reached[i] && d.satisfied_by(info) {
-                reached[i] = true;
-                for r in &info.requires {
-                    if let Ok(req) = requirement::parse(r) {
-                        queue.extend(req.alternatives);
-                    }
-                }
-            }
-        }
-    }
-    chosen
-        .iter()
-        .zip(reached)
-        .filter(|(_, r)| !r)
-        .map(|(i, _)| *i)
-        .collect()
-}
-
-/// Checks a set of chosen packages: every requirement met within the set,
-/// no conflict holds, one version per name. Returns the problems found.
-pub fn check_closure(chosen: &[&crate::packages::pakinfo::PakInfo]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut by_name: HashMap<String, Vec<(&crate::packages::pakinfo::PakInfo, Option<Version>)>> =
-        HashMap::new();
-    for info in chosen {
-        by_name
-            .entry(info.name.clone())
-            .or_default()
-            .push((info, Version::parse(&info.version).ok()));
-        for p in &info.provides {
-            if let Ok((n, v)) = requirement::parse_provide(p) {
-                by_name.entry(n).or_default().push((info, v));
-            }
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    for info in chosen {
-        if !names.insert(&info.name) {
-            problems.push(format!("{} is chosen in more than one version", info.name));
-        }
-    }
-    let satisfied = |d: &Dep| {
-        by_name.get(d.name.as_str()).is_some_and(|list| {
-            list.iter().any(|(_, v)| match v {
-                Some(v) => d.range.contains(v),
-                None => d.range.is_any(),
-            })
-        })
-    };
-    for info in chosen {
-        for r in &info.requires {
-            match requirement::parse(r) {
-                Ok(req) if req.alternatives.iter().any(satisfied) => {}
-                Ok(_) => problems.push(format!(
-                    "{} {} requires {r}, which nothing chosen satisfies",
-                    info.name, info.version
-                )),
-                Err(e) => problems.push(format!("{}: {e}", info.name)),
-            }
-        }
-        for c in &info.conflicts {
-            let Ok(req) = requirement::parse(c) else {
-                continue;
-            };
-            for d in &req.alternatives {
-                let hit = by_name.get(d.name.as_str()).is_some_and(|list| {
-                    list.iter().any(|(other, v)| {
-                        other.name != info.name
-                            && match v {
-                                Some(v) => d.range.contains(v),
-                                None => d.range.is_any(),
-                            }
-                    })
-                });
-                if hit {
-                    problems.push(format!(
-                        "{} {} conflicts with {d}, which is chosen",
-                        info.name, info.version
-                    ));
-                }
-            }
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,7 +641,7 @@ mod tests {
         let got = resolve(&c, "x86_64", &roots(&[("app", "*")]), &BTreeMap::new()).unwrap();
         assert_eq!(names(&c, &got), ["app=2.0", "busybox=1.35", "lib=3.1"]);
         let chosen: Vec<&PakInfo> = got.iter().map(|i| &c[*i].info).collect();
-        assert!(check_closure(&chosen).is_empty());
+        assert!(crate::lock::closure::check_closure(&chosen).is_empty());
     }
 
     #[test]
@@ -880,13 +783,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("did you mean nginx"), "{msg}");
-    }
-
-    #[test]
-    fn closure_check_finds_problems() {
-        let a = cand("a", "1", &["b"], &[], &["c"]).info;
-        let c = cand("c", "1", &[], &[], &[]).info;
-        let problems = check_closure(&[&a, &c]);
-        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }
