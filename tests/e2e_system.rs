@@ -221,14 +221,11 @@ fn disks_cut_during_a_switch_boot_under_qemu() {
     // How many writes and flushes a whole switch takes, on a copy.
     let probe = w.join("probe.raw");
     copy(&img, &probe);
-    let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-        .args(["system", "switch", "--disk", s(&probe), s(&sqfs)])
+    let res = common::pak(["system", "switch", "--disk", s(&probe), s(&sqfs)])
         .env("PAK_CUT_AFTER_OPS", u64::MAX.to_string())
-        .env("PAK_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(res.status.success());
-    let err = String::from_utf8_lossy(&res.stderr);
+        .run();
+    assert!(res.success());
+    let err = res.stderr();
     let total: u64 = err
         .lines()
         .find_map(|l| l.strip_prefix("pak: device operations: "))
@@ -240,13 +237,10 @@ fn disks_cut_during_a_switch_boot_under_qemu() {
     for (n, expect) in cuts {
         let disk = w.join(format!("cut-{n}.raw"));
         copy(&img, &disk);
-        let res = Command::new(env!("CARGO_BIN_EXE_pak"))
-            .args(["system", "switch", "--disk", s(&disk), s(&sqfs)])
+        let res = common::pak(["system", "switch", "--disk", s(&disk), s(&sqfs)])
             .env("PAK_CUT_AFTER_OPS", n.to_string())
-            .env("PAK_NO_PROGRESS", "1")
-            .output()
-            .unwrap();
-        assert_eq!(res.status.success(), n == total, "cut after {n} of {total}");
+            .run();
+        assert_eq!(res.success(), n == total, "cut after {n} of {total}");
         let mut m = Machine::start(&vm(&disk, &[]), &w.join(format!("cut-{n}.log"))).unwrap();
         m.wait_for_shell(BOOT).unwrap();
         let cmdline = m.succeed("cat /proc/cmdline").unwrap();

@@ -7,6 +7,8 @@
 //! writers, so each cut point costs milliseconds; the QEMU tests in
 //! `e2e_system.rs` boot real ones.
 
+mod common;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -677,12 +679,11 @@ fn a_cut_during_rollback_or_mark_good_leaves_a_bootable_disk() {
 
 /// `pak ARGS`, cut after `cut` device operations if given.
 fn pak_cli(args: &[&str], cut: Option<&str>) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pak"));
-    c.args(args).env("PAK_NO_PROGRESS", "1");
+    let mut c = common::pak(args);
     if let Some(n) = cut {
-        c.env("PAK_CUT_AFTER_OPS", n);
+        c = c.env("PAK_CUT_AFTER_OPS", n);
     }
-    c.output().unwrap()
+    c.command().output().unwrap()
 }
 
 /// The CLI on a real image file: the same code, and `PAK_CUT_AFTER_OPS`
