@@ -62,11 +62,17 @@ impl Diff {
 }
 
 impl<D: Device> PakDisk<D> {
-    /// Packages added, removed and changed from generation `a` to `b`;
-    /// by default from the booted generation to the other slot's.
+    /// Packages added, removed and changed from generation `a` to `b`. By
+    /// default, what the next change of generation changes: on a running
+    /// system from the running generation to the other slot's; on a disk
+    /// image, which runs nothing, from the other slot's to the one that
+    /// boots next (after a switch: old -> new).
     pub fn diff(&mut self, a: Option<u64>, b: Option<u64>) -> Result<Diff> {
         let status = self.status()?;
-        let booted = status.booted_slot;
+        let (from_slot, to_slot) = match self.booted {
+            Some((running, _)) => (Some(running), Some(running.other())),
+            None => (status.booted_slot.map(|s| s.other()), status.booted_slot),
+        };
         let pick = |me: &mut Self,
                     want: Option<u64>,
                     default_slot: Option<Slot>|
@@ -83,8 +89,8 @@ impl<D: Device> PakDisk<D> {
             me.slot_meta(slot)?
                 .with_context(|| format!("slot {slot} holds no generation"))
         };
-        let from = pick(self, a, booted)?;
-        let to = pick(self, b, booted.map(|s| s.other()))?;
+        let from = pick(self, a, from_slot)?;
+        let to = pick(self, b, to_slot)?;
         Ok(Diff::between(&from, &to))
     }
 }
