@@ -573,7 +573,8 @@ fn near_names(names: &[&str], want: &str) -> Vec<String> {
     let mut scored: Vec<(f64, &&str)> = names
         .iter()
         .map(|n| (strsim::jaro_winkler(n, want), n))
-        .filter(|(s, n)| *s > 0.85 || n.contains(want))
+        // A short name is inside too many others to suggest them all.
+        .filter(|(s, n)| *s > 0.85 || (want.len() >= 3 && n.contains(want)))
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
     scored
