@@ -7,7 +7,7 @@
 //! from a signed local repository (`pak key generate`, `pak repo index`).
 
 mod common;
-use common::{User, chmod};
+use common::{Package, User, chmod};
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -133,40 +133,14 @@ impl Fixture {
             &[],
             &[("bin/pak-envtest-other", "#!/bin/sh\necho other\n", 0o755)],
         );
-        let clash = fx.dir.join("build-clash");
-        std::fs::create_dir_all(&clash).unwrap();
-        std::fs::write(
-            clash.join(".PAKINFO"),
-            "name = \"clash\"\nversion = \"1.0-1\"\narch = \"any\"\nconflicts = [\"hello\"]\n",
-        )
-        .unwrap();
-        assert_ok(
-            &pak_cmd()
-                .arg("pkg")
-                .arg("create")
-                .arg(&clash)
-                .arg("-o")
-                .arg(&fx.repo)
-                .output()
-                .unwrap(),
-        );
+        fx.add(&Package::new("clash", "1.0-1").pakinfo_line("conflicts = [\"hello\"]"));
         let key = fx.dir.join("local");
-        assert_ok(
-            &pak_cmd()
-                .args(["key", "generate"])
-                .arg(&key)
-                .output()
-                .unwrap(),
-        );
-        assert_ok(
-            &pak_cmd()
-                .args(["repo", "index"])
-                .arg(&fx.repo)
-                .arg("--key")
-                .arg(fx.dir.join("local.key"))
-                .output()
-                .unwrap(),
-        );
+        root_pak(["key", "generate"]).arg(&key).ok();
+        root_pak(["repo", "index"])
+            .arg(&fx.repo)
+            .arg("--key")
+            .arg(fx.dir.join("local.key"))
+            .ok();
         std::fs::write(
             fx.work.join("Pakfile"),
             format!(
@@ -182,31 +156,23 @@ impl Fixture {
 
     /// `pak pkg create` of a package with these files into the repository.
     fn package(&self, name: &str, version: &str, requires: &[&str], files: &[(&str, &str, u32)]) {
-        let src = self.dir.join(format!("build-{name}-{version}"));
+        let mut p = Package::new(name, version)
+            .requires(requires)
+            .pakinfo_line("summary = \"test\"\nlicense = \"MIT\"");
         for (path, body, mode) in files {
-            let file = src.join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(&file, body).unwrap();
-            chmod(&file, *mode);
+            p = p.file_mode(path, body, *mode);
         }
-        let requires: Vec<String> = requires.iter().map(|r| format!("{r:?}")).collect();
-        std::fs::write(
-            src.join(".PAKINFO"),
-            format!(
-                "name = \"{name}\"\nversion = \"{version}\"\narch = \"any\"\nsummary = \"test\"\nlicense = \"MIT\"\nrequires = [{}]\n",
-                requires.join(", ")
-            ),
-        )
-        .unwrap();
-        assert_ok(
-            &pak_cmd()
-                .args(["pkg", "create"])
-                .arg(&src)
-                .arg("-o")
-                .arg(&self.repo)
-                .output()
-                .unwrap(),
-        );
+        self.add(&p);
+    }
+
+    fn add(&self, p: &Package) {
+        let src = self.dir.join(format!("build-{}-{}", p.name, p.version));
+        p.write_source(&src);
+        root_pak(["pkg", "create"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&self.repo)
+            .ok();
     }
 
     /// The user's default root: `$HOME/.local/share/pak`.
@@ -218,19 +184,21 @@ impl Fixture {
         self.user_root().join("envs").join(name)
     }
 
-    /// `pak ARGS` as the test user, in the project directory.
+    /// `pak ARGS` as the test user, in the project directory, with only
+    /// the environment a login would give.
     fn pak(&self, args: &[&str]) -> Command {
-        let mut command = as_user(pak());
-        command
-            .args(args)
-            .current_dir(&self.work)
+        let mut command = common::pak(args)
+            .program(pak())
+            .run_as(user())
+            .cwd(&self.work)
             .env_clear()
             .env("HOME", &self.home)
             .env("PATH", PATH)
             .env("TMPDIR", &self.tmp)
             .env("PAK_NO_PROGRESS", "1")
             .env("PAK_SYSTEM_ROOT", self.dir.join("no-system-root"))
-            .stdin(Stdio::null());
+            .command();
+        command.stdin(Stdio::null());
         command
     }
 
@@ -258,10 +226,8 @@ impl Fixture {
 }
 
 /// pak run as root (setting up fixtures), outside any environment.
-fn pak_cmd() -> Command {
-    let mut command = Command::new(pak());
-    command.env("PAK_NO_PROGRESS", "1");
-    command
+fn root_pak<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> common::Pak {
+    common::pak(args).program(pak())
 }
 
 fn read(path: &Path) -> String {
@@ -533,16 +499,11 @@ fn gc_keeps_what_environments_need_and_removes_the_rest() {
 fn the_system_store_is_read_without_copying() {
     let fx = Fixture::new();
     let system = fx.dir.join("system-root");
-    assert_ok(
-        &pak_cmd()
-            .arg("--root")
-            .arg(&system)
-            .arg("--pakfile")
-            .arg(fx.work.join("Pakfile"))
-            .arg("fetch")
-            .output()
-            .unwrap(),
-    );
+    root_pak(["fetch"])
+        .root(&system)
+        .arg("--pakfile")
+        .arg(fx.work.join("Pakfile"))
+        .ok();
     std::fs::remove_file(fx.work.join("Pakfile.lock")).ok();
     let out = fx
         .pak(&["run", "--", HELLO, "shared"])

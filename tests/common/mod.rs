@@ -163,6 +163,8 @@ pub fn pak<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Pak {
         root: None,
         cwd: None,
         umask: None,
+        user: None,
+        clear_env: false,
         args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
         env: vec![
             ("PAK_NO_PROGRESS".into(), Some("1".into())),
@@ -180,6 +182,9 @@ pub struct Pak {
     root: Option<PathBuf>,
     cwd: Option<PathBuf>,
     umask: Option<String>,
+    user: Option<User>,
+    /// Start from an empty environment (then `env` adds to it).
+    clear_env: bool,
     args: Vec<OsString>,
     env: Vec<(OsString, Option<OsString>)>,
 }
@@ -231,20 +236,40 @@ impl Pak {
         self
     }
 
+    /// Runs as `user` (through setpriv, when we are root); the program must
+    /// be one the user can reach (see [`runnable_by_all`]).
+    pub fn run_as(mut self, user: User) -> Pak {
+        self.user = Some(user);
+        self
+    }
+
+    /// Starts from an empty environment: only what `env` sets is passed.
+    pub fn env_clear(mut self) -> Pak {
+        self.clear_env = true;
+        self
+    }
+
     /// The process to spawn, for what the builder does not cover (a
     /// umask, another user, a pipe).
     pub fn command(&self) -> Command {
-        let mut c = match &self.umask {
-            // Through sh, which sets it and execs pak (so the pid is pak's).
-            Some(octal) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("umask {octal} && exec \"$0\" \"$@\""))
-                    .arg(&self.program);
-                sh
-            }
-            None => Command::new(&self.program),
+        // A umask is set through sh, which execs pak (so the pid is pak's);
+        // another user through setpriv, which execs too.
+        let first: &Path = match &self.umask {
+            Some(_) => Path::new("sh"),
+            None => &self.program,
         };
+        let mut c = match self.user {
+            Some(user) => as_user(first, user),
+            None => Command::new(first),
+        };
+        if let Some(octal) = &self.umask {
+            c.arg("-c")
+                .arg(format!("umask {octal} && exec \"$0\" \"$@\""))
+                .arg(&self.program);
+        }
+        if self.clear_env {
+            c.env_clear();
+        }
         if let Some(root) = &self.root {
             c.arg("--root").arg(root);
         }
