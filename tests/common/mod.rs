@@ -93,6 +93,7 @@ pub fn vm(image: &Path, drives: &[&Path]) -> pak::vm::qemu::VmConfig {
         snapshot: false,
         interactive: false,
         drives: drives.iter().map(|d| d.to_path_buf()).collect(),
+        forwards: Vec::new(),
     }
 }
 

@@ -129,6 +129,10 @@ pub enum Command {
         /// generation to `pak system switch /dev/vdb` to
         #[arg(long, value_name = "FILE")]
         drive: Vec<PathBuf>,
+        /// Forward the host's port HOST (on 127.0.0.1) to the guest's port
+        /// GUEST, e.g. 8080:80; the guest's network must be up
+        #[arg(long, value_name = "HOST:GUEST")]
+        forward: Vec<crate::vm::qemu::Forward>,
     },
     /// Boot an image and run a test script against it; exit 0 on pass
     #[command(
@@ -146,6 +150,9 @@ pub enum Command {
         /// Attach FILE as another read-only disk (/dev/vdb, ...)
         #[arg(long, value_name = "FILE")]
         drive: Vec<PathBuf>,
+        /// Forward the host's port HOST (on 127.0.0.1) to the guest's port GUEST
+        #[arg(long, value_name = "HOST:GUEST")]
+        forward: Vec<crate::vm::qemu::Forward>,
     },
     /// Search the Pakfile's repositories
     Search { term: String },
@@ -354,12 +361,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             snapshot,
             memory,
             drive,
+            forward,
         } => crate::vm::qemu::run_interactive(&crate::vm::qemu::VmConfig {
             image,
             memory_mib: memory,
             snapshot,
             interactive: true,
             drives: drive,
+            forwards: forward,
         })?,
         Command::Test {
             image,
@@ -367,6 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log,
             snapshot,
             drive,
+            forward,
         } => {
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("cannot read {}", script.display()))?;
@@ -378,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 snapshot,
                 interactive: false,
                 drives: drive,
+                forwards: forward,
             };
             crate::vm::vmtest::run_script(&cfg, &steps, &log)?;
             println!(

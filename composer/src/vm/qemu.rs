@@ -169,6 +169,45 @@ pub struct VmConfig {
     /// More disks, read-only, after the image (`/dev/vdb`, `/dev/vdc`, ...
     /// in the guest): a generation file to switch to, for instance.
     pub drives: Vec<PathBuf>,
+    /// Host ports that reach the guest's (QEMU user networking).
+    pub forwards: Vec<Forward>,
+}
+
+/// A TCP port of the host, on 127.0.0.1 only, forwarded to a port of the
+/// guest (`--forward HOST:GUEST`). The guest's side is its address on
+/// QEMU's user network (10.0.2.15 by DHCP), so the guest must bring its
+/// interface up; the host's side stays on loopback, so nothing but this
+/// machine reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Forward> {
+        let port = |p: &str| -> Option<u16> { p.parse().ok().filter(|n| *n != 0) };
+        match s.split_once(':') {
+            Some((h, g)) if port(h).is_some() && port(g).is_some() => Ok(Forward {
+                host: port(h).unwrap_or_default(),
+                guest: port(g).unwrap_or_default(),
+            }),
+            _ => bail!(
+                "{s:?} is not HOST:GUEST: give two port numbers from 1 to 65535, such as 8080:80 (host port 8080 on 127.0.0.1 reaches the guest's port 80)"
+            ),
+        }
+    }
+}
+
+/// QEMU's `-netdev` value: user networking, with the forwards.
+fn netdev(forwards: &[Forward]) -> String {
+    let mut v = String::from("user,id=net0");
+    for f in forwards {
+        v.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+    }
+    v
 }
 
 /// The machine's UEFI variable store, kept beside the image so boot
@@ -221,14 +260,9 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
                 format!("file={},format=raw,if=virtio,readonly=on", d.display()),
             ]
         }))
-        .args([
-            "-device",
-            "virtio-rng-pci",
-            "-netdev",
-            "user,id=net0",
-            "-device",
-            "virtio-net-pci,netdev=net0",
-        ])
+        .args(["-device", "virtio-rng-pci", "-netdev"])
+        .arg(netdev(&cfg.forwards))
+        .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "i6300esb", "-action", "watchdog=reset"]);
     Ok((c, accel))
 }
@@ -250,4 +284,30 @@ pub fn run_interactive(cfg: &VmConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Forward, netdev};
+
+    #[test]
+    fn forwards_parse_and_stay_on_loopback() {
+        let f: Forward = "8080:80".parse().unwrap();
+        assert_eq!(
+            f,
+            Forward {
+                host: 8080,
+                guest: 80
+            }
+        );
+        assert_eq!(netdev(&[]), "user,id=net0");
+        assert_eq!(
+            netdev(&[f, "2222:22".parse().unwrap()]),
+            "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:2222-:22"
+        );
+        for bad in ["80", "0:80", "80:0", "a:b", "70000:80", "8080:80:1", ""] {
+            let err = bad.parse::<Forward>().unwrap_err().to_string();
+            assert!(err.contains("HOST:GUEST"), "{bad}: {err}");
+        }
+    }
 }
