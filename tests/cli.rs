@@ -388,3 +388,21 @@ fn help_lists_completions_and_man() {
         );
     }
 }
+
+/// An image needs pak itself as its initramfs `/init`: the error says what
+/// to add, once.
+#[test]
+fn an_image_without_pak_says_what_to_add() {
+    let p = Project::new();
+    p.add(&Package::kernel("kernel"));
+    p.add(&Package::boot_loader("boot-loader"));
+    p.index();
+    p.pakfile("kernel = \"*\"\nboot-loader = \"*\"\n");
+    let err = p.fails(&["build", "-o", "x.raw"]);
+    assert!(
+        err.contains("add `pak = \"*\"` to [packages]")
+            && err.matches("has no /usr/bin/pak").count() == 1,
+        "{err}"
+    );
+    assert!(!p.path("x.raw").exists());
+}

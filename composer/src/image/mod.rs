@@ -202,7 +202,7 @@ pub fn generation_from(
             )
         })?;
     let init = read_from_tree(&tree, "usr/bin/pak").context(
-        "the image has no /usr/bin/pak to serve as its /init; add `pak = \"*\"` to [packages] (the base profile has it)",
+        "pak itself is an image's initramfs /init: add `pak = \"*\"` to [packages] (the base profile has it)",
     )?;
     let initrd = crate::image::initramfs::build(&init, &modules_dir)?;
     // What the kernel package's maintainer script would have run depmod for.
