@@ -164,11 +164,9 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     m.fail("command -v e2e-hello").unwrap();
-    // The guest's NIC: QEMU's user network, static addressing.
-    m.succeed(
-        "modprobe virtio_net 2>/dev/null; ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0",
-    )
-    .unwrap();
+    // The image configures its network itself ([network] absent: DHCP on
+    // every Ethernet interface); QEMU's user network leases 10.0.2.15.
+    common::wait_for_address(&mut m, "10.0.2.15");
 
     let (status, out) = m
         .execute("PAK_NO_PROGRESS=1 pak install --user e2e-hello", NET)
@@ -209,7 +207,10 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     m.wait_for("pak-init: starting generation", BOOT).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
-    // No network now: the lock and the store on the data partition suffice.
+    // No network now (the image brought it up again by DHCP; take it
+    // down): the lock and the store on the data partition suffice.
+    m.succeed("kill $(cat /run/udhcpc.eth0.pid); ip addr flush dev eth0; ip link set eth0 down")
+        .unwrap();
     m.fail("ip addr show eth0 | grep -q 10.0.2.15").unwrap();
     assert_eq!(
         m.succeed("e2e-hello").unwrap().trim(),

@@ -203,14 +203,15 @@ fn system_status_and_mark_good_offline_and_inside_the_guest() {
     assert!(offline.contains("default entry: pak-a-1.conf"), "{offline}");
 }
 
-/// `--forward HOST:GUEST` (here through the test driver's config): a page
-/// served in the guest is fetched on the host through 127.0.0.1:HOST.
+/// The server image on the network with no configuration of its own
+/// (DHCP on every Ethernet interface), reached from the host through
+/// `--forward HOST:GUEST` (here the test driver's config): nginx's page.
 #[test]
-fn a_forwarded_port_reaches_the_guest() {
+fn the_server_is_reached_through_a_forwarded_port() {
     use std::io::{Read, Write};
     let work = tempfile::tempdir().unwrap();
-    let img = work.path().join("minimal.raw");
-    build("minimal", &img);
+    let img = work.path().join("server.raw");
+    build("server", &img);
     // A free port of this machine's loopback for the host side.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -218,32 +219,30 @@ fn a_forwarded_port_reaches_the_guest() {
         .unwrap()
         .port();
     let mut cfg = vm(&img, &[]);
-    cfg.forwards = vec![format!("{port}:8080").parse().unwrap()];
+    cfg.forwards = vec![format!("{port}:80").parse().unwrap()];
     let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
     m.wait_for_shell(BOOT).unwrap();
-    // The minimal image configures no network of its own (yet): the
-    // guest's address on QEMU's user network by hand, and busybox's httpd.
-    m.succeed(
-        "modprobe virtio_net 2>/dev/null; ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0",
-    )
-    .unwrap();
-    m.succeed("mkdir -p /tmp/www && echo 'through the forward' > /tmp/www/index.html && httpd -p 8080 -h /tmp/www")
-        .unwrap();
+    common::wait_for_address(&mut m, "10.0.2.15");
+    let resolv = m.succeed("cat /etc/resolv.conf").unwrap();
+    assert!(
+        resolv.contains("nameserver 10.0.2.3"),
+        "DNS from the lease: {resolv}"
+    );
     let mut body = String::new();
-    for _ in 0..60 {
+    for _ in 0..120 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
             body.clear();
             let _ = s.read_to_string(&mut body);
-            if body.contains("through the forward") {
+            if body.contains("hello from a pak image") {
                 break;
             }
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
-        body.contains("through the forward"),
+        body.contains("hello from a pak image"),
         "no page through 127.0.0.1:{port}: {body:?}"
     );
     m.send("poweroff\n").unwrap();

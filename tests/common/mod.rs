@@ -97,6 +97,17 @@ pub fn vm(image: &Path, drives: &[&Path]) -> pak::vm::qemu::VmConfig {
     }
 }
 
+/// Waits (up to a minute) until the guest holds `address`, as DHCP gives
+/// it at boot.
+pub fn wait_for_address(m: &mut pak::vm::vmtest::Machine, address: &str) {
+    let has = format!("ip -4 addr show | grep -q 'inet {address}/'");
+    let cmd = format!(
+        "i=0; while [ $i -lt 300 ] && ! {has}; do i=$((i+1)); sleep 0.2; done; {has} || ip addr"
+    );
+    let (status, out) = m.execute(&cmd, Duration::from_secs(90)).unwrap();
+    assert_eq!(status, 0, "the guest never got {address} by DHCP:\n{out}");
+}
+
 /// Runs `program` as `user` when we are root; setpriv execs, so the pid
 /// stays the same.
 pub fn as_user(program: &Path, user: User) -> Command {

@@ -11,6 +11,7 @@ pub mod generation;
 pub mod initramfs;
 pub mod kmod;
 pub mod ldcache;
+pub mod network;
 pub mod squashfs;
 pub mod sysconfig;
 pub mod verify;

@@ -98,6 +98,9 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     if let Some(list) = repositories(pakfile)? {
         add(text("/usr/lib/pak/repositories.toml", list, 0o644));
     }
+    for f in crate::image::network::render(&pakfile.network) {
+        add(f);
+    }
     add(text("/etc/profile", PROFILE.to_string(), 0o644));
     add(text(
         "/etc/fstab",
@@ -392,6 +395,8 @@ hostname -F /etc/hostname
 ip link set lo up 2>/dev/null
 mkdir -p /var/log /var/lib /var/cache /var/tmp /var/www /root
 chmod 1777 /var/tmp
+# [network]: static interfaces as the Pakfile says, DHCP on the others.
+/usr/lib/pak/network
 "#;
 
 // The `user` environment's commands come first; it lives where pak's root

@@ -1,5 +1,6 @@
 //! What the user declares: the Pakfile, and the profiles it includes.
 
 pub mod edit;
+pub mod network;
 pub mod pakfile;
 pub mod profile;

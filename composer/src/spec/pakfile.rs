@@ -36,6 +36,12 @@ pub struct Pakfile {
     /// Long-running programs the image's init starts and supervises.
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    /// How the machine comes up on the network (DHCP when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::spec::network::Network::is_empty"
+    )]
+    pub network: crate::spec::network::Network,
     /// Where this Pakfile was read from; relative paths resolve against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -253,6 +259,7 @@ impl Pakfile {
     }
 
     fn validate(&self) -> Result<()> {
+        self.network.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for repo in &self.repository {
             if !seen.insert(&repo.name) {
