@@ -14,7 +14,7 @@
 //! generation would have to weigh against its own (see `boot`'s /etc
 //! overlay rule: your copy wins).
 
-use crate::image::sysconfig::{ConfigFile, ConfigKind};
+use crate::image::sysconfig::{ConfigFile, ConfigKind, text};
 use crate::spec::network::Network;
 
 pub const SCRIPT: &str = "/usr/lib/pak/network";
@@ -23,8 +23,8 @@ pub const DHCP_HOOK: &str = "/usr/lib/pak/udhcpc.hook";
 /// The files `[network]` puts into an image.
 pub fn render(network: &Network) -> Vec<ConfigFile> {
     vec![
-        file(SCRIPT, script(network), 0o755),
-        file(DHCP_HOOK, DHCP_HOOK_TEXT.to_string(), 0o755),
+        text(SCRIPT, script(network), 0o755),
+        text(DHCP_HOOK, DHCP_HOOK_TEXT.to_string(), 0o755),
         ConfigFile {
             path: "/etc/resolv.conf".into(),
             kind: ConfigKind::Symlink("../run/resolv.conf".into()),
@@ -33,16 +33,6 @@ pub fn render(network: &Network) -> Vec<ConfigFile> {
             gid: 0,
         },
     ]
-}
-
-fn file(path: &str, text: String, mode: u32) -> ConfigFile {
-    ConfigFile {
-        path: path.into(),
-        kind: ConfigKind::File(text.into_bytes()),
-        mode,
-        uid: 0,
-        gid: 0,
-    }
 }
 
 /// Single-quoted for sh (the values were checked, but quoting costs

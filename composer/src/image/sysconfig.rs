@@ -194,7 +194,7 @@ pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     Ok(out)
 }
 
-fn text(path: &str, content: String, mode: u32) -> ConfigFile {
+pub(crate) fn text(path: &str, content: String, mode: u32) -> ConfigFile {
     ConfigFile {
         path: path.into(),
         kind: ConfigKind::File(content.into_bytes()),
