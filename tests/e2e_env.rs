@@ -129,7 +129,7 @@ fn install_user_from_an_http_repository_survives_a_reboot_and_a_switch() {
     std::fs::write(
         image_dir.join("Pakfile"),
         format!(
-            "{minimal}\n[files]\n\"/etc/pak/repositories.toml\" = {{ source = \"repositories.toml\" }}\n\n[users.alice]\nuid = 1000\n"
+            "{minimal}\n[files]\n\"/etc/pak/repositories.toml\" = {{ source = \"repositories.toml\" }}\n\n[users.alice]\nuid = 1000\nlogin = false\n"
         ),
     )
     .unwrap();

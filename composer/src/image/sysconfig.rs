@@ -242,13 +242,20 @@ fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
         groups.insert(g.gid, (name.clone(), Vec::new()));
     }
     for (name, u) in &p.users {
-        if let Some((other, ..)) = users.get(&u.uid).filter(|(n, ..)| n != name) {
+        // Until ids are kept in the lock: the lowest free from 1000, in name order.
+        let uid = match u.uid {
+            Some(uid) => uid,
+            None => (1000..)
+                .find(|id| !users.contains_key(id) && !p.users.values().any(|o| o.uid == Some(*id)))
+                .expect("a free uid"),
+        };
+        if let Some((other, ..)) = users.get(&uid).filter(|(n, ..)| n != name) {
             bail!(
                 "[users] {name:?} wants uid {} which user {other:?} already has",
-                u.uid
+                uid
             );
         }
-        let gid = u.gid.unwrap_or(u.uid);
+        let gid = u.gid.unwrap_or(uid);
         groups
             .entry(gid)
             .or_insert_with(|| (name.clone(), Vec::new()));
@@ -261,7 +268,7 @@ fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
             members.push(name.clone());
         }
         users.insert(
-            u.uid,
+            uid,
             (
                 name.clone(),
                 gid,
@@ -385,18 +392,30 @@ echo "pak: boot complete"
 
 const RC_SYSINIT: &str = r#"#!/bin/sh
 # First thing busybox init runs. /, /etc, /var and /home were mounted by
-# pak's /init; this adds the volatile mounts and basic identity.
+# pak's /init; this adds the volatile mounts, then brings the machine up in
+# the order each step needs: who it is, then the network, then what
+# packages and per-machine secrets need. Each step reports its own errors on
+# the console and the boot goes on, so an operator can always reach the
+# machine.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=0620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
-hostname -F /etc/hostname
 ip link set lo up 2>/dev/null
 mkdir -p /var/log /var/lib /var/cache /var/tmp /var/www /root
 chmod 1777 /var/tmp
-# [network]: static interfaces as the Pakfile says, DHCP on the others.
+# Per-machine provisioning (a seed volume, fw_cfg or SMBIOS credentials):
+# hostname, users' keys, network, files. Once per data partition.
+[ -x /usr/lib/pak/provision ] && /usr/lib/pak/provision
+hostname -F /etc/hostname
+# [network]: static interfaces as the Pakfile (or a seed) says, DHCP on the others.
 /usr/lib/pak/network
+# Directories, files and links packages declare in tmpfiles.d.
+[ -x /usr/lib/pak/tmpfiles ] && /usr/lib/pak/tmpfiles
+# Per-machine secrets (SSH host keys, machine-id), made on first boot.
+[ -x /usr/lib/pak/first-boot ] && /usr/lib/pak/first-boot
+exit 0
 "#;
 
 // The `user` environment's commands come first; it lives where pak's root
@@ -469,6 +488,7 @@ mod tests {
 name = "web"
 [users.alice]
 uid = 1000
+login = false
 groups = ["www-data"]
 [services.nginx]
 exec = "/usr/sbin/nginx -g 'daemon off;'"
@@ -547,9 +567,10 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
 
     #[test]
     fn clashing_ids_are_refused() {
-        let p = Pakfile::parse("[users.bob]\nuid = 33\n").unwrap();
+        let p = Pakfile::parse("[users.bob]\nuid = 33\nlogin = false\n").unwrap();
         assert!(render(&p).unwrap_err().to_string().contains("www-data"));
-        let p = Pakfile::parse("[users.bob]\nuid = 1000\ngroups = [\"nope\"]\n").unwrap();
+        let p = Pakfile::parse("[users.bob]\nuid = 1000\nlogin = false\ngroups = [\"nope\"]\n")
+            .unwrap();
         assert!(render(&p).is_err());
     }
 
@@ -598,6 +619,7 @@ slot_size = "700MiB"
 "/etc/blob" = { source = "blob" }
 [users.alice]
 uid = 1000
+login = false
 groups = ["www-data"]
 [groups.ops]
 gid = 2000

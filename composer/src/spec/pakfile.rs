@@ -192,9 +192,12 @@ pub struct FileEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct User {
-    pub uid: u32,
+    /// Absent: pak picks one from 1000 up and the lock keeps it, so the
+    /// account owns the same files in every generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,8 +207,28 @@ pub struct User {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     /// A crypt(3) hash; absent means the account has no password login.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "password_hash",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub password_hash: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`) that may log in
+    /// as this user; the image's sshd reads them from
+    /// `/etc/ssh/authorized_keys.d/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    /// `false` for an account nobody logs in to (root or a service switches
+    /// to it); otherwise a user needs a key or a password hash.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub login: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +246,46 @@ pub struct Service {
     /// marked good only when every service's check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+}
+
+/// A user name as useradd accepts it (and short enough for utmp).
+fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+        && name.len() <= 32
+}
+
+fn validate_user(name: &str, u: &User) -> Result<()> {
+    if !valid_user_name(name) {
+        bail!(
+            "[users.{name}]: {name:?} is not a valid user name; use lower-case letters, digits, `_` and `-`, starting with a letter"
+        );
+    }
+    for (i, key) in u.ssh_authorized_keys.iter().enumerate() {
+        let mut parts = key.split_whitespace();
+        let (kind, blob) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let known =
+            kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+        if !known || blob.len() < 16 || key.contains('\n') {
+            bail!(
+                "[users.{name}] ssh-authorized-keys[{i}] is not an OpenSSH public key (`ssh-ed25519 AAAA... comment`, one line, as in a .pub file): {key:?}"
+            );
+        }
+    }
+    if let Some(h) = &u.password_hash
+        && (!h.starts_with('$') || h.contains(':') || h.contains('\n'))
+    {
+        bail!(
+            "[users.{name}] password-hash is not a crypt(3) hash (`$y$...` or `$6$...`, as `mkpasswd` prints); never put a plain password here"
+        );
+    }
+    if u.login && u.ssh_authorized_keys.is_empty() && u.password_hash.is_none() {
+        bail!(
+            "[users.{name}] has neither ssh-authorized-keys nor a password-hash, so nobody could log in as {name}: add a key, or `login = false` for an account only root and services switch to"
+        );
+    }
+    Ok(())
 }
 
 impl Pakfile {
@@ -308,6 +371,9 @@ impl Pakfile {
                     parse_mode(mode).with_context(|| format!("[files] {name:?}"))?;
                 }
             }
+        }
+        for (name, u) in &self.users {
+            validate_user(name, u)?;
         }
         if self.boot.tries == 0 || self.boot.tries > 9 {
             bail!(
