@@ -13,6 +13,7 @@ pub mod kmod;
 pub mod ldcache;
 pub mod network;
 pub mod squashfs;
+pub mod ssh;
 pub mod sysconfig;
 pub mod verify;
 

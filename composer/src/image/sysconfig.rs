@@ -101,6 +101,15 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     for f in crate::image::network::render(&pakfile.network) {
         add(f);
     }
+    for f in crate::image::ssh::render(pakfile) {
+        add(f);
+    }
+    add(text("/usr/lib/pak/shutdown", shutdown_script(), 0o755));
+    add(text(
+        "/usr/lib/pak/first-boot",
+        FIRST_BOOT.to_string(),
+        0o755,
+    ));
     add(text("/etc/profile", PROFILE.to_string(), 0o644));
     add(text(
         "/etc/fstab",
@@ -135,9 +144,7 @@ pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     let mut e = pakfile.clone();
     // Pakfile::load has merged the profiles already; a Pakfile parsed
     // without them gets the same result here.
-    for (name, req) in crate::spec::profile::packages_of(&pakfile.system.profiles, &pakfile.dir)? {
-        e.packages.entry(name).or_insert(req);
-    }
+    e.merge_profiles()?;
     e.system.profiles.clear();
     for r in &mut e.repository {
         // Where to fetch is the building host's business: a build from a
@@ -298,13 +305,60 @@ fn inittab(p: &Pakfile) -> String {
     let mut s = String::from("# Written by pak from the Pakfile. Format: busybox init(8).\n");
     s.push_str("::sysinit:/usr/lib/pak/rc.sysinit\n");
     for (name, svc) in &p.services {
-        s.push_str(&format!("# service {name}\n::respawn:{}\n", svc.exec));
+        let exec = match &svc.user {
+            // busybox su, as root, asks for no password; -s because a
+            // service account's shell is nologin.
+            Some(user) => format!(
+                "/bin/su -s /bin/sh -c 'exec {}' {user}",
+                svc.exec.replace('\'', "'\\''")
+            ),
+            None => svc.exec.clone(),
+        };
+        s.push_str(&format!("# service {name}\n::respawn:{exec}\n"));
     }
     s.push_str("::once:/usr/lib/pak/boot-complete\n");
     s.push_str("ttyS0::respawn:-/bin/sh\n");
     s.push_str("::ctrlaltdel:/sbin/reboot\n");
-    s.push_str("::shutdown:/bin/umount -a -r\n");
+    s.push_str("::shutdown:/usr/lib/pak/shutdown\n");
     s
+}
+
+/// Seconds services get to exit after SIGTERM at shutdown.
+const STOP_SECONDS: u32 = 30;
+
+/// busybox init runs its shutdown actions *before* it signals the other
+/// processes; a filesystem remounted read-only under a running database
+/// would make every shutdown a crash. So: stop everything, wait, then
+/// remount.
+fn shutdown_script() -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by pak. Run by init at poweroff and reboot.
+# The programs still running that are not busybox (shells, udhcpc, this
+# script): services, whatever started them.
+others() {{
+    n=0
+    for p in /proc/[0-9]*; do
+        [ "${{p#/proc/}}" = 1 ] && continue
+        # Kernel threads have no executable.
+        exe=$(readlink "$p/exe" 2>/dev/null) || continue
+        case "$exe" in */busybox | "") continue ;; esac
+        n=$((n + 1))
+    done
+    echo $n
+}}
+kill -TERM -1 2>/dev/null
+i=0
+while [ "$(others)" -gt 0 ] && [ $i -lt {STOP_SECONDS}0 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+[ "$(others)" -gt 0 ] && echo "pak: services still running after {STOP_SECONDS}s; killing them"
+kill -KILL -1 2>/dev/null
+sync
+umount -a -r
+"#
+    )
 }
 
 /// The Pakfile's repositories a running image can reach itself (signed
@@ -418,6 +472,23 @@ hostname -F /etc/hostname
 exit 0
 "#;
 
+/// Per-machine identity, made where the machine keeps its state: never in
+/// the image, which many machines share. Each step does its work only when
+/// its result is missing, so a factory reset or a lost file is made again.
+const FIRST_BOOT: &str = r#"#!/bin/sh
+# Written by pak. Per-machine identity, made on the first boot (and again
+# whenever it is missing): /etc is an overlay whose changes live on /var.
+if [ ! -s /etc/machine-id ]; then
+    tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
+    echo "pak: this machine's id is $(cat /etc/machine-id)"
+fi
+# Steps images add (the ssh profile's host keys, ...), in name order.
+for step in /usr/lib/pak/first-boot.d/*; do
+    [ -x "$step" ] || continue
+    "$step" || echo "pak: first-boot step $step failed; it runs again at the next boot"
+done
+"#;
+
 // The `user` environment's commands come first; it lives where pak's root
 // is for that user (see root.rs): /var/lib/pak for root, XDG data otherwise.
 const PROFILE: &str = r#"# Written by pak. Login shells read this.
@@ -517,6 +588,43 @@ exec = "/usr/sbin/nginx -g 'daemon off;'"
             sorted,
             files.iter().map(|f| f.path.clone()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn services_run_as_their_user_and_the_boot_scripts_are_valid_sh() {
+        let p = Pakfile::parse(
+            "[services.db]\nuser = \"postgres\"\nexec = \"/bin/sh -c 'exec postgres -D /var/db'\"\n",
+        )
+        .unwrap();
+        let files = render(&p).unwrap();
+        let inittab = content(find(&files, "/etc/inittab"));
+        assert!(
+            inittab.contains(
+                r#"::respawn:/bin/su -s /bin/sh -c 'exec /bin/sh -c '\''exec postgres -D /var/db'\''' postgres"#
+            ),
+            "{inittab}"
+        );
+        assert!(inittab.contains("::shutdown:/usr/lib/pak/shutdown\n"));
+        for script in [
+            "/usr/lib/pak/shutdown",
+            "/usr/lib/pak/first-boot",
+            "/usr/lib/pak/rc.sysinit",
+            "/usr/lib/pak/boot-complete",
+        ] {
+            let f = find(&files, script);
+            assert_eq!(f.mode, 0o755, "{script}");
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &content(f)])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bad = Pakfile::parse("[services.db]\nuser = \"Bad User\"\nexec = \"x\"\n");
+        assert!(bad.unwrap_err().to_string().contains("[services.db]"));
     }
 
     #[test]

@@ -246,6 +246,10 @@ pub struct Service {
     /// marked good only when every service's check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The account the command runs as (root when absent): a [users] entry,
+    /// or one a package creates (`postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A user name as useradd accepts it (and short enough for utmp).
@@ -293,11 +297,24 @@ impl Pakfile {
     /// package requirements override the profiles'.
     pub fn load(path: &Path) -> Result<Pakfile> {
         let mut pakfile = Self::load_unmerged(path)?;
-        let merged = profile::packages_of(&pakfile.system.profiles, &pakfile.dir)?;
-        for (name, req) in merged {
-            pakfile.packages.entry(name).or_insert(req);
-        }
+        pakfile.merge_profiles()?;
         Ok(pakfile)
+    }
+
+    /// Adds what the profiles bring; the Pakfile's own entries win. Merging
+    /// twice changes nothing.
+    pub fn merge_profiles(&mut self) -> Result<()> {
+        let merged = profile::expand(&self.system.profiles, &self.dir)?;
+        for (name, req) in merged.packages {
+            self.packages.entry(name).or_insert(req);
+        }
+        for (name, svc) in merged.services {
+            self.services.entry(name).or_insert(svc);
+        }
+        for (path, spec) in merged.files {
+            self.files.entry(path).or_insert(spec);
+        }
+        Ok(())
     }
 
     /// Reads a Pakfile alone, without expanding its profiles (for editing).
@@ -374,6 +391,13 @@ impl Pakfile {
         }
         for (name, u) in &self.users {
             validate_user(name, u)?;
+        }
+        for (name, svc) in &self.services {
+            if let Some(user) = &svc.user
+                && !valid_user_name(user)
+            {
+                bail!("[services.{name}] user = {user:?} is not a valid user name");
+            }
         }
         if self.boot.tries == 0 || self.boot.tries > 9 {
             bail!(

@@ -1,7 +1,9 @@
-//! Profiles: named package groups a Pakfile includes (`profiles = ["base"]`).
+//! Profiles: named building blocks a Pakfile includes (`profiles = ["base"]`).
 //!
-//! A profile is `profiles/<name>.toml` with `[packages]` and optional
-//! `include = [...]`. It is looked up in the `profiles/` directory beside the
+//! A profile is `profiles/<name>.toml` with `[packages]`, optional
+//! `include = [...]`, and optionally the `[services]` and `[files]` that make
+//! those packages work (the `ssh` profile's sshd and its configuration):
+//! what a Debian maintainer script would have set up, written down once. It is looked up in the `profiles/` directory beside the
 //! Pakfile or in one of its parents (so `images/minimal/Pakfile` finds the
 //! repository's `profiles/`), then among the profiles built into pak, so a
 //! Pakfile made by `pak init` in an empty directory works too.
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::spec::pakfile::{FileSpec, Service};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
@@ -21,19 +25,26 @@ struct ProfileFile {
     include: Vec<String>,
     #[serde(default)]
     packages: BTreeMap<String, String>,
+    #[serde(default)]
+    services: BTreeMap<String, Service>,
+    /// Inline content only: a profile has no directory of its own to
+    /// resolve a `source` against once it is built into pak.
+    #[serde(default)]
+    files: BTreeMap<String, FileSpec>,
 }
 
-/// The profiles shipped with pak, from this repository's `profiles/`.
-const BUILTIN: &[(&str, &str)] = &[
-    ("base", include_str!("../../../profiles/base.toml")),
-    ("server", include_str!("../../../profiles/server.toml")),
-    ("debug", include_str!("../../../profiles/debug.toml")),
-];
+/// What a list of profiles adds to a Pakfile.
+#[derive(Debug, Default)]
+pub struct Expanded {
+    pub packages: BTreeMap<String, String>,
+    pub services: BTreeMap<String, Service>,
+    pub files: BTreeMap<String, FileSpec>,
+}
 
-/// The packages of the named profiles and everything they include. An
-/// earlier profile's requirement wins over a later one's.
-pub fn packages_of(names: &[String], pakfile_dir: &Path) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
+/// Everything the named profiles (and the profiles they include) add. An
+/// earlier profile's entry wins over a later one's.
+pub fn expand(names: &[String], pakfile_dir: &Path) -> Result<Expanded> {
+    let mut out = Expanded::default();
     let mut stack: Vec<String> = Vec::new();
     for name in names {
         collect(name, pakfile_dir, &mut stack, &mut out)?;
@@ -41,12 +52,21 @@ pub fn packages_of(names: &[String], pakfile_dir: &Path) -> Result<BTreeMap<Stri
     Ok(out)
 }
 
-fn collect(
-    name: &str,
-    dir: &Path,
-    stack: &mut Vec<String>,
-    out: &mut BTreeMap<String, String>,
-) -> Result<()> {
+/// The profiles shipped with pak, from this repository's `profiles/`.
+const BUILTIN: &[(&str, &str)] = &[
+    ("base", include_str!("../../../profiles/base.toml")),
+    ("server", include_str!("../../../profiles/server.toml")),
+    ("debug", include_str!("../../../profiles/debug.toml")),
+    ("ssh", include_str!("../../../profiles/ssh.toml")),
+];
+
+/// The packages of the named profiles and everything they include. An
+/// earlier profile's requirement wins over a later one's.
+pub fn packages_of(names: &[String], pakfile_dir: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(expand(names, pakfile_dir)?.packages)
+}
+
+fn collect(name: &str, dir: &Path, stack: &mut Vec<String>, out: &mut Expanded) -> Result<()> {
     if stack.iter().any(|n| n == name) {
         bail!(
             "profile {name:?} includes itself (through {})",
@@ -58,7 +78,20 @@ fn collect(
         .with_context(|| format!("profile {name:?} ({origin}) is not valid"))?;
     let _ = profile.summary;
     for (pkg, req) in profile.packages {
-        out.entry(pkg).or_insert(req);
+        out.packages.entry(pkg).or_insert(req);
+    }
+    for (svc, spec) in profile.services {
+        out.services.entry(svc).or_insert(spec);
+    }
+    for (path, spec) in profile.files {
+        if let FileSpec::Full(e) = &spec
+            && e.source.is_some()
+        {
+            bail!(
+                "profile {name:?} ({origin}): [files] {path:?} has a `source`; a profile's files give their `content` inline"
+            );
+        }
+        out.files.entry(path).or_insert(spec);
     }
     stack.push(name.to_string());
     for inc in &profile.include {
