@@ -1,0 +1,280 @@
+//! End to end: immutable servers as an operator meets them. The shipped
+//! server and database images, built from Debian's packages and configured
+//! only through their Pakfiles, booted under QEMU and reached from the host
+//! the way one reaches a server: over SSH with Debian's client, and with
+//! Debian's `psql` through a forwarded port.
+
+mod common;
+use common::{BOOT, pak_e2e, vm, workspace};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pak::vm::vmtest::Machine;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A port of the host's loopback nothing listens on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `images/NAME/Pakfile` with `extra` appended, in `w/NAME/`.
+fn pakfile(w: &Path, image: &str, extra: &str) -> PathBuf {
+    let dir = w.join(image);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(workspace().join("images").join(image).join("Pakfile")).unwrap();
+    let path = dir.join("Pakfile");
+    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+    path
+}
+
+/// An ed25519 key pair made by Debian's ssh-keygen: (private key, public line).
+fn key_pair(w: &Path, name: &str) -> (PathBuf, String) {
+    let key = w.join(name);
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// Runs `cmd` on the guest over SSH as `user`, retrying while sshd comes
+/// up; the host key is recorded in `known_hosts`. Returns stdout.
+fn ssh(key: &Path, known_hosts: &Path, port: u16, user: &str, cmd: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..60 {
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &port.to_string()])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+            ])
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("ssh {user}@127.0.0.1:{port} {cmd:?} never succeeded: {last}");
+}
+
+/// The SHA256 fingerprint of the ed25519 host key `known_hosts` recorded.
+fn recorded_fingerprint(known_hosts: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(known_hosts)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.contains("ED25519"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no ed25519 key recorded: {text}"))
+        .to_string()
+}
+
+/// The server image with a key in its Pakfile: the operator logs in over
+/// SSH; the host key is the machine's own, made on its first boot onto
+/// /var, kept across a reboot, and absent from the image.
+#[test]
+fn an_operator_logs_in_over_ssh_with_the_key_the_pakfile_gives() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (key, public) = key_pair(w, "operator");
+    let pakfile = pakfile(
+        w,
+        "server",
+        &format!("[users.admin]\nssh-authorized-keys = [\"{public}\"]\n"),
+    );
+    let img = w.join("server.raw");
+    pak_e2e(&["--pakfile", s(&pakfile), "build", "-o", s(&img)]);
+
+    let port = free_port();
+    let mut cfg = vm(&img, &[]);
+    cfg.forwards = vec![format!("{port}:22").parse().unwrap()];
+    let mut m = Machine::start(&cfg, &w.join("console.log")).unwrap();
+    m.wait_for("pak: made this machine's SSH host key", BOOT)
+        .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let known_hosts = w.join("known_hosts");
+    let out = ssh(
+        &key,
+        &known_hosts,
+        port,
+        "admin",
+        "id -un; cat /etc/hostname",
+    );
+    assert_eq!(out, "admin\nserver\n");
+    let fingerprint = recorded_fingerprint(&known_hosts);
+    assert!(
+        m.tail(400).contains(&fingerprint),
+        "the key sshd presented is the one made at first boot ({fingerprint})"
+    );
+    // Nothing per-machine in the image: the keys are on /var only.
+    m.fail("ls /etc/ssh/ssh_host_* /usr/share/factory/var/lib/ssh")
+        .unwrap();
+    m.succeed("test -s /var/lib/ssh/ssh_host_ed25519_key")
+        .unwrap();
+    // A key not given anywhere is refused.
+    let (stranger, _) = key_pair(w, "stranger");
+    let refused = Command::new("ssh")
+        .arg("-i")
+        .arg(&stranger)
+        .args(["-p", &port.to_string(), "-o", "BatchMode=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["admin@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a stranger's key logs in");
+
+    m.reboot().unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    ssh(&key, &known_hosts, port, "admin", "true");
+    assert_eq!(
+        recorded_fingerprint(&known_hosts),
+        fingerprint,
+        "same host key after a reboot"
+    );
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
+
+/// `psql` on the host, through the forwarded port; stdout, trimmed.
+fn psql(port: u16, sql: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..90 {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-Atc", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Only a server that is not up yet is worth waiting for.
+        if !last.contains("connection") && !last.contains("starting up") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("psql {sql:?} failed: {last}");
+}
+
+/// The database image: a table written from the host keeps its rows across
+/// a reboot and a `pak system switch` to the next generation, and the data
+/// stays owned by the same `postgres` uid in both generations.
+#[test]
+fn a_database_keeps_its_rows_across_a_reboot_and_a_switch() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let gen1 = pakfile(w, "postgres", "");
+    let img = w.join("db.raw");
+    pak_e2e(&["--pakfile", s(&gen1), "build", "-o", s(&img)]);
+    // Generation 2: the same database, one more file.
+    let gen2 = {
+        let text = std::fs::read_to_string(&gen1).unwrap();
+        let dir = w.join("gen2");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("Pakfile");
+        std::fs::write(
+            &path,
+            text.replace(
+                "[files]\n",
+                "[files]\n\"/etc/motd\" = \"generation 2\\n\"\n",
+            ),
+        )
+        .unwrap();
+        path
+    };
+    std::fs::copy(
+        gen1.with_file_name("Pakfile.lock"),
+        gen2.with_file_name("Pakfile.lock"),
+    )
+    .unwrap();
+    let next = w.join("gen2.sqfs");
+    pak_e2e(&[
+        "--pakfile",
+        s(&gen2),
+        "--locked",
+        "build",
+        "--generation",
+        s(&next),
+        "--number",
+        "2",
+    ]);
+
+    let port = free_port();
+    let mut cfg = vm(&img, &[&next]);
+    cfg.forwards = vec![format!("{port}:5432").parse().unwrap()];
+    let mut m = Machine::start(&cfg, &w.join("console.log")).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    psql(
+        port,
+        "create table visits (n int primary key, who text); insert into visits values (1, 'first boot')",
+    );
+    let owner = m
+        .succeed("stat -c %u /var/lib/postgresql/15/main; id -u postgres")
+        .unwrap();
+
+    m.reboot().unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    psql(port, "insert into visits values (2, 'after a reboot')");
+    assert_eq!(
+        psql(port, "select who from visits order by n"),
+        "first boot\nafter a reboot"
+    );
+
+    let out = m.succeed("pak system switch /dev/vdb").unwrap();
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+    m.reboot().unwrap();
+    m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+        .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    assert_eq!(m.succeed("cat /etc/motd").unwrap(), "generation 2\n");
+    assert_eq!(
+        psql(port, "select who from visits order by n"),
+        "first boot\nafter a reboot"
+    );
+    assert_eq!(
+        m.succeed("stat -c %u /var/lib/postgresql/15/main; id -u postgres")
+            .unwrap(),
+        owner,
+        "the data and the postgres account keep one uid across generations"
+    );
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
