@@ -278,3 +278,56 @@ fn a_database_keeps_its_rows_across_a_reboot_and_a_switch() {
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
 }
+
+/// A static `[network]` matched by MAC (QEMU's first NIC is
+/// 52:54:00:12:34:56): the guest takes the address the Pakfile gives
+/// instead of the one DHCP would (10.0.2.15), reaches the host through the
+/// Pakfile's gateway, and names its DNS server and search domain in
+/// /etc/resolv.conf.
+#[test]
+fn a_static_network_by_mac_reaches_the_host() {
+    use std::io::{Read, Write};
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let pakfile = pakfile(
+        w,
+        "minimal",
+        "[network.interfaces.lan]\nmac = \"52:54:00:12:34:56\"\naddress = [\"10.0.2.77/24\"]\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\nsearch = [\"example.test\"]\n",
+    );
+    let img = w.join("static.raw");
+    pak_e2e(&["--pakfile", s(&pakfile), "build", "-o", s(&img)]);
+
+    // A one-shot HTTP server on the host's loopback, which QEMU's user
+    // network shows the guest as 10.0.2.2.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf);
+        c.write_all(b"HTTP/1.0 200 OK\r\n\r\nstatic works\n")
+            .unwrap();
+        peer
+    });
+
+    let mut m = Machine::start(&vm(&img, &[]), &w.join("console.log")).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    common::wait_for_address(&mut m, "10.0.2.77");
+    let addrs = m.succeed("ip -4 addr show eth0").unwrap();
+    assert!(
+        !addrs.contains("10.0.2.15"),
+        "no DHCP address beside the static one: {addrs}"
+    );
+    let resolv = m.succeed("cat /etc/resolv.conf").unwrap();
+    assert!(
+        resolv.contains("nameserver 10.0.2.3") && resolv.contains("search example.test"),
+        "{resolv}"
+    );
+    let page = m
+        .succeed(&format!("wget -q -O - http://10.0.2.2:{port}/"))
+        .unwrap();
+    assert_eq!(page, "static works\n");
+    server.join().unwrap();
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
