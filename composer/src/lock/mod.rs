@@ -119,11 +119,20 @@ impl LockedPackage {
 
     /// The store entry name: `<name>-<version>-<sha256>`; for pak itself,
     /// the running binary's sha256, so two pak builds never share an entry.
+    /// A `.deb` is stored as pak converted it, so its key also names the
+    /// conversion (`-deb2`): an entry an older pak converted is not what
+    /// this one would make, and is never used. The lock pins the `.deb`'s
+    /// bytes, which is all it needs to; the key is the store's business.
     pub fn store_key(&self) -> String {
         if self.is_builder() {
             return store_key(&self.name, &self.version, crate::sources::selfpkg::sha256());
         }
-        store_key(&self.name, &self.version, &self.sha256)
+        let key = store_key(&self.name, &self.version, &self.sha256);
+        // The same test the fetch uses to tell a .deb from a .pak.
+        if self.location.ends_with(".deb") {
+            return format!("{key}-deb{}", crate::packages::deb::CONVERSION);
+        }
+        key
     }
 }
 
@@ -381,8 +390,15 @@ mod tests {
         assert_eq!(Lock::parse(&text).unwrap(), lock);
         assert_eq!(
             lock.packages[0].store_key(),
-            format!("a-1_2.0-1-{}", "ab".repeat(32))
+            format!(
+                "a-1_2.0-1-{}-deb{}",
+                "ab".repeat(32),
+                crate::packages::deb::CONVERSION
+            )
         );
+        let mut pak = pkg("c");
+        pak.location = "c-1.pak".into();
+        assert_eq!(pak.store_key(), format!("c-1_2.0-1-{}", "ab".repeat(32)));
     }
 
     #[test]
