@@ -19,6 +19,7 @@ pub mod closure;
 pub mod explain;
 pub mod resolve;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -33,6 +34,10 @@ pub const FORMAT: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct Lock {
     pub format: u32,
+    /// The uids and gids pak allocated (see `image::accounts`), kept so an
+    /// account owns the same files in every generation.
+    #[serde(default, skip_serializing_if = "Accounts::is_empty")]
+    pub accounts: Accounts,
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
 }
@@ -65,6 +70,22 @@ pub struct LockedPackage {
     /// apt repository is asked for `<snapshot>/<archive>/<archive_date>/pool/...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_date: Option<String>,
+}
+
+/// `[accounts]`: `users = { postgres = 100 }`, `groups = { ... }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, u32>,
+}
+
+impl Accounts {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -148,6 +169,7 @@ impl Lock {
         packages.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
         Lock {
             format: FORMAT,
+            accounts: Accounts::default(),
             packages,
         }
     }
@@ -268,6 +290,26 @@ impl Lock {
             }
         }
         out.sort_by(|a, b| a.name().cmp(b.name()));
+        // Pins are only ever added (see `image::accounts`); after the packages.
+        let old_accounts = old.map(|o| &o.accounts);
+        for (kind, new, old) in [
+            ("user", &self.accounts.users, old_accounts.map(|a| &a.users)),
+            (
+                "group",
+                &self.accounts.groups,
+                old_accounts.map(|a| &a.groups),
+            ),
+        ] {
+            for (name, id) in new {
+                if old.and_then(|o| o.get(name)) != Some(id) {
+                    out.push(Change::Pinned {
+                        kind: kind.into(),
+                        name: name.clone(),
+                        id: *id,
+                    });
+                }
+            }
+        }
         out
     }
 
@@ -313,6 +355,12 @@ pub enum Change {
         version: String,
         why: String,
     },
+    /// A new account's id, now kept in `[accounts]`.
+    Pinned {
+        kind: String,
+        name: String,
+        id: u32,
+    },
 }
 
 impl Change {
@@ -321,7 +369,8 @@ impl Change {
             Change::Added { name, .. }
             | Change::Removed { name, .. }
             | Change::Updated { name, .. }
-            | Change::Repinned { name, .. } => name,
+            | Change::Repinned { name, .. }
+            | Change::Pinned { name, .. } => name,
         }
     }
 }
@@ -333,6 +382,10 @@ impl std::fmt::Display for Change {
             Change::Removed { name, version } => write!(f, "- {name} {version}"),
             Change::Updated { name, from, to } => write!(f, "~ {name} {from} -> {to}"),
             Change::Repinned { name, version, why } => write!(f, "~ {name} {version} ({why})"),
+            Change::Pinned { kind, name, id } => {
+                let what = if kind == "user" { "uid" } else { "gid" };
+                write!(f, "+ {kind} {name} ({what} {id})")
+            }
         }
     }
 }
@@ -399,6 +452,31 @@ mod tests {
         let mut pak = pkg("c");
         pak.location = "c-1.pak".into();
         assert_eq!(pak.store_key(), format!("c-1_2.0-1-{}", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn accounts_roundtrip_and_are_reported_as_changes() {
+        let old = Lock::new(vec![pkg("a")]);
+        let mut lock = old.clone();
+        lock.accounts.users.insert("postgres".into(), 100);
+        lock.accounts.groups.insert("postgres".into(), 100);
+        let text = lock.to_toml();
+        assert!(
+            text.contains("[accounts.users]\npostgres = 100\n"),
+            "{text}"
+        );
+        assert_eq!(Lock::parse(&text).unwrap(), lock);
+        assert!(!old.to_toml().contains("accounts"), "no section when empty");
+        let changes: Vec<String> = lock
+            .changes_from(Some(&old))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changes,
+            ["+ user postgres (uid 100)", "+ group postgres (gid 100)"]
+        );
+        assert!(lock.changes_from(Some(&lock)).is_empty());
     }
 
     #[test]
