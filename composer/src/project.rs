@@ -134,6 +134,9 @@ impl Project {
         };
         if let Some(current) = &current {
             lock.keep_archive_dates(current);
+            // Ids, once given, stay whatever the packages do (see
+            // `image::accounts`); `pak update` included.
+            lock.accounts = current.accounts.clone();
         }
         let changes = lock.changes_from(current.as_ref());
         if current.as_ref() == Some(&lock) {
@@ -276,6 +279,32 @@ impl Project {
             }
         }
         why
+    }
+
+    /// Writes the account ids a build allocated (`built`: the lock the
+    /// generation carries) into the lock file, when the policy allows.
+    /// Returns the new pins, and whether they were written: with
+    /// `--locked` they are not (the build used them all the same, so the
+    /// image is what a build that writes them makes; the lock file only
+    /// lacks what keeps them stable once more accounts come).
+    pub fn pin_accounts(&self, built: &Lock) -> Result<(Vec<Change>, bool)> {
+        let Some(mut current) = self.read_lock()? else {
+            bail!(
+                "{} disappeared during the build; run the build again",
+                self.lock_path().display()
+            );
+        };
+        if current.accounts == built.accounts {
+            return Ok((Vec::new(), false));
+        }
+        let before = current.clone();
+        current.accounts = built.accounts.clone();
+        let changes = current.changes_from(Some(&before));
+        if self.policy == LockPolicy::Frozen {
+            return Ok((changes, false));
+        }
+        current.write(&self.lock_path())?;
+        Ok((changes, true))
     }
 
     /// Refuses a lock whose pak is not this pak's version (see `lock`).

@@ -201,8 +201,86 @@ pub fn build(
             );
         }
     }
+    report_pins(g, &p, &built);
+    report_unconverted(g, &built, generation.unwrap_or(output))?;
     if check {
         check_reproducible(g, &p, output, started)?;
+    }
+    Ok(())
+}
+
+/// The account ids the build gave and the lock now keeps (or, with
+/// `--locked`, would).
+fn report_pins(g: &Global, p: &Project, built: &crate::image::Built) {
+    if g.quiet || built.pinned.is_empty() {
+        return;
+    }
+    if !built.pins_written {
+        println!(
+            "{} does not pin these account ids, and --locked writes nothing; the image has them all the same (allocation is a function of lock, packages and Pakfile), but a build without --locked keeps them stable when more accounts come:",
+            display(&p.lock_path())
+        );
+    }
+    for c in &built.pinned {
+        println!("{c}");
+    }
+    if built.pins_written {
+        println!("wrote {} (account ids pinned)", display(&p.lock_path()));
+    }
+}
+
+/// The maintainer-script steps pak did not turn into configuration: a
+/// count per package on the terminal, every step (package, script, line,
+/// command) in a file beside the image, and on the terminal with -v.
+fn report_unconverted(g: &Global, built: &crate::image::Built, image: &Path) -> Result<()> {
+    let steps = &built.unconverted;
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let mut list = String::from(
+        "# Steps of the packages' maintainer scripts that pak did not turn into\n# configuration. Add what the image needs to the Pakfile: [users], [groups],\n# [files], or a tmpfiles.d file under /etc/tmpfiles.d/ in [files].\n",
+    );
+    let mut per: Vec<(&str, usize)> = Vec::new();
+    for (package, u) in steps {
+        list.push_str(&format!("{package} {}:{}: {}\n", u.script, u.line, u.text));
+        match per.last_mut() {
+            Some((p, n)) if *p == package => *n += 1,
+            _ => per.push((package, 1)),
+        }
+    }
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = image.with_file_name(format!("{name}.unconverted.txt"));
+    crate::util::fsutil::write_atomic(&path, list.as_bytes())?;
+    if g.quiet {
+        return Ok(());
+    }
+    per.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = per
+        .iter()
+        .take(5)
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    let more = if per.len() > 5 {
+        format!(", {} more packages", per.len() - 5)
+    } else {
+        String::new()
+    };
+    println!(
+        "{} maintainer-script step{} of {} were not converted ({}{more}): see {}{}",
+        steps.len(),
+        if steps.len() == 1 { "" } else { "s" },
+        packages(per.len()),
+        shown.join(", "),
+        display(&path),
+        if g.verbose { "" } else { " or -v" }
+    );
+    if g.verbose {
+        for line in list.lines().filter(|l| !l.starts_with('#')) {
+            println!("  {line}");
+        }
     }
     Ok(())
 }

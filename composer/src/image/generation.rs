@@ -5,15 +5,19 @@
 //! the steps maintainer scripts would have performed, pak's metadata); the
 //! squashfs writer decides how it is laid out on disk.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::image::accounts::{self, Declared};
 use crate::image::assemble::{Content, NodeKind, PkgEntry, RootTree};
 use crate::image::sysconfig::{self, ConfigKind};
+use crate::image::tmpfiles;
 use crate::lock::{Lock, LockedPackage};
+use crate::packages::maintscript::Unconverted;
 use crate::spec::pakfile::Pakfile;
 
 /// Where pak keeps a generation's own description inside it.
@@ -95,6 +99,43 @@ impl GenerationMeta {
 pub struct PackageInput<'a> {
     pub locked: &'a LockedPackage,
     pub entries: Vec<PkgEntry>,
+    /// Its maintainer scripts by name (a converted `.deb`'s), not run but read.
+    pub scripts: BTreeMap<String, String>,
+}
+
+/// An assembled generation.
+pub struct Assembled {
+    pub tree: RootTree,
+    pub meta: GenerationMeta,
+    /// The lock the generation carries: the one given, with every account
+    /// id the build allocated pinned in `[accounts]`.
+    pub lock: Lock,
+    /// The steps of the packages' scripts that did not become configuration.
+    pub unconverted: Vec<(String, Unconverted)>,
+}
+
+/// The text of a package's files under `dir` (canonical, e.g.
+/// `usr/lib/sysusers.d/`) named `*.conf`, by path.
+pub fn conf_files(entries: &[PkgEntry], dir: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in entries {
+        let path = crate::packages::paths::canonical(&e.path);
+        let Some(name) = path.strip_prefix(dir) else {
+            continue;
+        };
+        if name.contains('/') || !name.ends_with(".conf") {
+            continue;
+        }
+        let bytes = match &e.kind {
+            NodeKind::File(Content::Stored { source, .. }) => std::fs::read(source)
+                .with_context(|| format!("cannot read {} from the store", source.display()))?,
+            NodeKind::File(Content::Data(b)) => b.clone(),
+            _ => continue,
+        };
+        out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Builds the root tree of generation `number`, minus the initrd (which is
@@ -104,16 +145,24 @@ pub fn assemble(
     lock: &Lock,
     packages: &[PackageInput<'_>],
     number: u64,
-) -> Result<(RootTree, GenerationMeta)> {
+) -> Result<Assembled> {
     let mut tree = RootTree::default();
+    let mut declared = Declared::default();
     for p in packages {
         tree.add_package(&p.locked.name, &p.entries)?;
+        let sysusers = conf_files(&p.entries, "usr/lib/sysusers.d/")?;
+        declared.add_package(&p.locked.name, &p.scripts, &sysusers);
     }
     tree.add_skeleton();
     busybox_applets(&mut tree)?;
     let (kernel, kernel_version) = find_kernel(&tree)?;
 
-    let config = sysconfig::render(pakfile)?;
+    let table = accounts::allocate(pakfile, &lock.accounts, &declared)?;
+    let mut lock = lock.clone();
+    lock.accounts = table.pins.clone();
+    let lock = &lock;
+    let mut config = sysconfig::render(pakfile, &table)?;
+    config.push(tmpfiles::render(&tree, &config, &table)?);
     let mut id = Sha256::new();
     id.update(lock.to_toml());
     for f in &config {
@@ -178,7 +227,12 @@ pub fn assemble(
         0,
         0,
     );
-    Ok((tree, meta))
+    Ok(Assembled {
+        tree,
+        meta,
+        lock: lock.clone(),
+        unconverted: declared.unconverted,
+    })
 }
 
 pub fn add_initrd(tree: &mut RootTree, initrd: Vec<u8>) {
@@ -419,8 +473,9 @@ mod tests {
                 entry("boot/vmlinuz-6.1.0-1-cloud-amd64"),
                 entry("lib/modules/6.1.0-1-cloud-amd64/kernel/x.ko"),
             ],
+            scripts: BTreeMap::new(),
         }];
-        let (tree, meta) = assemble(&pakfile, &lock, &inputs, 7).unwrap();
+        let Assembled { tree, meta, .. } = assemble(&pakfile, &lock, &inputs, 7).unwrap();
         assert_eq!(meta.kernel_version, "6.1.0-1-cloud-amd64");
         assert_eq!(meta.number, 7);
         assert!(
@@ -435,11 +490,11 @@ mod tests {
             meta
         );
         assert!(tree.get("etc/hostname").is_some());
-        let (_, again) = assemble(&pakfile, &lock, &inputs, 7).unwrap();
+        let again = assemble(&pakfile, &lock, &inputs, 7).unwrap().meta;
         assert_eq!(again.build_id, meta.build_id);
         let other = Pakfile::parse("[system]\nname = \"u\"\n").unwrap();
         assert_ne!(
-            assemble(&other, &lock, &inputs, 7).unwrap().1.build_id,
+            assemble(&other, &lock, &inputs, 7).unwrap().meta.build_id,
             meta.build_id
         );
     }
@@ -448,7 +503,8 @@ mod tests {
     fn no_kernel_is_a_clear_error() {
         let pakfile = Pakfile::default();
         let err = assemble(&pakfile, &Lock::new(vec![]), &[], 1)
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(err.contains("linux-image-cloud-amd64"), "{err}");
     }

@@ -3,6 +3,7 @@
 //! root, make the initramfs from its kernel modules, write the squashfs,
 //! then the ESP (systemd-boot, kernel, initrd, loader entry) and the disk.
 
+pub mod accounts;
 pub mod assemble;
 pub mod check;
 pub mod compare;
@@ -15,6 +16,7 @@ pub mod network;
 pub mod squashfs;
 pub mod ssh;
 pub mod sysconfig;
+pub mod tmpfiles;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,16 @@ pub struct Built {
     pub tree: RootTree,
     pub squashfs: PathBuf,
     pub stats: squashfs::Stats,
+    /// The lock the generation carries: the inputs' with every account id
+    /// allocated pinned (see [`Project::pin_accounts`]).
+    pub lock: Lock,
+    /// (package, step) of the maintainer scripts that pak did not turn
+    /// into configuration.
+    pub unconverted: Vec<(String, crate::packages::maintscript::Unconverted)>,
+    /// The account ids this build pinned anew, and whether the lock file
+    /// now has them (not with `--locked`, nor when rebuilding an image).
+    pub pinned: Vec<crate::lock::Change>,
+    pub pins_written: bool,
 }
 
 /// The entries of a store package as the assembler sees them.
@@ -158,9 +170,16 @@ pub fn read_from_tree(tree: &RootTree, path: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// Builds generation `number` of the project into `out`.
+/// Builds generation `number` of the project into `out`, and pins the
+/// accounts it allocated in the project's lock.
 pub fn build_generation(project: &Project, number: u64, out: &Path) -> Result<Built> {
-    generation_from(project, &Inputs::of_project(project)?, number, out)
+    let built = generation_from(project, &Inputs::of_project(project)?, number, out)?;
+    pin(project, built)
+}
+
+fn pin(project: &Project, mut built: Built) -> Result<Built> {
+    (built.pinned, built.pins_written) = project.pin_accounts(&built.lock)?;
+    Ok(built)
 }
 
 /// Builds generation `number` of the project from `inputs` into `out`.
@@ -171,19 +190,21 @@ pub fn generation_from(
     out: &Path,
 ) -> Result<Built> {
     let (lock, fetched, mtime) = (&inputs.lock, &inputs.fetched, inputs.mtime);
-    let entries: Vec<(usize, Vec<PkgEntry>)> = fetched
-        .iter()
-        .enumerate()
-        .map(|(i, (_, e))| package_entries(e).map(|v| (i, v)))
-        .collect::<Result<_>>()?;
-    let inputs: Vec<PackageInput> = entries
-        .into_iter()
-        .map(|(i, entries)| PackageInput {
-            locked: &fetched[i].0,
-            entries,
-        })
-        .collect();
-    let (mut tree, meta) = generation::assemble(&project.pakfile, lock, &inputs, number)?;
+    let mut inputs = Vec::new();
+    for (locked, e) in fetched {
+        let scripts = e.info()?.origin.map(|o| o.scripts).unwrap_or_default();
+        inputs.push(PackageInput {
+            locked,
+            entries: package_entries(e)?,
+            scripts,
+        });
+    }
+    let generation::Assembled {
+        mut tree,
+        meta,
+        lock: pinned,
+        unconverted,
+    } = generation::assemble(&project.pakfile, lock, &inputs, number)?;
 
     // The initramfs: pak itself as /init, the modules from the kernel's
     // store tree (the files, not the assembled description).
@@ -231,6 +252,10 @@ pub fn generation_from(
         tree,
         squashfs: out.to_path_buf(),
         stats,
+        lock: pinned,
+        unconverted,
+        pinned: Vec::new(),
+        pins_written: false,
     })
 }
 
@@ -268,9 +293,10 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(pak_boot::disk::new_esp(&sdboot, &boot))
 }
 
-/// `pak build -o IMAGE`.
+/// `pak build -o IMAGE`, pinning the accounts it allocated in the lock.
 pub fn build_image(project: &Project, out: &Path) -> Result<Built> {
-    image_from(project, &Inputs::of_project(project)?, out)
+    let built = image_from(project, &Inputs::of_project(project)?, out)?;
+    pin(project, built)
 }
 
 /// The disk image of the project from `inputs`, into `out`.

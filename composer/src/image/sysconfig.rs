@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
+use crate::image::accounts::Table;
 use crate::spec::pakfile::{FileEntry, FileSpec, Pakfile, parse_mode};
 
 /// The self-contained Pakfile every generation carries (see [`embedded`]).
@@ -34,35 +35,9 @@ pub enum ConfigKind {
     Symlink(String),
 }
 
-/// Accounts every image has, with Debian's numbers (from base-passwd) so
-/// Debian packages that expect them (nginx runs as www-data) work.
-const SYSTEM_USERS: &[(&str, u32, u32, &str, &str)] = &[
-    ("root", 0, 0, "/root", "/bin/sh"),
-    ("daemon", 1, 1, "/usr/sbin", "/usr/sbin/nologin"),
-    ("bin", 2, 2, "/bin", "/usr/sbin/nologin"),
-    ("sys", 3, 3, "/dev", "/usr/sbin/nologin"),
-    ("www-data", 33, 33, "/var/www", "/usr/sbin/nologin"),
-    ("nobody", 65534, 65534, "/nonexistent", "/usr/sbin/nologin"),
-];
-
-const SYSTEM_GROUPS: &[(&str, u32)] = &[
-    ("root", 0),
-    ("daemon", 1),
-    ("bin", 2),
-    ("sys", 3),
-    ("adm", 4),
-    ("tty", 5),
-    ("disk", 6),
-    ("kmem", 15),
-    ("dialout", 20),
-    ("www-data", 33),
-    ("utmp", 43),
-    ("users", 100),
-    ("nogroup", 65534),
-];
-
-/// Renders every configuration file of the Pakfile.
-pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
+/// Renders every configuration file of the Pakfile, with the image's
+/// accounts (see [`crate::image::accounts`]).
+pub fn render(pakfile: &Pakfile, accounts: &Table) -> Result<Vec<ConfigFile>> {
     let mut out = BTreeMap::new();
     let mut add = |f: ConfigFile| {
         out.insert(f.path.clone(), f);
@@ -80,10 +55,13 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
         uid: 0,
         gid: 0,
     });
-    let (passwd, shadow, group) = accounts(pakfile)?;
-    add(text("/etc/passwd", passwd, 0o644));
-    add(text("/etc/group", group, 0o644));
-    add(text("/etc/shadow", shadow, 0o640));
+    add(text("/etc/passwd", accounts.passwd(), 0o644));
+    add(text("/etc/group", accounts.group(), 0o644));
+    // Readable by group shadow (42), as Debian has it.
+    add(ConfigFile {
+        gid: 42,
+        ..text("/etc/shadow", accounts.shadow(), 0o640)
+    });
     add(text("/etc/inittab", inittab(pakfile), 0o644));
     add(text(
         "/usr/lib/pak/rc.sysinit",
@@ -103,6 +81,9 @@ pub fn render(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     }
     for f in crate::image::ssh::render(pakfile) {
         add(f);
+    }
+    if let Some(homes) = homes(pakfile, accounts) {
+        add(text(HOMES_TMPFILES, homes, 0o644));
     }
     add(text("/usr/lib/pak/shutdown", shutdown_script(), 0o755));
     add(text(
@@ -219,83 +200,6 @@ fn os_release(p: &Pakfile) -> String {
         s.push_str(&format!("VERSION_ID=\"{v}\"\nIMAGE_VERSION=\"{v}\"\n"));
     }
     s
-}
-
-fn accounts(p: &Pakfile) -> Result<(String, String, String)> {
-    let mut users: BTreeMap<u32, (String, u32, String, String, String)> = BTreeMap::new();
-    for (name, uid, gid, home, shell) in SYSTEM_USERS {
-        users.insert(
-            *uid,
-            (
-                name.to_string(),
-                *gid,
-                home.to_string(),
-                shell.to_string(),
-                "*".into(),
-            ),
-        );
-    }
-    let mut groups: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
-    for (name, gid) in SYSTEM_GROUPS {
-        groups.insert(*gid, (name.to_string(), Vec::new()));
-    }
-    for (name, g) in &p.groups {
-        if let Some((other, _)) = groups.get(&g.gid).filter(|(n, _)| n != name) {
-            bail!(
-                "[groups] {name:?} wants gid {} which group {other:?} already has",
-                g.gid
-            );
-        }
-        groups.insert(g.gid, (name.clone(), Vec::new()));
-    }
-    for (name, u) in &p.users {
-        // Until ids are kept in the lock: the lowest free from 1000, in name order.
-        let uid = match u.uid {
-            Some(uid) => uid,
-            None => (1000..)
-                .find(|id| !users.contains_key(id) && !p.users.values().any(|o| o.uid == Some(*id)))
-                .expect("a free uid"),
-        };
-        if let Some((other, ..)) = users.get(&uid).filter(|(n, ..)| n != name) {
-            bail!(
-                "[users] {name:?} wants uid {} which user {other:?} already has",
-                uid
-            );
-        }
-        let gid = u.gid.unwrap_or(uid);
-        groups
-            .entry(gid)
-            .or_insert_with(|| (name.clone(), Vec::new()));
-        for g in &u.groups {
-            let Some((_, members)) = groups.values_mut().find(|(n, _)| n == g) else {
-                bail!(
-                    "[users] {name:?} is in group {g:?}, which no [groups] entry or system group defines"
-                );
-            };
-            members.push(name.clone());
-        }
-        users.insert(
-            uid,
-            (
-                name.clone(),
-                gid,
-                u.home.clone().unwrap_or_else(|| format!("/home/{name}")),
-                u.shell.clone().unwrap_or_else(|| "/bin/sh".into()),
-                u.password_hash.clone().unwrap_or_else(|| "!".into()),
-            ),
-        );
-    }
-    let mut passwd = String::new();
-    let mut shadow = String::new();
-    for (uid, (name, gid, home, shell, hash)) in &users {
-        passwd.push_str(&format!("{name}:x:{uid}:{gid}:{name}:{home}:{shell}\n"));
-        shadow.push_str(&format!("{name}:{hash}:0:0:99999:7:::\n"));
-    }
-    let mut group = String::new();
-    for (gid, (name, members)) in &groups {
-        group.push_str(&format!("{name}:x:{gid}:{}\n", members.join(",")));
-    }
-    Ok((passwd, shadow, group))
 }
 
 /// busybox init's table: bring the system up, give the serial console a
@@ -472,6 +376,24 @@ hostname -F /etc/hostname
 exit 0
 "#;
 
+/// The home directories of the Pakfile's users, as tmpfiles.d entries:
+/// homes live on the data partition (/home is /var/home), which the image
+/// cannot fill in, so they are made at boot when missing, owned by their
+/// user, private.
+const HOMES_TMPFILES: &str = "/usr/lib/tmpfiles.d/pak-users.conf";
+
+fn homes(p: &Pakfile, accounts: &Table) -> Option<String> {
+    let mut out = String::from("# Written by pak from the Pakfile's [users].\n");
+    let mut any = false;
+    for (name, u) in p.users.iter().filter(|(_, u)| u.login) {
+        let row = accounts.users.iter().find(|r| &r.name == name)?;
+        let home = u.home.clone().unwrap_or_else(|| row.home.clone());
+        out.push_str(&format!("d {home} 0700 {} {} -\n", row.uid, row.gid));
+        any = true;
+    }
+    any.then_some(out)
+}
+
 /// Per-machine identity, made where the machine keeps its state: never in
 /// the image, which many machines share. Each step does its work only when
 /// its result is missing, so a factory reset or a lost file is made again.
@@ -536,6 +458,13 @@ fn user_file(p: &Pakfile, path: &str, spec: &FileSpec) -> Result<ConfigFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration of an image without packages.
+    fn render(p: &Pakfile) -> Result<Vec<ConfigFile>> {
+        let accounts =
+            crate::image::accounts::allocate(p, &Default::default(), &Default::default())?;
+        super::render(p, &accounts)
+    }
 
     fn find<'a>(files: &'a [ConfigFile], path: &str) -> &'a ConfigFile {
         files

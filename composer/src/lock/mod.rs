@@ -19,6 +19,7 @@ pub mod closure;
 pub mod explain;
 pub mod resolve;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -33,6 +34,10 @@ pub const FORMAT: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct Lock {
     pub format: u32,
+    /// The uids and gids pak allocated (see `image::accounts`), kept so an
+    /// account owns the same files in every generation.
+    #[serde(default, skip_serializing_if = "Accounts::is_empty")]
+    pub accounts: Accounts,
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
 }
@@ -65,6 +70,22 @@ pub struct LockedPackage {
     /// apt repository is asked for `<snapshot>/<archive>/<archive_date>/pool/...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_date: Option<String>,
+}
+
+/// `[accounts]`: `users = { postgres = 100 }`, `groups = { ... }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, u32>,
+}
+
+impl Accounts {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -119,11 +140,20 @@ impl LockedPackage {
 
     /// The store entry name: `<name>-<version>-<sha256>`; for pak itself,
     /// the running binary's sha256, so two pak builds never share an entry.
+    /// A `.deb` is stored as pak converted it, so its key also names the
+    /// conversion (`-deb2`): an entry an older pak converted is not what
+    /// this one would make, and is never used. The lock pins the `.deb`'s
+    /// bytes, which is all it needs to; the key is the store's business.
     pub fn store_key(&self) -> String {
         if self.is_builder() {
             return store_key(&self.name, &self.version, crate::sources::selfpkg::sha256());
         }
-        store_key(&self.name, &self.version, &self.sha256)
+        let key = store_key(&self.name, &self.version, &self.sha256);
+        // The same test the fetch uses to tell a .deb from a .pak.
+        if self.location.ends_with(".deb") {
+            return format!("{key}-deb{}", crate::packages::deb::CONVERSION);
+        }
+        key
     }
 }
 
@@ -139,6 +169,7 @@ impl Lock {
         packages.sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
         Lock {
             format: FORMAT,
+            accounts: Accounts::default(),
             packages,
         }
     }
@@ -259,6 +290,26 @@ impl Lock {
             }
         }
         out.sort_by(|a, b| a.name().cmp(b.name()));
+        // Pins are only ever added (see `image::accounts`); after the packages.
+        let old_accounts = old.map(|o| &o.accounts);
+        for (kind, new, old) in [
+            ("user", &self.accounts.users, old_accounts.map(|a| &a.users)),
+            (
+                "group",
+                &self.accounts.groups,
+                old_accounts.map(|a| &a.groups),
+            ),
+        ] {
+            for (name, id) in new {
+                if old.and_then(|o| o.get(name)) != Some(id) {
+                    out.push(Change::Pinned {
+                        kind: kind.into(),
+                        name: name.clone(),
+                        id: *id,
+                    });
+                }
+            }
+        }
         out
     }
 
@@ -304,6 +355,12 @@ pub enum Change {
         version: String,
         why: String,
     },
+    /// A new account's id, now kept in `[accounts]`.
+    Pinned {
+        kind: String,
+        name: String,
+        id: u32,
+    },
 }
 
 impl Change {
@@ -312,7 +369,8 @@ impl Change {
             Change::Added { name, .. }
             | Change::Removed { name, .. }
             | Change::Updated { name, .. }
-            | Change::Repinned { name, .. } => name,
+            | Change::Repinned { name, .. }
+            | Change::Pinned { name, .. } => name,
         }
     }
 }
@@ -324,6 +382,10 @@ impl std::fmt::Display for Change {
             Change::Removed { name, version } => write!(f, "- {name} {version}"),
             Change::Updated { name, from, to } => write!(f, "~ {name} {from} -> {to}"),
             Change::Repinned { name, version, why } => write!(f, "~ {name} {version} ({why})"),
+            Change::Pinned { kind, name, id } => {
+                let what = if kind == "user" { "uid" } else { "gid" };
+                write!(f, "+ {kind} {name} ({what} {id})")
+            }
         }
     }
 }
@@ -381,8 +443,40 @@ mod tests {
         assert_eq!(Lock::parse(&text).unwrap(), lock);
         assert_eq!(
             lock.packages[0].store_key(),
-            format!("a-1_2.0-1-{}", "ab".repeat(32))
+            format!(
+                "a-1_2.0-1-{}-deb{}",
+                "ab".repeat(32),
+                crate::packages::deb::CONVERSION
+            )
         );
+        let mut pak = pkg("c");
+        pak.location = "c-1.pak".into();
+        assert_eq!(pak.store_key(), format!("c-1_2.0-1-{}", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn accounts_roundtrip_and_are_reported_as_changes() {
+        let old = Lock::new(vec![pkg("a")]);
+        let mut lock = old.clone();
+        lock.accounts.users.insert("postgres".into(), 100);
+        lock.accounts.groups.insert("postgres".into(), 100);
+        let text = lock.to_toml();
+        assert!(
+            text.contains("[accounts.users]\npostgres = 100\n"),
+            "{text}"
+        );
+        assert_eq!(Lock::parse(&text).unwrap(), lock);
+        assert!(!old.to_toml().contains("accounts"), "no section when empty");
+        let changes: Vec<String> = lock
+            .changes_from(Some(&old))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changes,
+            ["+ user postgres (uid 100)", "+ group postgres (gid 100)"]
+        );
+        assert!(lock.changes_from(Some(&lock)).is_empty());
     }
 
     #[test]

@@ -19,6 +19,16 @@ use crate::packages::pakinfo::PakInfo;
 const SCRIPTS: &[&str] = &[
     "preinst", "postinst", "prerm", "postrm", "config", "triggers",
 ];
+/// The version of what [`convert`] makes of a `.deb`. The store keys a
+/// converted package by it (see `LockedPackage::store_key`), so a store
+/// entry converted by an older pak, which lacks what this one records
+/// (the scripts' text since 2), is never used: the `.deb` is converted
+/// again from the download cache. Bump it whenever the conversion's output
+/// changes.
+pub const CONVERSION: u32 = 2;
+/// A maintainer script larger than this is not kept (real ones are a few
+/// KiB; this bounds what a hostile .deb can put into metadata).
+const SCRIPT_MAX: u64 = 1 << 20;
 /// A .deb member larger than this is refused rather than read into memory.
 const MEMBER_MAX: u64 = 2 << 30;
 
@@ -97,6 +107,7 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
 
     let mut control_text = None;
     let mut scripts = Vec::new();
+    let mut texts = std::collections::BTreeMap::new();
     let mut ar = tar::Archive::new(decompressor(&control.name, &control.data)?);
     for e in ar.entries()? {
         let mut e = e?;
@@ -110,6 +121,15 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
             e.read_to_string(&mut s)?;
             control_text = Some(s);
         } else if SCRIPTS.contains(&name.as_str()) {
+            if e.size() > SCRIPT_MAX {
+                bail!(
+                    "maintainer script {name} is {} bytes, beyond what pak keeps",
+                    e.size()
+                );
+            }
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes)?;
+            texts.insert(name.clone(), String::from_utf8_lossy(&bytes).into_owned());
             scripts.push(name);
         }
     }
@@ -119,8 +139,11 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
         .into_iter()
         .next()
         .context("empty control file")?;
-    let info: PakInfo = crate::packages::debian::to_pakinfo(&stanza, &sha, scripts)
+    let mut info: PakInfo = crate::packages::debian::to_pakinfo(&stanza, &sha, scripts)
         .context("control file lacks Package or Version")?;
+    if let Some(origin) = &mut info.origin {
+        origin.scripts = texts;
+    }
 
     let mut w = Writer::new(info);
     let mut special = Vec::new();
@@ -264,7 +287,7 @@ mod tests {
     fn converts_a_small_deb() {
         let control = tar_gz(&[
             ("./control", b"Package: hi\nVersion: 1:2-3\nArchitecture: amd64\nDepends: libc6 (>= 2.34)\nDescription: says hi\n", 0o644),
-            ("./postinst", b"#!/bin/sh\n", 0o755),
+            ("./postinst", b"#!/bin/sh\nadduser --system hi\n", 0o755),
         ]);
         let data = tar_gz(&[
             ("./", b"", 0o755),
@@ -282,7 +305,12 @@ mod tests {
         assert_eq!(v.info.name, "hi");
         assert_eq!(v.info.requires, vec!["libc6 >= 2.34"]);
         assert_eq!(v.info.special_files, vec!["usr/bin/hi"]);
-        assert_eq!(v.info.origin.unwrap().scripts_not_run, vec!["postinst"]);
+        let origin = v.info.origin.unwrap();
+        assert_eq!(origin.scripts_not_run, vec!["postinst"]);
+        assert_eq!(
+            origin.scripts["postinst"],
+            "#!/bin/sh\nadduser --system hi\n"
+        );
         assert_eq!(pak.file_name().unwrap(), "hi-1_2-3-x86_64.pak");
         let again = tempfile::tempdir().unwrap();
         assert_eq!(

@@ -195,6 +195,7 @@ pub fn to_pakinfo(
         kind: "deb".into(),
         sha256: deb_sha256.to_string(),
         scripts_not_run,
+        scripts: Default::default(),
     });
     Some(info)
 }

@@ -6,6 +6,7 @@ pub mod candidate;
 pub mod deb;
 pub mod debian;
 pub mod file;
+pub mod maintscript;
 pub mod package;
 pub mod pakinfo;
 pub mod paths;

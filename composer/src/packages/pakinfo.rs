@@ -3,6 +3,8 @@
 //! Requirement strings are kept as written here; `requirement` parses them.
 //! Keeping the raw strings means a package round-trips byte for byte.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,13 @@ pub struct Origin {
     /// Maintainer scripts present in the original and not run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scripts_not_run: Vec<String>,
+    /// Their text (lossy UTF-8), by name: what pak reads to turn their
+    /// effects (system accounts, directories) into configuration when it
+    /// assembles a generation, and to say which steps it did not. Kept in
+    /// the metadata rather than the payload so nothing of it lands in an
+    /// image, and every store entry answers for its own package.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scripts: BTreeMap<String, String>,
 }
 
 impl PakInfo {
