@@ -61,6 +61,7 @@ pub const CRED_KEYS_PREFIX: &str = "ssh.authorized_keys.";
 
 const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg";
 const FW_CFG_CREDENTIALS: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials";
+const FW_CFG_DEVICE: &str = "/sys/bus/acpi/devices/QEMU0002:00";
 const DMI_ENTRIES: &str = "/sys/firmware/dmi/entries";
 
 /// `pak-seed.toml`: what one machine gets.
@@ -570,14 +571,61 @@ fn seed_volumes() -> Result<Vec<Source>> {
     Ok(out)
 }
 
-/// fw_cfg's credentials; the driver is a module in Debian's kernels, loaded
-/// here because nothing else has needed it by this point of the boot.
+/// Loads a kernel module and the modules it depends on, as `modules.dep`
+/// (which pak writes into every image) lists them. pak loads it itself
+/// because the image's `modprobe` may be kmod's, which finds modules by
+/// name only in `modules.dep.bin`, an index pak does not write.
+fn load_module(name: &str) -> Result<()> {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let dir = Path::new("/lib/modules").join(release);
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .with_context(|| format!("cannot read {}", dir.join("modules.dep").display()))?;
+    let file = format!("/{name}.ko:");
+    let Some(line) = dep.lines().find(|l| {
+        l.split(' ')
+            .next()
+            .is_some_and(|m| m.ends_with(&file) || m == &file[1..])
+    }) else {
+        bail!("the kernel has no module {name} in {}", dir.display());
+    };
+    let (module, deps) = line.split_once(':').unwrap_or((line, ""));
+    // modules.dep lists the closest dependency first; load the farthest first.
+    let mut order: Vec<&str> = deps.split_whitespace().rev().collect();
+    order.push(module);
+    for m in order {
+        let path = dir.join(m);
+        let f = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let params = std::ffi::CString::default();
+        // SAFETY: finit_module reads the open descriptor and a valid C string.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                params.as_ptr(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(e).with_context(|| format!("cannot load {}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fw_cfg's credentials. The driver is a module in Debian's kernels that
+/// nothing has loaded this early in the boot; it is loaded only where
+/// QEMU's fw_cfg device is (ACPI id QEMU0002), so other machines pay
+/// nothing.
 fn fw_cfg_credentials() -> Result<BTreeMap<String, Vec<u8>>> {
-    if !Path::new(FW_CFG).exists() {
-        let _ = std::process::Command::new("modprobe")
-            .args(["-q", "qemu_fw_cfg"])
-            .stderr(std::process::Stdio::null())
-            .status();
+    if !Path::new(FW_CFG).exists() && Path::new(FW_CFG_DEVICE).exists() {
+        load_module("qemu_fw_cfg").context("QEMU's fw_cfg device is there, but its driver")?;
     }
     let mut out = BTreeMap::new();
     let Ok(rd) = std::fs::read_dir(FW_CFG_CREDENTIALS) else {
