@@ -94,6 +94,7 @@ pub fn vm(image: &Path, drives: &[&Path]) -> pak::vm::qemu::VmConfig {
         interactive: false,
         drives: drives.iter().map(|d| d.to_path_buf()).collect(),
         forwards: Vec::new(),
+        credentials: Vec::new(),
     }
 }
 

@@ -133,6 +133,8 @@ pub enum Command {
         /// GUEST, e.g. 8080:80; the guest's network must be up
         #[arg(long, value_name = "HOST:GUEST")]
         forward: Vec<crate::vm::qemu::Forward>,
+        #[command(flatten)]
+        provision: ProvisionArgs,
     },
     /// Boot an image and run a test script against it; exit 0 on pass
     #[command(
@@ -153,6 +155,8 @@ pub enum Command {
         /// Forward the host's port HOST (on 127.0.0.1) to the guest's port GUEST
         #[arg(long, value_name = "HOST:GUEST")]
         forward: Vec<crate::vm::qemu::Forward>,
+        #[command(flatten)]
+        provision: ProvisionArgs,
     },
     /// Search the Pakfile's repositories
     Search { term: String },
@@ -223,6 +227,50 @@ pub enum Command {
     },
 }
 
+/// What the machine is provisioned with at first boot (`pak qemu`, `pak test`).
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// Attach DIR as a provisioning seed volume (FAT32 labelled pak-seed):
+    /// meta-data (NoCloud), user-data (#cloud-config: hostname,
+    /// ssh_authorized_keys) and pak-seed.toml
+    #[arg(long, value_name = "DIR")]
+    seed: Option<PathBuf>,
+    /// Give the guest a credential as an SMBIOS type 11 string
+    /// (io.systemd.credential:NAME=VALUE), e.g. system.hostname=web-1
+    #[arg(long, value_name = "NAME=VALUE", value_parser = smbios_credential)]
+    credential: Vec<crate::vm::qemu::Credential>,
+    /// Give the guest a credential from a file, through fw_cfg
+    /// (opt/io.systemd.credentials/NAME), e.g. pak.seed=pak-seed.toml
+    #[arg(long, value_name = "NAME=PATH", value_parser = fw_cfg_credential)]
+    credential_file: Vec<crate::vm::qemu::Credential>,
+}
+
+fn smbios_credential(s: &str) -> anyhow::Result<crate::vm::qemu::Credential> {
+    crate::vm::qemu::Credential::smbios(s)
+}
+
+fn fw_cfg_credential(s: &str) -> anyhow::Result<crate::vm::qemu::Credential> {
+    crate::vm::qemu::Credential::fw_cfg(s)
+}
+
+impl ProvisionArgs {
+    /// The seed drive (added to `drives`) and the credentials.
+    fn apply(
+        self,
+        image: &std::path::Path,
+        drives: &mut Vec<PathBuf>,
+    ) -> anyhow::Result<Vec<crate::vm::qemu::Credential>> {
+        if let Some(dir) = &self.seed {
+            drives.push(crate::vm::seed::attach(image, dir)?);
+        }
+        Ok(self
+            .credential
+            .into_iter()
+            .chain(self.credential_file)
+            .collect())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
     /// What boots, each slot's generation and state, tries left, /etc conflicts
@@ -279,6 +327,16 @@ pub enum SystemCommand {
     Verify {
         #[arg(long)]
         disk: Option<PathBuf>,
+    },
+    /// Apply this machine's provisioning (seed volume, fw_cfg or SMBIOS
+    /// credentials): hostname, SSH keys, network, files; once per data partition
+    #[command(
+        after_help = "Sources, applied in this order, a later one replacing what an earlier one set:\n  a block device whose FAT32 label is cidata or pak-seed: meta-data (instance-id, local-hostname),\n    user-data (#cloud-config: hostname, ssh_authorized_keys) and pak-seed.toml\n  fw_cfg files opt/io.systemd.credentials/NAME, then SMBIOS type 11 strings io.systemd.credential:NAME=VALUE,\n    with NAME pak.seed (a whole pak-seed.toml), system.hostname or ssh.authorized_keys.USER\nThe image runs this at every boot (/usr/lib/pak/provision); what was applied is in\n/var/lib/pak/provision/record.toml and `pak system status`."
+    )]
+    Provision {
+        /// Apply the sources again, although this machine was provisioned
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -360,24 +418,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             image,
             snapshot,
             memory,
-            drive,
+            mut drive,
             forward,
-        } => crate::vm::qemu::run_interactive(&crate::vm::qemu::VmConfig {
-            image,
-            memory_mib: memory,
-            snapshot,
-            interactive: true,
-            drives: drive,
-            forwards: forward,
-        })?,
+            provision,
+        } => {
+            let credentials = provision.apply(&image, &mut drive)?;
+            crate::vm::qemu::run_interactive(&crate::vm::qemu::VmConfig {
+                image,
+                memory_mib: memory,
+                snapshot,
+                interactive: true,
+                drives: drive,
+                forwards: forward,
+                credentials,
+            })?
+        }
         Command::Test {
             image,
             script,
             log,
             snapshot,
-            drive,
+            mut drive,
             forward,
+            provision,
         } => {
+            let credentials = provision.apply(&image, &mut drive)?;
             let text = std::fs::read_to_string(&script)
                 .with_context(|| format!("cannot read {}", script.display()))?;
             let steps = crate::vm::vmtest::parse_script(&text)?;
@@ -389,6 +454,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 interactive: false,
                 drives: drive,
                 forwards: forward,
+                credentials,
             };
             crate::vm::vmtest::run_script(&cfg, &steps, &log)?;
             println!(

@@ -136,6 +136,21 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                 print!("{}", render_diff(&d));
             }
         }
+        SystemCommand::Provision { again } => {
+            use crate::system::provision::{Outcome, provision_here};
+            match provision_here(again)? {
+                Outcome::Applied(r) => print!("{}", render_provisioned("provisioned", &r)),
+                Outcome::AlreadyDone(r) => {
+                    print!("{}", render_provisioned("already provisioned", &r));
+                    println!(
+                        "(once per data partition; `pak system provision --again` applies the sources again)"
+                    );
+                }
+                Outcome::NoSource => println!(
+                    "no provisioning source: no seed volume labelled cidata or pak-seed, no pak.seed, system.hostname or ssh.authorized_keys.* credential in fw_cfg or SMBIOS; the image's own settings stay"
+                ),
+            }
+        }
         SystemCommand::Verify { disk } => {
             let mut bad = 0;
             for (entry, problem) in open(disk.as_deref())?.verify()? {
@@ -195,6 +210,12 @@ fn render_status(s: &Status) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    if let Some(r) = &s.provisioned {
+        out.push_str(&render_provisioned("provisioned", r));
+    }
+    if let Some(e) = &s.provision_error {
+        out.push_str(&format!("provisioning record unreadable: {e}\n"));
+    }
     if !s.etc_conflicts.is_empty() {
         out.push_str(
             "/etc files you changed that this generation also changed (yours are in use):\n",
@@ -202,6 +223,31 @@ fn render_status(s: &Status) -> String {
         for c in &s.etc_conflicts {
             out.push_str(&format!("  {c}\n"));
         }
+    }
+    out
+}
+
+/// What provisioning applied, one line each, the sources first.
+fn render_provisioned(verb: &str, r: &crate::system::provision::Record) -> String {
+    let mut out = String::new();
+    for src in &r.sources {
+        out.push_str(&format!("{verb} from {src}\n"));
+    }
+    if let Some(id) = &r.instance_id {
+        out.push_str(&format!("  instance-id: {id}\n"));
+    }
+    if let Some(h) = &r.hostname {
+        out.push_str(&format!("  hostname: {h}\n"));
+    }
+    for (user, n) in &r.ssh_keys {
+        let keys = if *n == 1 { "key" } else { "keys" };
+        out.push_str(&format!("  ssh: {n} {keys} for {user}\n"));
+    }
+    if r.network {
+        out.push_str("  network: the seed's [network] (/var/lib/pak/provision/network)\n");
+    }
+    for f in &r.files {
+        out.push_str(&format!("  file: {f}\n"));
     }
     out
 }

@@ -19,6 +19,10 @@ use crate::spec::network::Network;
 
 pub const SCRIPT: &str = "/usr/lib/pak/network";
 pub const DHCP_HOOK: &str = "/usr/lib/pak/udhcpc.hook";
+/// A machine's own `[network]`, from its provisioning seed
+/// (`crate::system::provision`); the image's script runs it instead of
+/// itself when it is there.
+pub const PROVISIONED: &str = "/var/lib/pak/provision/network";
 
 /// The files `[network]` puts into an image.
 pub fn render(network: &Network) -> Vec<ConfigFile> {
@@ -42,7 +46,24 @@ fn q(s: &str) -> String {
 }
 
 fn script(n: &Network) -> String {
-    let mut s = String::from(SCRIPT_HEAD);
+    let head = format!(
+        "#!/bin/sh\n# Written by pak from the Pakfile's [network]; rc.sysinit runs it at boot.\n\n# A machine provisioned with its own [network] uses that instead.\n[ -x {PROVISIONED} ] && exec {PROVISIONED}\n"
+    );
+    body(n, &head)
+}
+
+/// The script for a machine's provisioned `[network]`: the same as the
+/// image's, written at first boot to [`PROVISIONED`].
+pub fn provisioned_script(n: &Network) -> String {
+    body(
+        n,
+        "#!/bin/sh\n# Written by `pak system provision` from this machine's seed [network];\n# /usr/lib/pak/network runs it instead of the image's own.\n",
+    )
+}
+
+fn body(n: &Network, head: &str) -> String {
+    let mut s = String::from(head);
+    s.push_str(SCRIPT_HEAD);
     let mut dns = Vec::new();
     let mut search = Vec::new();
     for (name, i) in &n.interfaces {
@@ -87,8 +108,7 @@ fn script(n: &Network) -> String {
     s
 }
 
-const SCRIPT_HEAD: &str = r#"#!/bin/sh
-# Written by pak from the Pakfile's [network]; rc.sysinit runs it at boot.
+const SCRIPT_HEAD: &str = r#"
 # Interfaces the Pakfile names are configured as it says; every other
 # Ethernet interface of a device asks for an address by DHCP.
 
@@ -199,6 +219,24 @@ mod tests {
     }
 
     #[test]
+    fn the_image_runs_a_provisioned_network_instead_and_that_one_does_not_loop() {
+        let n = Network::default();
+        let image = script(&n);
+        assert!(
+            image.contains(
+                "[ -x /var/lib/pak/provision/network ] && exec /var/lib/pak/provision/network"
+            ),
+            "{image}"
+        );
+        let own = provisioned_script(&n);
+        assert!(!own.contains("exec "), "{own}");
+        assert!(
+            own.starts_with("#!/bin/sh\n") && own.contains("dhcp \"$i\""),
+            "{own}"
+        );
+    }
+
+    #[test]
     fn the_scripts_are_valid_sh() {
         let n: Network = toml::from_str(
             "[interfaces.eth0]\naddress = [\"192.0.2.10/24\"]\ngateway = \"192.0.2.1\"\ndns = [\"192.0.2.53\"]\n",
@@ -206,6 +244,7 @@ mod tests {
         .unwrap();
         for (name, body) in [
             ("network", script(&n)),
+            ("provisioned", provisioned_script(&n)),
             ("hook", DHCP_HOOK_TEXT.to_string()),
         ] {
             let out = std::process::Command::new("sh")

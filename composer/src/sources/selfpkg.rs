@@ -22,6 +22,23 @@ use crate::packages::pakinfo::PakInfo;
 pub const REPO: &str = "pak";
 pub const NAME: &str = "pak";
 pub const LOCATION: &str = "self";
+/// The boot step `rc.sysinit` runs before it sets the host name and brings
+/// up the network. It ships with pak, not with the Pakfile's configuration,
+/// because all it does is run pak: an image without pak has no such step,
+/// and rc.sysinit skips what is not there.
+pub const PROVISION_STEP: &str = "usr/lib/pak/provision";
+
+const PROVISION_SCRIPT: &str = r#"#!/bin/sh
+# Installed with pak; /usr/lib/pak/rc.sysinit runs it at every boot, before
+# the host name and the network. `pak system provision` applies this
+# machine's seed volume or credentials once per data partition; a bad seed
+# is reported here on the console and the boot goes on without it.
+if ! /usr/bin/pak system provision; then
+    echo "pak: provisioning failed (above); this boot goes on with the image's own settings" >&2
+fi
+exit 0
+"#;
+
 /// The version of this pak, which the lock pins.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -114,5 +131,40 @@ pub fn write_package(sha256: &str, out_dir: &Path) -> Result<PathBuf> {
         },
         Content::Path(exe),
     )?;
+    w.add(dir("usr/lib"), Content::None)?;
+    w.add(dir("usr/lib/pak"), Content::None)?;
+    w.add(
+        Entry {
+            path: PROVISION_STEP.into(),
+            kind: Kind::File(FileDigest {
+                size: 0,
+                sha256: String::new(),
+            }),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+        Content::Bytes(PROVISION_SCRIPT.as_bytes().to_vec()),
+    )?;
     w.write(out_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provision_step_is_valid_sh_and_never_stops_the_boot() {
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", PROVISION_SCRIPT])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(PROVISION_SCRIPT.trim_end().ends_with("exit 0"));
+        assert!(PROVISION_SCRIPT.contains("pak system provision"));
+    }
 }

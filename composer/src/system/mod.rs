@@ -14,7 +14,9 @@
 //! - `incoming`: a generation file, read and checked;
 //! - `status`: what boots and what each slot holds;
 //! - `switch`: switch, rollback, mark-good, and their crash-safe order;
-//! - `diff`, `verify`: comparing generations, checking what boots.
+//! - `diff`, `verify`: comparing generations, checking what boots;
+//! - `provision`: a machine's own settings from a seed volume or
+//!   credentials, applied at first boot.
 //!
 //! The library returns data; `cli::system` turns it into words.
 
@@ -22,6 +24,7 @@ mod device;
 mod diff;
 mod incoming;
 mod probe;
+pub mod provision;
 mod status;
 mod switch;
 mod verify;

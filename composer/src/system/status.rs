@@ -94,6 +94,13 @@ pub struct Status {
     /// `/etc` files the user edited that the booted generation also
     /// changed; the user's copies are in use. Only known on a live system.
     pub etc_conflicts: Vec<String>,
+    /// What this machine's provisioning applied at first boot, and from
+    /// where. Only known on a live system; `None` when it was never
+    /// provisioned.
+    pub provisioned: Option<super::provision::Record>,
+    /// Why the provisioning record could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision_error: Option<String>,
 }
 
 impl Status {
@@ -205,6 +212,16 @@ impl<D: Device> PakDisk<D> {
         } else {
             Vec::new()
         };
+        // A record that cannot be read is reported, not fatal: the rest of
+        // the status is what an operator needs most.
+        let (provisioned, provision_error) = if self.booted.is_some() {
+            match super::provision::read_record(Path::new("/")) {
+                Ok(r) => (r, None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        } else {
+            (None, None)
+        };
         Ok(Status {
             disk: self.name.clone(),
             booted_slot: booted.map(|b| b.0),
@@ -215,6 +232,8 @@ impl<D: Device> PakDisk<D> {
             rolled_back,
             slots,
             etc_conflicts,
+            provisioned,
+            provision_error,
         })
     }
 }

@@ -1,4 +1,6 @@
-//! Booting images under QEMU: the machine, and the scripted test driver.
+//! Booting images under QEMU: the machine, its provisioning seed, and the
+//! scripted test driver.
 
 pub mod qemu;
+pub mod seed;
 pub mod vmtest;

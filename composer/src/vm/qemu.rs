@@ -171,6 +171,93 @@ pub struct VmConfig {
     pub drives: Vec<PathBuf>,
     /// Host ports that reach the guest's (QEMU user networking).
     pub forwards: Vec<Forward>,
+    /// Credentials for the guest in systemd's `io.systemd.credential`
+    /// convention (SMBIOS type 11 strings or fw_cfg files), which pak
+    /// images read at first boot to provision themselves.
+    pub credentials: Vec<Credential>,
+}
+
+/// One credential given to the guest: `--credential NAME=VALUE` (a short
+/// one-line value, as an SMBIOS type 11 string) or `--credential-file
+/// NAME=PATH` (any content, as the fw_cfg file
+/// `opt/io.systemd.credentials/NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Smbios { name: String, value: String },
+    FwCfg { name: String, file: PathBuf },
+}
+
+/// fw_cfg names are at most 55 bytes; this prefix takes 27 of them.
+const FW_CFG_PREFIX: &str = "opt/io.systemd.credentials/";
+
+fn credential_name(s: &str, flag: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if !ok {
+        bail!(
+            "{flag} {s:?}: a credential name is letters, digits, `.`, `_`, `-` or `@`, like system.hostname or pak.seed"
+        );
+    }
+    Ok(s.to_string())
+}
+
+impl Credential {
+    /// `NAME=VALUE`, for `--credential`.
+    pub fn smbios(s: &str) -> Result<Credential> {
+        let Some((name, value)) = s.split_once('=') else {
+            bail!("--credential {s:?} is not NAME=VALUE, like system.hostname=web-1");
+        };
+        if value.contains('\n') || value.contains('\0') {
+            bail!(
+                "--credential {name}: the value has a line break; give multi-line values with --credential-file {name}=PATH"
+            );
+        }
+        Ok(Credential::Smbios {
+            name: credential_name(name, "--credential")?,
+            value: value.to_string(),
+        })
+    }
+
+    /// `NAME=PATH`, for `--credential-file`.
+    pub fn fw_cfg(s: &str) -> Result<Credential> {
+        let Some((name, file)) = s.split_once('=') else {
+            bail!("--credential-file {s:?} is not NAME=PATH, like pak.seed=seed/pak-seed.toml");
+        };
+        let name = credential_name(name, "--credential-file")?;
+        if FW_CFG_PREFIX.len() + name.len() > 55 {
+            bail!(
+                "--credential-file {name}: fw_cfg names are at most 55 bytes, which leaves {} for a credential's name",
+                55 - FW_CFG_PREFIX.len()
+            );
+        }
+        let file = PathBuf::from(file);
+        if !file.is_file() {
+            bail!("--credential-file {name}: {} is not a file", file.display());
+        }
+        Ok(Credential::FwCfg { name, file })
+    }
+
+    /// QEMU's arguments for it; commas in values are doubled, QEMU's
+    /// escape in option strings.
+    fn args(&self) -> [String; 2] {
+        match self {
+            Credential::Smbios { name, value } => [
+                "-smbios".into(),
+                format!(
+                    "type=11,value=io.systemd.credential:{name}={}",
+                    value.replace(',', ",,")
+                ),
+            ],
+            Credential::FwCfg { name, file } => [
+                "-fw_cfg".into(),
+                format!(
+                    "name={FW_CFG_PREFIX}{name},file={}",
+                    file.display().to_string().replace(',', ",,")
+                ),
+            ],
+        }
+    }
 }
 
 /// A TCP port of the host, on 127.0.0.1 only, forwarded to a port of the
@@ -260,6 +347,7 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
                 format!("file={},format=raw,if=virtio,readonly=on", d.display()),
             ]
         }))
+        .args(cfg.credentials.iter().flat_map(Credential::args))
         .args(["-device", "virtio-rng-pci", "-netdev"])
         .arg(netdev(&cfg.forwards))
         .args(["-device", "virtio-net-pci,netdev=net0"])
@@ -288,7 +376,43 @@ pub fn run_interactive(cfg: &VmConfig) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Forward, netdev};
+    use super::{Credential, Forward, netdev};
+
+    #[test]
+    fn credentials_become_smbios_strings_and_fw_cfg_files() {
+        let c = Credential::smbios("system.hostname=web,1").unwrap();
+        assert_eq!(
+            c.args(),
+            [
+                "-smbios".to_string(),
+                "type=11,value=io.systemd.credential:system.hostname=web,,1".to_string()
+            ]
+        );
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("seed.toml");
+        std::fs::write(&f, "hostname = \"x\"\n").unwrap();
+        let c = Credential::fw_cfg(&format!("pak.seed={}", f.display())).unwrap();
+        assert_eq!(
+            c.args()[1],
+            format!(
+                "name=opt/io.systemd.credentials/pak.seed,file={}",
+                f.display()
+            )
+        );
+        for (r, want) in [
+            (Credential::smbios("novalue"), "NAME=VALUE"),
+            (Credential::smbios("a/b=c"), "credential name"),
+            (Credential::smbios("a=b\nc"), "--credential-file"),
+            (Credential::fw_cfg("pak.seed=/nonexistent"), "not a file"),
+            (
+                Credential::fw_cfg(&format!("{}={}", "n".repeat(40), f.display())),
+                "55 bytes",
+            ),
+        ] {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
 
     #[test]
     fn forwards_parse_and_stay_on_loopback() {
