@@ -99,14 +99,34 @@ fn recorded_fingerprint(known_hosts: &Path) -> String {
         .to_string()
 }
 
-/// The server image with a key in its Pakfile: the operator logs in over
-/// SSH; the host key is the machine's own, made on its first boot onto
-/// /var, kept across a reboot, and absent from the image.
+/// A key that must not log in as `user`.
+fn refused(key: &Path, known_hosts: &Path, port: u16, user: &str) {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string(), "-o", "BatchMode=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{} logged in as {user} on port {port}",
+        key.display()
+    );
+}
+
+/// One server image, two machines. The operator's key comes from the
+/// Pakfile and logs in to both; each machine's seed names it and gives
+/// root a key of its own, which works on that machine only. Each machine
+/// makes its own host key on its first boot, onto /var (the image holds
+/// none), and keeps it across a reboot.
 #[test]
-fn an_operator_logs_in_over_ssh_with_the_key_the_pakfile_gives() {
+fn one_server_image_two_machines_reached_over_ssh() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let (key, public) = key_pair(w, "operator");
+    let (operator, public) = key_pair(w, "operator");
     let pakfile = pakfile(
         w,
         "server",
@@ -115,54 +135,73 @@ fn an_operator_logs_in_over_ssh_with_the_key_the_pakfile_gives() {
     let img = w.join("server.raw");
     pak_e2e(&["--pakfile", s(&pakfile), "build", "-o", s(&img)]);
 
-    let port = free_port();
-    let mut cfg = vm(&img, &[]);
-    cfg.forwards = vec![format!("{port}:22").parse().unwrap()];
-    let mut m = Machine::start(&cfg, &w.join("console.log")).unwrap();
-    m.wait_for("pak: made this machine's SSH host key", BOOT)
-        .unwrap();
-    m.wait_for("pak: boot complete", BOOT).unwrap();
-    m.wait_for_shell(BOOT).unwrap();
-    let known_hosts = w.join("known_hosts");
-    let out = ssh(
-        &key,
-        &known_hosts,
-        port,
-        "admin",
-        "id -un; cat /etc/hostname",
-    );
-    assert_eq!(out, "admin\nserver\n");
-    let fingerprint = recorded_fingerprint(&known_hosts);
-    assert!(
-        m.tail(400).contains(&fingerprint),
-        "the key sshd presented is the one made at first boot ({fingerprint})"
-    );
-    // Nothing per-machine in the image: the keys are on /var only.
-    m.fail("ls /etc/ssh/ssh_host_* /usr/share/factory/var/lib/ssh")
-        .unwrap();
-    m.succeed("test -s /var/lib/ssh/ssh_host_ed25519_key")
-        .unwrap();
-    // A key not given anywhere is refused.
-    let (stranger, _) = key_pair(w, "stranger");
-    let refused = Command::new("ssh")
-        .arg("-i")
-        .arg(&stranger)
-        .args(["-p", &port.to_string(), "-o", "BatchMode=yes", "-o"])
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args(["admin@127.0.0.1", "true"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success(), "a stranger's key logs in");
+    // Per machine: a copy of the image, a seed, a port for its sshd.
+    let mut machines: Vec<_> = ["web-1", "web-2"]
+        .into_iter()
+        .map(|name| {
+            let disk = w.join(format!("{name}.raw"));
+            std::fs::copy(&img, &disk).unwrap();
+            let (root_key, root_public) = key_pair(w, &format!("root-{name}"));
+            let seed = w.join(format!("seed-{name}"));
+            std::fs::create_dir_all(&seed).unwrap();
+            std::fs::write(
+                seed.join("pak-seed.toml"),
+                format!(
+                    "hostname = \"{name}\"\n[users.root]\nssh-authorized-keys = [\"{root_public}\"]\n"
+                ),
+            )
+            .unwrap();
+            let seed_img = w.join(format!("{name}.seed.img"));
+            pak::vm::seed::write(&seed, &seed_img).unwrap();
+            let port = free_port();
+            let mut cfg = vm(&disk, &[&seed_img]);
+            cfg.forwards = vec![format!("{port}:22").parse().unwrap()];
+            let m = Machine::start(&cfg, &w.join(format!("{name}.console.log"))).unwrap();
+            (name, m, port, root_key, w.join(format!("{name}.known_hosts")))
+        })
+        .collect();
 
+    let mut fingerprints = Vec::new();
+    for (name, m, port, root_key, known_hosts) in machines.iter_mut() {
+        let port = *port;
+        m.wait_for("pak: boot complete", BOOT).unwrap();
+        m.wait_for_shell(BOOT).unwrap();
+        assert_eq!(
+            ssh(&operator, known_hosts, port, "admin", "id -un; hostname"),
+            format!("admin\n{name}\n")
+        );
+        assert_eq!(ssh(root_key, known_hosts, port, "root", "id -un"), "root\n");
+        let fingerprint = recorded_fingerprint(known_hosts);
+        assert!(
+            m.tail(400).contains(&fingerprint),
+            "{name}: the key sshd presented is the one made at first boot ({fingerprint})"
+        );
+        // Nothing per-machine in the image: the keys are on /var only.
+        m.fail("ls /etc/ssh/ssh_host_* /usr/share/factory/var/lib/ssh")
+            .unwrap();
+        let (stranger, _) = key_pair(w, &format!("stranger-{name}"));
+        refused(&stranger, known_hosts, port, "admin");
+        fingerprints.push(fingerprint);
+    }
+    assert_ne!(
+        fingerprints[0], fingerprints[1],
+        "each machine its own host key"
+    );
+    // web-1's root key is web-1's alone.
+    refused(&machines[0].3, &machines[1].4, machines[1].2, "root");
+
+    let (_, m, port, _, known_hosts) = &mut machines[0];
     m.reboot().unwrap();
-    ssh(&key, &known_hosts, port, "admin", "true");
+    ssh(&operator, known_hosts, *port, "admin", "true");
     assert_eq!(
-        recorded_fingerprint(&known_hosts),
-        fingerprint,
+        recorded_fingerprint(known_hosts),
+        fingerprints[0],
         "same host key after a reboot"
     );
-    m.send("poweroff\n").unwrap();
-    m.wait_for_shutdown(BOOT).unwrap();
+    for (_, m, ..) in &mut machines {
+        m.send("poweroff\n").unwrap();
+        m.wait_for_shutdown(BOOT).unwrap();
+    }
 }
 
 /// `psql` on the host, through the forwarded port; stdout, trimmed.
