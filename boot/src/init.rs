@@ -395,30 +395,37 @@ fn load_modules() -> Result<()> {
     Ok(())
 }
 
+/// The device node of the partition with this GPT label, if the kernel
+/// has one (sysfs names it; `/dev` must be mounted).
+pub fn partition_by_label(label: &str) -> Option<PathBuf> {
+    for e in fs::read_dir("/sys/class/block").ok()?.flatten() {
+        let Ok(uevent) = fs::read_to_string(e.path().join("uevent")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::to_string)
+        };
+        if field("PARTNAME=").as_deref() == Some(label)
+            && let Some(dev) = field("DEVNAME=")
+        {
+            let node = PathBuf::from("/dev").join(dev);
+            if node.exists() {
+                return Some(node);
+            }
+        }
+    }
+    None
+}
+
 /// Waits for a partition with this GPT label to appear; its device node.
 fn wait_for_partition(label: &str) -> Result<PathBuf> {
     let start = Instant::now();
     loop {
-        if let Ok(rd) = fs::read_dir("/sys/class/block") {
-            for e in rd.flatten() {
-                let Ok(uevent) = fs::read_to_string(e.path().join("uevent")) else {
-                    continue;
-                };
-                let field = |k: &str| {
-                    uevent
-                        .lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .map(str::to_string)
-                };
-                if field("PARTNAME=").as_deref() == Some(label)
-                    && let Some(dev) = field("DEVNAME=")
-                {
-                    let node = PathBuf::from("/dev").join(dev);
-                    if node.exists() {
-                        return Ok(node);
-                    }
-                }
-            }
+        if let Some(node) = partition_by_label(label) {
+            return Ok(node);
         }
         if start.elapsed() > WAIT_FOR_DISKS {
             return Err(format!(

@@ -18,10 +18,12 @@
 //!
 //! The library returns data; `cli::system` turns it into words.
 
+pub mod datacheck;
 mod device;
 mod diff;
 mod incoming;
 mod probe;
+pub mod reset;
 mod status;
 mod switch;
 mod verify;
