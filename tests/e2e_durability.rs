@@ -392,7 +392,7 @@ fn factory_reset_on_an_image_and_live() {
     m.wait_for("is blank: formatting it (first boot)", BOOT)
         .unwrap();
     m.wait_for_shell(BOOT).unwrap();
-    m.succeed("echo mine > /etc/motd && echo gone > /var/keep && sync")
+    m.succeed("echo mine > /etc/pak-test && echo gone > /var/keep && sync")
         .unwrap();
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
@@ -423,7 +423,7 @@ fn factory_reset_on_an_image_and_live() {
     m.wait_for_shell(BOOT).unwrap();
     let after_reset = |m: &mut Machine, gone: &str| {
         m.fail(&format!("test -e /var/{gone}")).unwrap();
-        assert_ne!(m.succeed("cat /etc/motd").unwrap().trim(), "mine");
+        m.fail("test -e /etc/pak-test").unwrap();
         let cmdline = m.succeed("cat /proc/cmdline").unwrap();
         assert!(cmdline.contains("pak.generation=1"), "{cmdline}");
         let record = m.succeed("cat /var/lib/pak/data-check").unwrap();
@@ -434,7 +434,7 @@ fn factory_reset_on_an_image_and_live() {
     assert!(status.contains("generation 1 from slot a"), "{status}");
 
     // Live.
-    m.succeed("echo mine > /etc/motd && echo gone > /var/keep-live && sync")
+    m.succeed("echo mine > /etc/pak-test && echo gone > /var/keep-live && sync")
         .unwrap();
     let out = m.fail("pak system factory-reset < /dev/null").unwrap();
     assert!(out.contains("pass --yes"), "{out}");
