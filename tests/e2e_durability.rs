@@ -387,7 +387,15 @@ fn a_damaged_var_is_repaired_at_boot_or_still_boots() {
 fn factory_reset_on_an_image_and_live() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = minimal_image(w);
+    // 2 GiB, so that the data partition is large enough for mke2fs to pick
+    // 4 KiB blocks: then the request shares its block with the superblock,
+    // which the mounted filesystem writes back (the live case must survive
+    // that).
+    let img = w.join("minimal.raw");
+    let p = pakfile(w, "minimal", |t| {
+        t.replace("size = \"1GiB\"", "size = \"2GiB\"")
+    });
+    pak_e2e(&["--pakfile", &p, "build", "-o", s(&img)]);
     let mut m = Machine::start(&vm(&img, &[]), &w.join("boot-1.log")).unwrap();
     m.wait_for("is blank: formatting it (first boot)", BOOT)
         .unwrap();
@@ -397,6 +405,9 @@ fn factory_reset_on_an_image_and_live() {
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
     drop(m);
+    read_superblock(&img, |sb| {
+        assert_eq!(sb[0x18], 2, "the data filesystem's blocks are not 4 KiB")
+    });
 
     let (at, _) = data_partition(&img);
     let first_sector = |img: &Path| {
@@ -420,6 +431,7 @@ fn factory_reset_on_an_image_and_live() {
     let mut m = Machine::start(&vm(&img, &[]), &w.join("boot-2.log")).unwrap();
     m.wait_for("pak-init: factory reset requested: erasing", BOOT)
         .unwrap();
+    m.wait_for("entries to /var from the image", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     let after_reset = |m: &mut Machine, gone: &str| {
         m.fail(&format!("test -e /var/{gone}")).unwrap();
@@ -443,6 +455,7 @@ fn factory_reset_on_an_image_and_live() {
     m.send("sync; reboot\n").unwrap();
     m.wait_for("pak-init: factory reset requested: erasing", BOOT)
         .unwrap();
+    m.wait_for("entries to /var from the image", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     after_reset(&mut m, "keep-live");
     m.send("poweroff\n").unwrap();
