@@ -374,6 +374,50 @@ fn a_damaged_var_is_repaired_at_boot_or_still_boots() {
         .unwrap();
     m.send("poweroff\n").unwrap();
     m.wait_for_shutdown(BOOT).unwrap();
+    drop(m);
+    assert!(
+        data_bytes(&img) == before,
+        "a boot changed the damaged data partition"
+    );
+
+    // Damage this image's e2fsck cannot handle but the kernel can read: a
+    // filesystem feature it does not know (as a newer e2fsprogs could
+    // leave). The files stay readable, read-only, beside the tmpfs /var,
+    // and nothing else holds them, so the operator can unmount to repair.
+    patch_superblock(&img, |sb| {
+        sb[0x38..0x3A].copy_from_slice(&[0x53, 0xEF]);
+        sb[0x67] |= 0x80;
+    });
+    let before = data_bytes(&img);
+    let mut m = Machine::start(&vm(&img, &[]), &w.join("boot-4.log")).unwrap();
+    m.wait_for("pak-init: e2fsck could not repair the data partition", BOOT)
+        .unwrap();
+    m.wait_for(
+        "its files are mounted read-only on /var/lib/pak/data-ro",
+        BOOT,
+    )
+    .unwrap();
+    m.wait_for(
+        "to repair it: umount /var/lib/pak/data-ro && e2fsck -f /dev/",
+        BOOT,
+    )
+    .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    assert_eq!(
+        m.succeed("cat /var/lib/pak/data-ro/keep").unwrap().trim(),
+        "kept"
+    );
+    let record = m.succeed("cat /var/lib/pak/data-check").unwrap();
+    assert!(
+        record.contains("outcome=uncorrectable")
+            && record.contains("damaged_mount=/var/lib/pak/data-ro")
+            && record.contains("unsupported feature"),
+        "{record}"
+    );
+    m.fail("touch /var/lib/pak/data-ro/x").unwrap();
+    m.succeed("umount /var/lib/pak/data-ro").unwrap();
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
     assert!(
         data_bytes(&img) == before,
         "a boot changed the damaged data partition"
