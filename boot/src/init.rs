@@ -567,7 +567,9 @@ fn check_data(dev: &Path, record: &mut data::CheckRecord) {
         for line in String::from_utf8_lossy(stream).lines() {
             let line = line.trim_end();
             if !line.trim().is_empty() {
-                say(&format!("e2fsck: {line}"));
+                // e2fsck names itself on some lines; say it once.
+                let shown = line.strip_prefix("e2fsck: ").unwrap_or(line);
+                say(&format!("e2fsck: {shown}"));
                 record.output.push(line.to_string());
             }
         }
