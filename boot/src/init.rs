@@ -2,9 +2,11 @@
 //!
 //! mount proc, sys, dev → load the listed modules → find `root-<slot>` and
 //! `data` by partition label → mount the slot's squashfs read-only →
-//! mount data on /var (formatting it on first boot) → seed /var from the
-//! image's factory copy → overlay /etc (upper on data) → bind /home →
-//! switch_root into `/sbin/init`.
+//! bring up data on /var (wiped when a factory reset was requested,
+//! formatted as journaled ext4 on first boot, `e2fsck -p` at every other
+//! boot; a tmpfs if it cannot be repaired, see [`mount_data`]) → seed /var
+//! from the image's factory copy → overlay /etc (upper on data) → bind
+//! /home → switch_root into `/sbin/init`.
 //!
 //! A boot on trial (its loader entry still counts tries) arms the watchdog
 //! before leaving, so a generation that hangs in userspace is reset too;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use rustix::mount::{MountFlags, MountPropagationFlags};
 
 use crate::cmdline::{self, BootArgs};
+use crate::data;
 use crate::disk::{DATA_LABEL, Slot};
 
 const SYSROOT: &str = "/sysroot";
@@ -174,18 +177,7 @@ fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
     say(&format!("mounted {} read-only on /", root_dev.display()));
 
     let var = Path::new(SYSROOT).join("var");
-    if !has_ext_magic(&data_dev)? {
-        say(&format!(
-            "{} is blank: formatting it (first boot)",
-            data_dev.display()
-        ));
-        format_data(&data_dev)?;
-    }
-    errno(
-        "mount data on /var",
-        mount(&data_dev, &var, "ext4", MountFlags::NOATIME, ""),
-    )?;
-    say("mounted data on /var");
+    mount_data(&data_dev, &var)?;
     seed_var(&Path::new(SYSROOT).join(FACTORY_VAR), &var)?;
 
     let upper = var.join(ETC_UPPER);
@@ -403,30 +395,37 @@ fn load_modules() -> Result<()> {
     Ok(())
 }
 
+/// The device node of the partition with this GPT label, if the kernel
+/// has one (sysfs names it; `/dev` must be mounted).
+pub fn partition_by_label(label: &str) -> Option<PathBuf> {
+    for e in fs::read_dir("/sys/class/block").ok()?.flatten() {
+        let Ok(uevent) = fs::read_to_string(e.path().join("uevent")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::to_string)
+        };
+        if field("PARTNAME=").as_deref() == Some(label)
+            && let Some(dev) = field("DEVNAME=")
+        {
+            let node = PathBuf::from("/dev").join(dev);
+            if node.exists() {
+                return Some(node);
+            }
+        }
+    }
+    None
+}
+
 /// Waits for a partition with this GPT label to appear; its device node.
 fn wait_for_partition(label: &str) -> Result<PathBuf> {
     let start = Instant::now();
     loop {
-        if let Ok(rd) = fs::read_dir("/sys/class/block") {
-            for e in rd.flatten() {
-                let Ok(uevent) = fs::read_to_string(e.path().join("uevent")) else {
-                    continue;
-                };
-                let field = |k: &str| {
-                    uevent
-                        .lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .map(str::to_string)
-                };
-                if field("PARTNAME=").as_deref() == Some(label)
-                    && let Some(dev) = field("DEVNAME=")
-                {
-                    let node = PathBuf::from("/dev").join(dev);
-                    if node.exists() {
-                        return Ok(node);
-                    }
-                }
-            }
+        if let Some(node) = partition_by_label(label) {
+            return Ok(node);
         }
         if start.elapsed() > WAIT_FOR_DISKS {
             return Err(format!(
@@ -438,50 +437,310 @@ fn wait_for_partition(label: &str) -> Result<PathBuf> {
     }
 }
 
-/// ext2/3/4 superblock magic at byte 1080.
-fn has_ext_magic(dev: &Path) -> Result<bool> {
-    let mut f = step(&format!("open {}", dev.display()), fs::File::open(dev))?;
-    let mut buf = [0u8; 1082];
-    step(&format!("read {}", dev.display()), f.read_exact(&mut buf))?;
-    Ok(buf[1080..1082] == [0x53, 0xEF])
+/// Brings up the data partition on `var`: wipes it when a factory reset
+/// was asked for, formats it when blank, checks it with `e2fsck -p`, gives
+/// it a journal if an older pak made it without one, and mounts it. A
+/// partition e2fsck cannot repair never stops the boot: `/var` becomes a
+/// tmpfs, the damaged filesystem is mounted read-only beside it when it can
+/// be, and the console and [`data::CHECK_RECORD`] say so, so an operator can
+/// reach the machine and repair it.
+fn mount_data(dev: &Path, var: &Path) -> Result<()> {
+    let start = read_start(dev, 64 << 10)?;
+    let mut record = data::CheckRecord {
+        boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        device: dev.display().to_string(),
+        outcome: data::Outcome::Clean,
+        e2fsck_exit: None,
+        journal_added: false,
+        damaged_mount: None,
+        output: Vec::new(),
+    };
+    let has_ext = start[1080..1082] == [0x53, 0xEF];
+    if data::reset::is_requested(&start) {
+        say(&format!(
+            "factory reset requested: erasing {} and provisioning this machine again",
+            dev.display()
+        ));
+        format_data(dev)?;
+        // mke2fs clears the boot sector on most platforms; this makes sure,
+        // and only after the new filesystem is complete, so a cut in
+        // between wipes it once more rather than leave half a reset.
+        clear_reset_request(dev)?;
+        record.outcome = data::Outcome::Reset;
+    } else if !has_ext && start.iter().all(|&b| b == 0) {
+        say(&format!(
+            "{} is blank: formatting it (first boot)",
+            dev.display()
+        ));
+        format_data(dev)?;
+        record.outcome = data::Outcome::Formatted;
+    } else {
+        // Not blank but no ext superblock is a damaged filesystem, never
+        // one to format: e2fsck may find a backup superblock, and if not,
+        // the operator decides.
+        check_data(dev, &mut record);
+        if record.outcome != data::Outcome::Uncorrectable && !has_journal(dev)? {
+            add_journal(dev, &mut record);
+        }
+    }
+    if record.outcome != data::Outcome::Uncorrectable {
+        match mount(dev, var, "ext4", MountFlags::NOATIME, "") {
+            Ok(()) => say("mounted data on /var"),
+            Err(e) => {
+                say(&format!(
+                    "cannot mount the data partition {} on /var: {e}",
+                    dev.display()
+                ));
+                record.output.push(format!("mount: {e}"));
+                record.outcome = data::Outcome::Uncorrectable;
+            }
+        }
+    }
+    if record.outcome == data::Outcome::Uncorrectable {
+        mount_degraded(dev, var, &mut record)?;
+    }
+    let path = var.join(data::CHECK_RECORD);
+    if let Err(e) = path
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|_| fs::write(&path, record.render()))
+    {
+        say(&format!(
+            "cannot record the data partition's check in /var/{}: {e}",
+            data::CHECK_RECORD
+        ));
+    }
+    Ok(())
 }
 
-/// Formats the data partition with the image's own tools (e2fsprogs'
-/// mkfs.ext4, or busybox's mke2fs), run inside the mounted root.
-fn format_data(dev: &Path) -> Result<()> {
-    let root = Path::new(SYSROOT);
-    // The filesystem is labelled like its partition.
-    let candidates: [(&str, &[&str]); 3] = [
-        ("usr/sbin/mkfs.ext4", &["-q", "-F", "-L", DATA_LABEL]),
-        ("usr/sbin/mke2fs", &["-L", DATA_LABEL]),
-        ("usr/bin/busybox", &["mke2fs", "-L", DATA_LABEL]),
-    ];
-    for (tool, args) in candidates {
-        if fs::symlink_metadata(root.join(tool)).is_err() {
-            continue;
+/// The first `len` bytes of `dev`.
+fn read_start(dev: &Path, len: usize) -> Result<Vec<u8>> {
+    let mut f = step(&format!("open {}", dev.display()), fs::File::open(dev))?;
+    let mut buf = vec![0u8; len];
+    step(&format!("read {}", dev.display()), f.read_exact(&mut buf))?;
+    Ok(buf)
+}
+
+fn clear_reset_request(dev: &Path) -> Result<()> {
+    use std::io::Write;
+    let what = format!(
+        "clear the factory-reset request on {} (the next boot would wipe it again)",
+        dev.display()
+    );
+    let mut f = step(&what, fs::OpenOptions::new().write(true).open(dev))?;
+    step(&what, f.write_all(&[0u8; data::reset::AREA]))?;
+    step(&what, f.sync_all())
+}
+
+/// Whether the ext superblock has the `has_journal` compat feature.
+fn has_journal(dev: &Path) -> Result<bool> {
+    let sb = read_start(dev, 2048)?;
+    // s_feature_compat is at 0x5C in the superblock, which starts at 1024.
+    let compat = u32::from_le_bytes(sb[1024 + 0x5C..1024 + 0x60].try_into().unwrap());
+    Ok(compat & 0x4 != 0)
+}
+
+/// Runs `e2fsck -p` on the data partition and records what it concluded.
+/// Exit 2 (reboot needed) reboots here; it only arises when the checked
+/// filesystem was mounted, which /var is not yet.
+fn check_data(dev: &Path, record: &mut data::CheckRecord) {
+    let tools = ["usr/sbin/e2fsck", "sbin/e2fsck"];
+    let out = match run_image_tool(&tools, &["-p"], dev) {
+        None => {
+            say(
+                "this image has no e2fsck (add e2fsprogs to its packages): the data partition is mounted unchecked",
+            );
+            record.outcome = data::Outcome::Unchecked;
+            return;
         }
-        // The root's /dev is empty until the move; name the device by the
-        // initramfs path, reachable from the child before it chroots.
-        let status = Command::new(format!("/{tool}"))
+        Some(Err(e)) => {
+            say(&format!("cannot check the data partition: {e}"));
+            record.output.push(e);
+            record.outcome = data::Outcome::Uncorrectable;
+            return;
+        }
+        Some(Ok(out)) => out,
+    };
+    for stream in [&out.stdout, &out.stderr] {
+        for line in String::from_utf8_lossy(stream).lines() {
+            let line = line.trim_end();
+            if !line.trim().is_empty() {
+                // e2fsck names itself on some lines; say it once.
+                let shown = line.strip_prefix("e2fsck: ").unwrap_or(line);
+                say(&format!("e2fsck: {shown}"));
+                record.output.push(line.to_string());
+            }
+        }
+    }
+    record.e2fsck_exit = out.status.code();
+    match out.status.code() {
+        Some(0) => record.outcome = data::Outcome::Clean,
+        Some(1) => {
+            say("e2fsck corrected errors on the data partition; /var is the repaired filesystem");
+            record.outcome = data::Outcome::Corrected;
+        }
+        Some(2) => {
+            say("e2fsck corrected errors on the data partition and asks for a reboot: rebooting");
+            rustix::fs::sync();
+            let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+            record.outcome = data::Outcome::Corrected;
+        }
+        _ => {
+            let how = match out.status.code() {
+                Some(c) => format!("exit {c}"),
+                None => format!("{}", out.status),
+            };
+            say(&format!(
+                "e2fsck could not repair the data partition {} ({how})",
+                dev.display()
+            ));
+            record.outcome = data::Outcome::Uncorrectable;
+        }
+    }
+}
+
+/// Adds a journal to a data partition an older pak formatted without one
+/// (busybox's mke2fs makes none), so that from now on a power cut costs at
+/// most the last seconds of writes instead of a full check. It was just
+/// checked and is not mounted, which is when `tune2fs -j` is safe. Without
+/// tune2fs the boot goes on as before, and says why.
+fn add_journal(dev: &Path, record: &mut data::CheckRecord) {
+    let tools = ["usr/sbin/tune2fs", "sbin/tune2fs"];
+    match run_image_tool(&tools, &["-j"], dev) {
+        None => say(
+            "the data partition has no journal and this image has no tune2fs to add one (add e2fsprogs): a power cut may cost more than the last writes",
+        ),
+        Some(Ok(out)) if out.status.success() => {
+            say("added a journal to the data partition (an older pak formatted it without one)");
+            record.journal_added = true;
+        }
+        Some(Ok(out)) => say(&format!(
+            "tune2fs -j could not add a journal to the data partition ({}): {}; it stays without one",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Some(Err(e)) => say(&format!(
+            "cannot add a journal to the data partition: {e}; it stays without one"
+        )),
+    }
+}
+
+/// /var for a boot whose data partition cannot be used: a tmpfs, with the
+/// damaged filesystem read-only at [`data::DAMAGED_MOUNT`] when the kernel
+/// can still read it. Nothing else holds it, so the operator can unmount it
+/// and repair it with the instructions printed here.
+fn mount_degraded(dev: &Path, var: &Path, record: &mut data::CheckRecord) -> Result<()> {
+    errno(
+        "mount a tmpfs on /var in place of the damaged data partition",
+        mount(
+            "tmpfs",
+            var,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            "mode=0755",
+        ),
+    )?;
+    let ro = var.join(data::DAMAGED_MOUNT);
+    step(
+        "create the mount point for the damaged data",
+        fs::create_dir_all(&ro),
+    )?;
+    // noload: replaying the journal would write to the damaged device.
+    let readable = match mount(dev, &ro, "ext4", MountFlags::RDONLY, "noload") {
+        Ok(()) => {
+            record.damaged_mount = Some(format!("/var/{}", data::DAMAGED_MOUNT));
+            format!(
+                "its files are mounted read-only on /var/{}",
+                data::DAMAGED_MOUNT
+            )
+        }
+        Err(e) => {
+            record.output.push(format!("read-only mount: {e}"));
+            let _ = fs::remove_dir(&ro);
+            format!("it cannot be mounted even read-only ({e})")
+        }
+    };
+    let d = dev.display();
+    say(&format!(
+        "THE DATA PARTITION {d} HAS ERRORS e2fsck could not repair; {readable}."
+    ));
+    say(
+        "this boot runs with /var, /home and the changes to /etc on a tmpfs: nothing written there survives a reboot",
+    );
+    let umount = if record.damaged_mount.is_some() {
+        format!("umount /var/{} && ", data::DAMAGED_MOUNT)
+    } else {
+        String::new()
+    };
+    say(&format!(
+        "to repair it: {umount}e2fsck -f {d}, then reboot; to start over: pak system factory-reset, then reboot"
+    ));
+    Ok(())
+}
+
+/// Runs the first of `tools` (paths inside the mounted root) that the image
+/// has, with `args` and then `dev`, chrooted into the root; `None` when it
+/// has none of them.
+fn run_image_tool(
+    tools: &[&str],
+    args: &[&str],
+    dev: &Path,
+) -> Option<Result<std::process::Output>> {
+    let root = Path::new(SYSROOT);
+    let tool = tools
+        .iter()
+        .find(|t| fs::symlink_metadata(root.join(t)).is_ok())?;
+    // The root's /dev is empty until the move; the chroot binds the
+    // initramfs's /dev there, so the device keeps its name.
+    Some(
+        Command::new(format!("/{tool}"))
             .args(args)
             .arg(dev)
             .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .pre_exec_chroot(root, dev)
-            .status()
-            .map_err(|e| format!("run {tool}: {e}"))?;
-        if status.success() {
-            return Ok(());
-        }
-        return Err(format!(
-            "{tool} failed to format {}: {status}",
-            dev.display()
-        ));
-    }
-    Err(
-        "the data partition is blank and the image has no mkfs.ext4 or busybox mke2fs to format it"
-            .into(),
+            .output()
+            .map_err(|e| format!("run {tool}: {e}")),
     )
+}
+
+/// Formats the data partition with the image's e2fsprogs: ext4 with a
+/// journal, labelled like its partition. The journal is written out now
+/// (lazy_journal_init=0) rather than trusted to be zero: after a factory
+/// reset the old filesystem's blocks are still there. An image without
+/// e2fsprogs falls back to busybox's mke2fs, which makes no journal, and
+/// says so.
+fn format_data(dev: &Path) -> Result<()> {
+    let mkfs = ["usr/sbin/mkfs.ext4", "sbin/mkfs.ext4"];
+    let ext4 = ["-F", "-q", "-L", DATA_LABEL, "-E", "lazy_journal_init=0"];
+    let (tool, out) = match run_image_tool(&mkfs, &ext4, dev) {
+        Some(out) => ("mkfs.ext4", out?),
+        None => {
+            say(
+                "this image has no mkfs.ext4 (add e2fsprogs): formatting with busybox's mke2fs, which makes no journal, so power cuts may cost more than the last writes",
+            );
+            match run_image_tool(&["usr/bin/busybox"], &["mke2fs", "-L", DATA_LABEL], dev) {
+                Some(out) => ("busybox mke2fs", out?),
+                None => {
+                    return Err(
+                        "the data partition is blank and the image has no mkfs.ext4 or busybox mke2fs to format it; add e2fsprogs to its packages"
+                            .into(),
+                    );
+                }
+            }
+        }
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{tool} failed to format {}: {}: {}",
+        dev.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 trait ChrootExt {

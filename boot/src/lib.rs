@@ -2,5 +2,6 @@
 
 pub mod bls;
 pub mod cmdline;
+pub mod data;
 pub mod disk;
 pub mod init;

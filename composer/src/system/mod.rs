@@ -20,11 +20,13 @@
 //!
 //! The library returns data; `cli::system` turns it into words.
 
+pub mod datacheck;
 mod device;
 mod diff;
 mod incoming;
 mod probe;
 pub mod provision;
+pub mod reset;
 mod status;
 mod switch;
 mod verify;
