@@ -338,6 +338,23 @@ pub enum SystemCommand {
         #[arg(long)]
         again: bool,
     },
+    /// Wipe the data partition on the next boot and provision the machine again
+    #[command(
+        after_help = "The next boot formats the data partition (/var, /home, your changes to /etc) and runs the first-boot provisioning again. The generations and boot entries stay. Nothing is erased until that boot: --cancel withdraws the request."
+    )]
+    FactoryReset {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// Do not ask for confirmation (for scripts)
+        #[arg(long)]
+        yes: bool,
+        /// Withdraw a request the next boot has not carried out yet
+        #[arg(long, conflicts_with = "yes")]
+        cancel: bool,
+        /// Reboot right away, to carry it out
+        #[arg(long)]
+        reboot: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

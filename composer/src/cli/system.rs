@@ -166,6 +166,68 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                 bail!("{bad} loader entries would not boot what they name");
             }
         }
+        SystemCommand::FactoryReset {
+            disk,
+            yes,
+            cancel,
+            reboot,
+        } => factory_reset(disk.as_deref(), yes, cancel, reboot)?,
+    }
+    Ok(())
+}
+
+fn factory_reset(disk: Option<&Path>, yes: bool, cancel: bool, reboot: bool) -> Result<()> {
+    if reboot && (disk.is_some() || cancel) {
+        bail!("--reboot is for a factory reset of the running system");
+    }
+    let mut d = open(disk)?;
+    if cancel {
+        let r = d.cancel_factory_reset()?;
+        println!(
+            "{}",
+            if r.changed {
+                "factory reset withdrawn: the next boot keeps the data partition"
+            } else {
+                "no factory reset was requested"
+            }
+        );
+        return Ok(());
+    }
+    let what = match disk {
+        Some(img) => format!("the data partition of {}", img.display()),
+        None => "this machine's data partition".to_string(),
+    };
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "a factory reset erases {what} (/var, /home, your changes to /etc) on the next boot, and there is no terminal to confirm it on; pass --yes to do it anyway"
+            );
+        }
+        eprint!(
+            "The next boot erases {what}: /var, /home and your changes to /etc. The generations stay.\nType yes to go on: "
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!("factory reset not requested: nothing was changed");
+        }
+    }
+    let r = d.request_factory_reset()?;
+    println!(
+        "factory reset {}: the next boot erases {} and provisions the machine again (undo before then with `pak system factory-reset --cancel`)",
+        if r.changed {
+            "requested"
+        } else {
+            "already requested"
+        },
+        r.data
+    );
+    if reboot {
+        reboot_now()?;
+    } else if disk.is_none() {
+        println!("reboot to carry it out");
     }
     Ok(())
 }
@@ -215,6 +277,14 @@ fn render_status(s: &Status) -> String {
     }
     if let Some(e) = &s.provision_error {
         out.push_str(&format!("provisioning record unreadable: {e}\n"));
+    }
+    if let Some(c) = &s.data_check {
+        out.push_str(&format!("data: {c}\n"));
+    }
+    if s.factory_reset_pending == Some(true) {
+        out.push_str(
+            "factory reset requested: the next boot wipes the data partition (`pak system factory-reset --cancel` withdraws it)\n",
+        );
     }
     if !s.etc_conflicts.is_empty() {
         out.push_str(

@@ -101,6 +101,12 @@ pub struct Status {
     /// Why the provisioning record could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision_error: Option<String>,
+    /// How this boot's check of the data partition went. Only known on a
+    /// live system.
+    pub data_check: Option<super::datacheck::DataCheck>,
+    /// Whether the next boot wipes the data partition (`pak system
+    /// factory-reset`); `None` when the partition cannot be read (not root).
+    pub factory_reset_pending: Option<bool>,
 }
 
 impl Status {
@@ -222,6 +228,12 @@ impl<D: Device> PakDisk<D> {
         } else {
             (None, None)
         };
+        let data_check = if self.booted.is_some() {
+            super::datacheck::read()
+        } else {
+            None
+        };
+        let factory_reset_pending = self.factory_reset_pending().ok();
         Ok(Status {
             disk: self.name.clone(),
             booted_slot: booted.map(|b| b.0),
@@ -234,6 +246,8 @@ impl<D: Device> PakDisk<D> {
             etc_conflicts,
             provisioned,
             provision_error,
+            data_check,
+            factory_reset_pending,
         })
     }
 }
