@@ -483,6 +483,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn users_need_a_way_in_and_well_formed_keys() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk admin@laptop";
+        let ok = Pakfile::parse(&format!(
+            "[users.admin]\nssh-authorized-keys = [\"{key}\"]\n[users.svc]\nlogin = false\n[users.pw]\npassword-hash = \"$y$j9T$abc$def\"\n[users.old]\npassword_hash = \"$6$salt$hash\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.users["admin"].uid, None);
+        assert_eq!(
+            ok.users["old"].password_hash.as_deref(),
+            Some("$6$salt$hash")
+        );
+        let err = |text: &str| format!("{:#}", Pakfile::parse(text).unwrap_err());
+        let e = err("[users.alice]\nuid = 1000\n");
+        assert!(
+            e.contains("[users.alice]")
+                && e.contains("ssh-authorized-keys")
+                && e.contains("login = false"),
+            "{e}"
+        );
+        let e = err("[users.alice]\nssh-authorized-keys = [\"AAAAC3Nza alice\"]\n");
+        assert!(
+            e.contains("ssh-authorized-keys[0]") && e.contains("OpenSSH public key"),
+            "{e}"
+        );
+        let e = err("[users.alice]\npassword-hash = \"hunter2\"\n");
+        assert!(e.contains("password-hash") && e.contains("crypt"), "{e}");
+        let e = err("[users.Alice]\nlogin = false\n");
+        assert!(e.contains("not a valid user name"), "{e}");
+    }
+
+    #[test]
     fn starter_parses() {
         let p = Pakfile::parse(STARTER).unwrap();
         assert_eq!(p.system.profiles, vec!["base"]);
