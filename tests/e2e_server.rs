@@ -288,6 +288,11 @@ fn a_database_keeps_its_rows_across_a_reboot_and_a_switch() {
     // reboot() waits for the shell; psql waits for the server.
     m.reboot().unwrap();
     psql(port, "insert into visits values (2, 'after a reboot')");
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("data: /dev/vda4 checked at boot, clean"),
+        "the boot's check of /var, in the status: {status}"
+    );
     assert_eq!(
         psql(port, "select who from visits order by n"),
         "first boot\nafter a reboot"
