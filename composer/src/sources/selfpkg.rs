@@ -116,34 +116,24 @@ pub fn write_package(sha256: &str, out_dir: &Path) -> Result<PathBuf> {
         uid: 0,
         gid: 0,
     };
+    // The size and digest are the writer's to fill in.
+    let program = |p: &str| Entry {
+        path: p.into(),
+        kind: Kind::File(FileDigest {
+            size: 0,
+            sha256: String::new(),
+        }),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
     w.add(dir("usr"), Content::None)?;
     w.add(dir("usr/bin"), Content::None)?;
-    w.add(
-        Entry {
-            path: "usr/bin/pak".into(),
-            kind: Kind::File(FileDigest {
-                size: 0,
-                sha256: String::new(),
-            }),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        },
-        Content::Path(exe),
-    )?;
+    w.add(program("usr/bin/pak"), Content::Path(exe))?;
     w.add(dir("usr/lib"), Content::None)?;
     w.add(dir("usr/lib/pak"), Content::None)?;
     w.add(
-        Entry {
-            path: PROVISION_STEP.into(),
-            kind: Kind::File(FileDigest {
-                size: 0,
-                sha256: String::new(),
-            }),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        },
+        program(PROVISION_STEP),
         Content::Bytes(PROVISION_SCRIPT.as_bytes().to_vec()),
     )?;
     w.write(out_dir)
