@@ -50,6 +50,8 @@ pub mod disk;
 
 pub mod system;
 
+pub mod channel;
+
 pub mod env;
 
 pub mod vm;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::project::Update;
 use crate::state::StateDir;
 
+mod channel;
 mod env;
 mod pkg;
 mod project;
@@ -175,6 +176,43 @@ pub enum Command {
     /// The A/B lifecycle of a pak disk: what boots, what each slot holds
     #[command(subcommand)]
     System(SystemCommand),
+    /// Add a generation to an update channel (a static directory), or
+    /// change its rollout; signs the channel's metadata
+    #[command(
+        after_help = "The channel directory holds channel.toml (signed metadata) and the generation files; serve it with any static web server, or copy it with rsync or an S3 sync tool (channel.toml last). Hosts update with `pak system update`."
+    )]
+    Publish {
+        /// A generation file from `pak build --generation` (numbered above
+        /// every generation the channel has had)
+        #[arg(value_name = "GENERATION.sqfs")]
+        generation: Option<PathBuf>,
+        /// The channel directory (created with the first generation)
+        #[arg(long, value_name = "DIR")]
+        channel: PathBuf,
+        /// The secret key to sign with (`pak key generate`)
+        #[arg(long)]
+        key: PathBuf,
+        /// Percentage of hosts the newest generation goes to (default: 100
+        /// for a new generation, else unchanged)
+        #[arg(long, value_name = "PERCENT")]
+        rollout: Option<u32>,
+        /// Keep only the newest N generations; the files of the others are removed
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// How long hosts accept this metadata (30m, 12h, 7d, ...); publish
+        /// again before then
+        #[arg(long, value_name = "DURATION", default_value = crate::channel::DEFAULT_EXPIRY)]
+        expires: String,
+        /// Stop the rollout: hosts update to nothing until --resume
+        #[arg(long, conflicts_with = "resume")]
+        halt: bool,
+        /// Resume a halted rollout
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Update channels
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Build, inspect and convert packages
     #[command(subcommand)]
     Pkg(PkgCommand),
@@ -323,6 +361,27 @@ pub enum SystemCommand {
         from: Option<u64>,
         to: Option<u64>,
     },
+    /// Fetch, verify and switch to the newest generation of the update
+    /// channel this host is in the rollout for
+    #[command(
+        after_help = "The channel and its key come from --channel and --key, else from /etc/pak/update.toml (channel = \"URL\", key = \"FILE.pub\" relative to /etc/pak, or the key text) of the running system, or of the generation a --disk image boots.\nRefused, writing nothing: metadata with a bad signature or another key's, expired metadata, and a version older than the last one accepted (kept in /var/lib/pak/update/state.toml; on a --disk image in pak/update.toml on its ESP).\nA generation the machine fell back from is not tried again; a download cut midway resumes on the next run."
+    )]
+    Update {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// The channel: a directory, file:// or http(s):// URL
+        #[arg(long, value_name = "URL", requires = "key")]
+        channel: Option<String>,
+        /// The channel's public key
+        #[arg(long, value_name = "FILE.pub", requires = "channel")]
+        key: Option<PathBuf>,
+        /// Only say what would be installed; write nothing
+        #[arg(long)]
+        check: bool,
+        /// Reboot into the new generation once it is written
+        #[arg(long, conflicts_with = "check")]
+        reboot: bool,
+    },
     /// Check every bootable entry's kernel, initrd and slot against their sha256
     Verify {
         #[arg(long)]
@@ -354,6 +413,19 @@ pub enum SystemCommand {
         /// Reboot right away, to carry it out
         #[arg(long)]
         reboot: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// The generations, rollout, version and expiry of a channel
+    Show {
+        /// A channel directory, file:// or http(s):// URL
+        url: String,
+        /// Check the signature against this public key (without it, what
+        /// the channel says is shown unverified)
+        #[arg(long, value_name = "FILE.pub")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -485,6 +557,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc => pkg::gc(g)?,
         Command::Vendor { dir, key } => vendor::run(g, &dir, key.as_deref())?,
         Command::System(cmd) => system::run(g, cmd)?,
+        Command::Publish {
+            generation,
+            channel: dir,
+            key,
+            rollout,
+            keep,
+            expires,
+            halt,
+            resume,
+        } => channel::publish(
+            g,
+            &dir,
+            &key,
+            crate::channel::Publish {
+                generation,
+                rollout,
+                halt: (halt || resume).then_some(halt),
+                keep,
+                expires_in: crate::channel::parse_duration(&expires)?,
+            },
+        )?,
+        Command::Channel(ChannelCommand::Show { url, key }) => {
+            channel::show(g, &url, key.as_deref())?
+        }
         Command::Pkg(PkgCommand::Create { dir, output }) => pkg::create(&dir, output)?,
         Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,
         Command::Pkg(PkgCommand::Verify { file }) => pkg::verify(g, &file)?,

@@ -151,6 +151,13 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
                 ),
             }
         }
+        SystemCommand::Update {
+            disk,
+            channel,
+            key,
+            check,
+            reboot,
+        } => update(g, disk.as_deref(), channel, key.as_deref(), check, reboot)?,
         SystemCommand::Verify { disk } => {
             let mut bad = 0;
             for (entry, problem) in open(disk.as_deref())?.verify()? {
@@ -174,6 +181,92 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
         } => factory_reset(disk.as_deref(), yes, cancel, reboot)?,
     }
     Ok(())
+}
+
+fn update(
+    g: &Global,
+    disk: Option<&Path>,
+    channel: Option<String>,
+    key: Option<&Path>,
+    check: bool,
+    reboot: bool,
+) -> Result<()> {
+    use crate::system::update::{Action, UpdateConfig, UpdateOptions, UpdateSource};
+    if reboot && disk.is_some() {
+        bail!("--reboot is for the running system; a --disk image boots when you boot it");
+    }
+    let mut d = open(disk)?;
+    let source = match (channel, key) {
+        (Some(url), Some(k)) => UpdateSource {
+            url,
+            key: crate::sources::key::PublicKey::from_pakfile_field(
+                &k.display().to_string(),
+                Path::new("."),
+            )?,
+        },
+        _ if disk.is_some() => d.configured_source()?,
+        _ => UpdateConfig::read_live()?,
+    };
+    let mut opts = match disk {
+        Some(_) => UpdateOptions::disk(source, g.root().cache_dir().join("update")),
+        None => UpdateOptions::live(source),
+    };
+    opts.check_only = check;
+    let r = d.update(&opts)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("channel {} (metadata version {})", r.channel, r.version);
+        if !r.skipped_failed.is_empty() {
+            println!(
+                "not trying again (this machine fell back from them): generation {}",
+                join(&r.skipped_failed)
+            );
+        }
+        if !r.not_in_rollout.is_empty() {
+            println!(
+                "not in the rollout of generation {} yet",
+                join(&r.not_in_rollout)
+            );
+        }
+        let booted = r
+            .booted_generation
+            .map_or("no generation".into(), |n| format!("generation {n}"));
+        match &r.action {
+            Action::UpToDate => {
+                println!("up to date: {booted} is the newest offered to this machine")
+            }
+            Action::Halted => {
+                println!("the channel is halted: no update is offered ({booted} stays)")
+            }
+            Action::Available { generation, size } => println!(
+                "generation {generation} is available ({} MiB); run without --check to install it",
+                size.div_ceil(1 << 20)
+            ),
+            Action::Pending { generation } => {
+                println!(
+                    "generation {generation} is already written and boots next; reboot to use it"
+                )
+            }
+            Action::Switched(done) => println!(
+                "generation {} written to slot {} ({} MiB, sha256 {}); it boots next, with {}",
+                done.generation,
+                done.slot,
+                done.image_size.div_ceil(1 << 20),
+                &done.image_sha256[..16],
+                done.entry
+            ),
+        }
+    }
+    let switched = matches!(r.action, Action::Switched(_) | Action::Pending { .. });
+    if reboot && switched {
+        reboot_now()?;
+    }
+    Ok(())
+}
+
+fn join(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn factory_reset(disk: Option<&Path>, yes: bool, cancel: bool, reboot: bool) -> Result<()> {

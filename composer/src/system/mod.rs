@@ -29,6 +29,7 @@ pub mod provision;
 pub mod reset;
 mod status;
 mod switch;
+pub mod update;
 mod verify;
 
 use std::path::Path;

@@ -1,0 +1,450 @@
+//! `pak system update`: from a channel (see [`crate::channel`]) to the
+//! inactive slot, through the same switch as `pak system switch`.
+//!
+//! The steps, each refusing before anything is written:
+//!
+//! 1. fetch the channel metadata and check its signature and signer, that
+//!    it has not expired, and that its version is not older than the last
+//!    one this host accepted (the update state);
+//! 2. choose the newest generation that is newer than the booted one, that
+//!    has not already failed here (the machine fell back from it), and
+//!    whose rollout includes this host; a halted channel offers nothing;
+//! 3. download it into a cache, resuming what an interrupted run left, and
+//!    check its size and sha256 against the signed metadata;
+//! 4. [`PakDisk::switch`] to it: its seal, the slot read back, the loader
+//!    entry with tries; health checks and the fallback guard the reboot;
+//! 5. record the metadata version and the failed generations.
+//!
+//! The update state of a running system is a file on `/var`
+//! ([`LIVE_STATE`]); a disk image keeps it on its ESP ([`ESP_STATE`]), since
+//! its data partition may not even be formatted before the first boot and
+//! pak does not write ext4. The same code reads and writes both through
+//! [`StateAt`].
+//!
+//! A service calls [`PakDisk::update`] with [`UpdateOptions::live`], the
+//! source from [`UpdateConfig::read_live`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use pak_boot::disk::Slot;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Device, Incoming, PakDisk, SlotState, Switched};
+use crate::channel::{self, Channel, ChannelGeneration};
+use crate::sources::key::PublicKey;
+
+/// Where the image says its channel is.
+pub const CONFIG: &str = "/etc/pak/update.toml";
+/// The update state of the running system.
+pub const LIVE_STATE: &str = "/var/lib/pak/update/state.toml";
+/// The download cache of the running system.
+pub const LIVE_CACHE: &str = "/var/cache/pak/update";
+/// The update state of a disk image, on its ESP.
+pub const ESP_STATE: &str = "pak/update.toml";
+
+/// A channel and the key its metadata must be signed with.
+#[derive(Debug, Clone)]
+pub struct UpdateSource {
+    /// A directory, `file://` or `http(s)://` URL.
+    pub url: String,
+    pub key: PublicKey,
+}
+
+/// `/etc/pak/update.toml`:
+///
+/// ```toml
+/// channel = "https://updates.example.com/minimal"
+/// key = "channel.pub"     # a .pub file (relative to /etc/pak) or the key text
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    pub channel: String,
+    pub key: String,
+}
+
+impl UpdateConfig {
+    pub fn parse(text: &str, what: &str) -> Result<UpdateConfig> {
+        toml::from_str(text).with_context(|| {
+            format!(
+                "{what} is malformed: it needs channel = \"URL\" and key = \"FILE.pub or key text\""
+            )
+        })
+    }
+
+    /// The running system's `/etc/pak/update.toml`, with its key.
+    pub fn read_live() -> Result<UpdateSource> {
+        let text = std::fs::read_to_string(CONFIG).with_context(|| {
+            format!("cannot read {CONFIG}: give the channel with --channel URL --key FILE.pub, or write {CONFIG}")
+        })?;
+        let cfg = UpdateConfig::parse(&text, CONFIG)?;
+        let key = PublicKey::from_pakfile_field(&cfg.key, Path::new("/etc/pak"))
+            .with_context(|| format!("the key {CONFIG} names"))?;
+        Ok(UpdateSource {
+            url: cfg.channel,
+            key,
+        })
+    }
+}
+
+/// What a host remembers between updates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateState {
+    /// The newest metadata version accepted, per channel (`<key id> <url>`).
+    #[serde(default)]
+    pub seen: BTreeMap<String, u64>,
+    /// Generations this host fell back from; never offered again (a newer
+    /// number is a new generation).
+    #[serde(default)]
+    pub failed: Vec<u64>,
+    /// Unix seconds of the last update that got as far as the metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<u64>,
+}
+
+/// Where the update state lives.
+#[derive(Debug, Clone)]
+pub enum StateAt {
+    /// A file (the running system's [`LIVE_STATE`]).
+    File(PathBuf),
+    /// [`ESP_STATE`] on the disk's ESP.
+    Esp,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    pub source: UpdateSource,
+    /// Only report what would be done; write nothing.
+    pub check_only: bool,
+    /// Where downloads go, and resume from.
+    pub cache: PathBuf,
+    pub state: StateAt,
+    /// This host's `/etc/machine-id`; `None` for a disk image, which gets
+    /// one on its first boot (see [`channel::in_rollout`]).
+    pub machine_id: Option<String>,
+    /// Clock, in unix seconds (tests set it).
+    pub now: u64,
+}
+
+impl UpdateOptions {
+    /// The running system's paths and machine-id.
+    pub fn live(source: UpdateSource) -> UpdateOptions {
+        UpdateOptions {
+            source,
+            check_only: false,
+            cache: PathBuf::from(LIVE_CACHE),
+            state: StateAt::File(PathBuf::from(LIVE_STATE)),
+            machine_id: std::fs::read_to_string("/etc/machine-id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            now: channel::now(),
+        }
+    }
+
+    /// A disk image: state on its ESP, downloads into `cache`.
+    pub fn disk(source: UpdateSource, cache: PathBuf) -> UpdateOptions {
+        UpdateOptions {
+            source,
+            check_only: false,
+            cache,
+            state: StateAt::Esp,
+            machine_id: None,
+            now: channel::now(),
+        }
+    }
+}
+
+/// What [`PakDisk::update`] found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateReport {
+    pub channel: String,
+    /// The metadata version accepted.
+    pub version: u64,
+    pub halted: bool,
+    pub booted_generation: Option<u64>,
+    /// Newer generations skipped because they failed on this host.
+    pub skipped_failed: Vec<u64>,
+    /// Newer generations whose rollout does not include this host yet.
+    pub not_in_rollout: Vec<u64>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Action {
+    /// Nothing newer is offered to this host.
+    UpToDate,
+    /// The channel is halted: nothing is offered.
+    Halted,
+    /// `--check`: this generation would be installed.
+    Available { generation: u64, size: u64 },
+    /// It is already written to the other slot and boots next.
+    Pending { generation: u64 },
+    /// Written to the other slot; it boots next, on trial.
+    Switched(Switched),
+}
+
+impl<D: Device> PakDisk<D> {
+    /// Updates this disk from `opts.source`; see the module's header.
+    pub fn update(&mut self, opts: &UpdateOptions) -> Result<UpdateReport> {
+        let src = &opts.source;
+        let channel = channel::fetch(&src.url, &src.key)?;
+        let mut state = self.read_update_state(&opts.state)?;
+        let seen_key = format!("{} {}", src.key.id(), src.url);
+        let seen = state.seen.get(&seen_key).copied().unwrap_or(0);
+        channel::check_fresh(
+            &channel::metadata_url(&src.url),
+            &channel,
+            opts.now,
+            seen,
+            &self.state_name(&opts.state),
+        )?;
+        let status = self.status()?;
+        let booted = status.booted_generation;
+        // What fell back is remembered here: the next switch removes the
+        // bad entry that tells it.
+        let mut failed = state.failed.clone();
+        failed.extend(status.rolled_back.as_ref().map(|r| r.failed_generation));
+        failed.extend(
+            status
+                .slots
+                .iter()
+                .filter(|s| s.state == SlotState::Bad)
+                .filter_map(|s| s.generation),
+        );
+        failed.sort_unstable();
+        failed.dedup();
+
+        let mut report = UpdateReport {
+            channel: src.url.clone(),
+            version: channel.version,
+            halted: channel.halted,
+            booted_generation: booted,
+            skipped_failed: Vec::new(),
+            not_in_rollout: Vec::new(),
+            action: Action::UpToDate,
+        };
+        let chosen = if channel.halted {
+            report.action = Action::Halted;
+            None
+        } else {
+            choose(&channel, booted.unwrap_or(0), &failed, opts, &mut report)
+        };
+        if let Some(g) = &chosen {
+            let other = status.booted_slot.map_or(Slot::A, Slot::other);
+            let o = status.slot(other);
+            if o.generation == Some(g.number)
+                && o.state == SlotState::Pending
+                && status.default_entry == o.entry
+            {
+                report.action = Action::Pending {
+                    generation: g.number,
+                };
+            } else if opts.check_only {
+                report.action = Action::Available {
+                    generation: g.number,
+                    size: g.size,
+                };
+            } else {
+                if let (Some(n), Some(false)) = (booted, status.booted_good) {
+                    bail!(
+                        "generation {n}, which runs now, is not marked good yet, and the other slot holds the only generation to fall back to; not updating to generation {} until it is (`pak system mark-good`, or the image's health checks)",
+                        g.number
+                    );
+                }
+                let file = download(&src.url, g, &opts.cache)?;
+                let f = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                let name = format!("generation {} from {}", g.number, src.url);
+                let mut incoming = Incoming::read(f, &name)?;
+                if incoming.meta.number != g.number {
+                    bail!(
+                        "{name} says it is generation {}: the channel is inconsistent; ask its publisher to publish again",
+                        incoming.meta.number
+                    );
+                }
+                let done = self.switch(&mut incoming, false)?;
+                drop(incoming);
+                let _ = std::fs::remove_file(&file);
+                report.action = Action::Switched(done);
+            }
+        }
+        if !opts.check_only {
+            state.seen.insert(seen_key, channel.version);
+            state.failed = failed;
+            state.last_check = Some(opts.now);
+            self.write_update_state(&opts.state, &state)?;
+        }
+        Ok(report)
+    }
+
+    /// The update state, empty when there is none yet.
+    pub fn read_update_state(&mut self, at: &StateAt) -> Result<UpdateState> {
+        let name = self.state_name(at);
+        let text = match at {
+            StateAt::File(p) => match std::fs::read(p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(UpdateState::default());
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
+            },
+            StateAt::Esp => {
+                if self.find(ESP_STATE)?.is_none() {
+                    return Ok(UpdateState::default());
+                }
+                self.esp
+                    .read(ESP_STATE)
+                    .with_context(|| format!("cannot read {name}"))?
+            }
+        };
+        toml::from_str(&String::from_utf8_lossy(&text)).with_context(|| {
+            format!("{name} is corrupt; remove it (the next update starts a new record)")
+        })
+    }
+
+    fn write_update_state(&mut self, at: &StateAt, state: &UpdateState) -> Result<()> {
+        let text = toml::to_string(state)?;
+        match at {
+            StateAt::File(p) => crate::util::fsutil::write_atomic(p, text.as_bytes()),
+            StateAt::Esp => {
+                // As rollback rewrites an entry: a cut leaves the old
+                // record or the new one.
+                let tmp = format!("{ESP_STATE}.tmp");
+                self.esp.reclaim_lost_clusters()?;
+                if self.esp.find(&tmp)?.is_some() {
+                    self.esp.remove(&tmp)?;
+                }
+                if self.esp.find(pak_boot::disk::esp::PAK_DIR)?.is_none() {
+                    self.esp.create_dir(pak_boot::disk::esp::PAK_DIR)?;
+                }
+                self.esp.create(&tmp, text.as_bytes())?;
+                self.esp.replace(&tmp, ESP_STATE)
+            }
+        }
+    }
+
+    fn state_name(&self, at: &StateAt) -> String {
+        match at {
+            StateAt::File(p) => p.display().to_string(),
+            StateAt::Esp => format!("{ESP_STATE} on the ESP of {}", self.name),
+        }
+    }
+
+    /// A file in the squashfs of the generation that boots (next), e.g.
+    /// the image's own `etc/pak/update.toml`.
+    pub fn booted_file(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        let status = self.status()?;
+        let Some(slot) = status.booted_slot else {
+            return Ok(None);
+        };
+        let offset = self.partition(slot).offset();
+        let dev = self.esp.device();
+        let mut r = crate::image::squashfs::Reader::open(&mut *dev, offset)
+            .with_context(|| format!("slot {slot} of {} holds no squashfs", self.name))?;
+        Ok(r.read(path.trim_start_matches('/')).ok())
+    }
+
+    /// The channel the booted generation's `/etc/pak/update.toml` names.
+    pub fn configured_source(&mut self) -> Result<UpdateSource> {
+        let what = format!("{CONFIG} in the generation {} boots", self.name);
+        let text = self.booted_file(CONFIG)?.with_context(|| {
+            format!("{what} does not exist: give the channel with --channel URL --key FILE.pub")
+        })?;
+        let cfg = UpdateConfig::parse(&String::from_utf8_lossy(&text), &what)?;
+        let key = if cfg.key.trim_start().starts_with("pak public key") {
+            PublicKey::parse(&cfg.key)?
+        } else {
+            let path = Path::new("/etc/pak").join(&cfg.key);
+            let text = self
+                .booted_file(&path.display().to_string())?
+                .with_context(|| {
+                    format!(
+                        "{what} names the key {}, which is not in the image",
+                        path.display()
+                    )
+                })?;
+            PublicKey::parse(&String::from_utf8_lossy(&text))
+                .with_context(|| format!("{} in the image", path.display()))?
+        };
+        Ok(UpdateSource {
+            url: cfg.channel,
+            key,
+        })
+    }
+}
+
+/// The newest generation above `booted` that has not failed here and
+/// whose rollout includes this host; notes what it passed over.
+fn choose<'a>(
+    channel: &'a Channel,
+    booted: u64,
+    failed: &[u64],
+    opts: &UpdateOptions,
+    report: &mut UpdateReport,
+) -> Option<&'a ChannelGeneration> {
+    let mut newer: Vec<&ChannelGeneration> = channel
+        .generations
+        .iter()
+        .filter(|g| g.number > booted)
+        .collect();
+    newer.sort_by_key(|g| std::cmp::Reverse(g.number));
+    for g in newer {
+        if failed.contains(&g.number) {
+            report.skipped_failed.push(g.number);
+        } else if !channel::in_rollout(
+            opts.machine_id.as_deref(),
+            g.number,
+            channel.rollout_of(g.number),
+        ) {
+            report.not_in_rollout.push(g.number);
+        } else {
+            return Some(g);
+        }
+    }
+    None
+}
+
+/// Downloads generation `g` of the channel at `base` into `cache`,
+/// resuming a partial download of the same file, and checks it against
+/// the signed metadata. Other files in the cache (older partial downloads)
+/// are removed.
+fn download(base: &str, g: &ChannelGeneration, cache: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let name = format!("{}.partial", g.sha256);
+    for e in std::fs::read_dir(cache)
+        .with_context(|| format!("cannot list {}", cache.display()))?
+        .flatten()
+    {
+        if e.file_name() != name.as_str() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let partial = cache.join(&name);
+    let url = channel::generation_url(base, g);
+    crate::sources::fetch::download_resumable(
+        &url,
+        &partial,
+        g.size,
+        &format!("generation {}", g.number),
+    )?;
+    let mut f = std::fs::File::open(&partial)
+        .with_context(|| format!("cannot read {}", partial.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    let got = hex::encode(h.finalize());
+    if got != g.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "generation {} from {url} has sha256 {got}, but the signed channel metadata says {}: the server or the download is corrupt; nothing was written (the download was discarded, the next run fetches it again)",
+            g.number,
+            g.sha256
+        );
+    }
+    Ok(partial)
+}

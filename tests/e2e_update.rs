@@ -1,0 +1,211 @@
+//! End to end under QEMU: a machine updates itself from a channel served by
+//! Debian's nginx on the host (`10.0.2.2` from QEMU's user network).
+//!
+//! One boot, in order: a rollout of 0% leaves the machine where it is; at
+//! 100% `pak system update` starts, the server dies mid-download (nginx
+//! throttled, then killed), a second run resumes with a Range request and
+//! switches; the reboot comes up in generation 2, marked good by the
+//! image's health checks.
+
+mod common;
+use common::{BOOT, pak_e2e, vm, workspace};
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use pak::vm::vmtest::Machine;
+
+const NET: Duration = Duration::from_secs(300);
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx serving `root` on 127.0.0.1:`port`, each connection limited to
+/// `rate` (nginx's `limit_rate`, 0 for none), logging to `dir/access.log`.
+struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    fn start(dir: &Path, root: &Path, port: u16, rate: &str) -> Nginx {
+        let conf = dir.join("nginx.conf");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    limit_rate {rate};\n  }}\n}}\n",
+                d = dir.display(),
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let nginx = ["/usr/sbin/nginx", "/sbin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed (tools/packages.txt lists it)");
+        let server = Nginx {
+            child: Command::new(nginx)
+                .args(["-p", s(dir), "-c", s(&conf), "-g", "daemon off;"])
+                .spawn()
+                .unwrap(),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(server);
+        panic!(
+            "nginx did not listen on port {port}; see {}/error.log",
+            dir.display()
+        );
+    }
+
+    /// Gone at once, as a crashed server or a cut cable (one process:
+    /// `master_process off`, so SIGKILL to it ends all serving).
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
+    let started = std::time::Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let port = free_port();
+    pak_e2e(&["key", "generate", s(&w.join("channel"))]);
+    let public = std::fs::read_to_string(w.join("channel.pub")).unwrap();
+    let channel = w.join("channel");
+
+    // The image names its channel in /etc/pak/update.toml.
+    let minimal = std::fs::read_to_string(workspace().join("images/minimal/Pakfile")).unwrap();
+    let pakfile = |name: &str, extra: &str| -> PathBuf {
+        let d = w.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("update.toml"),
+            format!("channel = \"http://10.0.2.2:{port}\"\nkey = \"\"\"\n{public}\"\"\"\n"),
+        )
+        .unwrap();
+        let p = d.join("Pakfile");
+        std::fs::write(
+            &p,
+            format!("{minimal}\n{extra}\n[files]\n\"/etc/pak/update.toml\" = {{ source = \"update.toml\" }}\n"),
+        )
+        .unwrap();
+        p
+    };
+    let img = w.join("minimal.raw");
+    pak_e2e(&["--pakfile", s(&pakfile("gen1", "")), "build", "-o", s(&img)]);
+    let gen2 = w.join("gen2.sqfs");
+    pak_e2e(&[
+        "--pakfile",
+        s(&pakfile("gen2", "[packages]\nhello = \"*\"\n")),
+        "build",
+        "--generation",
+        s(&gen2),
+        "--number",
+        "2",
+    ]);
+    let size = std::fs::metadata(&gen2).unwrap().len();
+    let publish = |args: &[&str]| {
+        let mut a = vec!["publish", "--channel", s(&channel), "--key"];
+        let key = w.join("channel.key");
+        let key = s(&key).to_string();
+        a.push(&key);
+        a.extend_from_slice(args);
+        pak_e2e(&a);
+    };
+    publish(&[s(&gen2), "--rollout", "0"]);
+    eprintln!("built and published in {:?}", started.elapsed());
+
+    let logs = w.join("nginx");
+    // Slow enough that the download is still running when nginx dies.
+    let server = Nginx::start(&logs, &channel, port, "300k");
+
+    let mut m = Machine::start(&vm(&img, &[]), &w.join("console.log")).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    common::wait_for_address(&mut m, "10.0.2.15");
+    let booted = std::time::Instant::now();
+
+    // 0%: the machine stays where it is, and says why.
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(out.contains("not in the rollout of generation 2"), "{out}");
+    assert!(out.contains("up to date: generation 1"), "{out}");
+
+    // 100%, and the server dies during the download.
+    publish(&["--rollout", "100"]);
+    m.succeed("(PAK_NO_PROGRESS=1 pak system update > /tmp/update.log 2>&1; echo exit $? >> /tmp/update.log) & true")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    server.kill();
+    let (_, out) = m
+        .execute(
+            "i=0; while [ $i -lt 600 ] && ! grep -q '^exit' /tmp/update.log; do i=$((i+1)); sleep 0.2; done; cat /tmp/update.log; ls -l /var/cache/pak/update",
+            NET,
+        )
+        .unwrap();
+    assert!(out.contains("exit 1") && out.contains("resume"), "{out}");
+    let partial: u64 = out
+        .lines()
+        .find(|l| l.contains(".partial"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no partial download kept:\n{out}"));
+    assert!(partial > 0 && partial < size, "{partial} of {size}: {out}");
+    m.succeed("pak system status | grep -q 'slot b: empty'")
+        .unwrap();
+
+    let _server = Nginx::start(&logs, &channel, port, "0");
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+    let log = std::fs::read_to_string(logs.join("access.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(".sqfs") && l.contains("\" 206 ")),
+        "the second download was not a Range request:\n{log}"
+    );
+    m.reboot().unwrap();
+    let cmdline = m.succeed("cat /proc/cmdline").unwrap();
+    assert!(cmdline.contains("pak.generation=2"), "{cmdline}");
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    assert!(m.succeed("hello").unwrap().contains("Hello, world!"));
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 2 from slot b (marked good)"),
+        "{status}"
+    );
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+    eprintln!(
+        "in the VM: {:?}; whole test: {:?}",
+        booted.elapsed(),
+        started.elapsed()
+    );
+}
