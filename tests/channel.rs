@@ -434,7 +434,11 @@ fn a_disk_image_names_its_channel_in_etc_pak_update_toml() {
         1,
         &[("pak/update.toml", &conf), ("pak/channel.pub", &public)],
     );
-    let g2 = generation(&f.dir, 2, &[]);
+    let g2 = generation(
+        &f.dir,
+        2,
+        &[("pak/update.toml", &conf), ("pak/channel.pub", &public)],
+    );
     let img = disk_with(&f.dir, &g1);
     f.publish(&[&s(&g2.path)]).ok();
     let out = common::pak(["system", "update", "--disk", &s(&img), "--check", "--json"])
@@ -443,6 +447,52 @@ fn a_disk_image_names_its_channel_in_etc_pak_update_toml() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["action"]["kind"], "available");
     assert_eq!(v["action"]["generation"], 2);
+
+    // Status names the channel and what the last update found: --check
+    // recorded nothing.
+    let st = common::pak(["system", "status", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    assert!(
+        st.contains(&format!(
+            "updates: channel file://{} (from /etc/pak/update.toml in the generation",
+            s(&f.channel)
+        )) && st.contains("last check: never"),
+        "{st}"
+    );
+    // A download cut short (the server's file is short) is pending.
+    let served = f.channel.join("test-2.sqfs");
+    let whole = std::fs::read(&served).unwrap();
+    std::fs::write(&served, &whole[..whole.len() / 2]).unwrap();
+    let err = common::pak(["system", "update", "--disk", &s(&img)])
+        .root(&f.root)
+        .fails();
+    assert!(err.contains("resume"), "{err}");
+    let st = common::pak(["system", "status", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    assert!(
+        st.contains("(metadata version 1, newest generation 2): generation 2 did not install")
+            && st.contains(
+                "pending: generation 2 downloaded 1 of 4 MiB; `pak system update` resumes it"
+            ),
+        "{st}"
+    );
+    std::fs::write(&served, &whole).unwrap();
+    common::pak(["system", "update", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    let st = common::pak(["system", "status", "--disk", &s(&img), "--json"])
+        .root(&f.root)
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let u = &v["update"];
+    assert_eq!(u["channel"], format!("file://{}", s(&f.channel)), "{st}");
+    assert_eq!(u["last_found"]["outcome"]["kind"], "installed", "{st}");
+    assert_eq!(u["last_found"]["outcome"]["generation"], 2, "{st}");
+    assert!(u["last_check"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(u["failed"], serde_json::json!([]), "{st}");
+    assert!(u["pending"].is_null(), "a disk boots what is next: {st}");
     let g0 = generation(&f.dir, 5, &[]);
     let bare = disk_with(&f.dir, &g0);
     let err = common::pak(["system", "update", "--disk", &s(&bare)])
