@@ -7,6 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::{Package, Project};
+
 use pak::channel::{Channel, ChannelError};
 use pak::image::generation::{self, GenerationMeta, PackageRef, Written};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
@@ -432,7 +434,11 @@ fn a_disk_image_names_its_channel_in_etc_pak_update_toml() {
         1,
         &[("pak/update.toml", &conf), ("pak/channel.pub", &public)],
     );
-    let g2 = generation(&f.dir, 2, &[]);
+    let g2 = generation(
+        &f.dir,
+        2,
+        &[("pak/update.toml", &conf), ("pak/channel.pub", &public)],
+    );
     let img = disk_with(&f.dir, &g1);
     f.publish(&[&s(&g2.path)]).ok();
     let out = common::pak(["system", "update", "--disk", &s(&img), "--check", "--json"])
@@ -441,6 +447,52 @@ fn a_disk_image_names_its_channel_in_etc_pak_update_toml() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["action"]["kind"], "available");
     assert_eq!(v["action"]["generation"], 2);
+
+    // Status names the channel and what the last update found: --check
+    // recorded nothing.
+    let st = common::pak(["system", "status", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    assert!(
+        st.contains(&format!(
+            "updates: channel file://{} (from /etc/pak/update.toml in the generation",
+            s(&f.channel)
+        )) && st.contains("last check: never"),
+        "{st}"
+    );
+    // A download cut short (the server's file is short) is pending.
+    let served = f.channel.join("test-2.sqfs");
+    let whole = std::fs::read(&served).unwrap();
+    std::fs::write(&served, &whole[..whole.len() / 2]).unwrap();
+    let err = common::pak(["system", "update", "--disk", &s(&img)])
+        .root(&f.root)
+        .fails();
+    assert!(err.contains("resume"), "{err}");
+    let st = common::pak(["system", "status", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    assert!(
+        st.contains("(metadata version 1, newest generation 2): generation 2 did not install")
+            && st.contains(
+                "pending: generation 2 downloaded 1 of 4 MiB; `pak system update` resumes it"
+            ),
+        "{st}"
+    );
+    std::fs::write(&served, &whole).unwrap();
+    common::pak(["system", "update", "--disk", &s(&img)])
+        .root(&f.root)
+        .ok();
+    let st = common::pak(["system", "status", "--disk", &s(&img), "--json"])
+        .root(&f.root)
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let u = &v["update"];
+    assert_eq!(u["channel"], format!("file://{}", s(&f.channel)), "{st}");
+    assert_eq!(u["last_found"]["outcome"]["kind"], "installed", "{st}");
+    assert_eq!(u["last_found"]["outcome"]["generation"], 2, "{st}");
+    assert!(u["last_check"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(u["failed"], serde_json::json!([]), "{st}");
+    assert!(u["pending"].is_null(), "a disk boots what is next: {st}");
     let g0 = generation(&f.dir, 5, &[]);
     let bare = disk_with(&f.dir, &g0);
     let err = common::pak(["system", "update", "--disk", &s(&bare)])
@@ -477,4 +529,122 @@ fn an_interrupted_download_resumes() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("resume"), "{err:#}");
+}
+
+/// A project that builds a small bootable image from stand-in packages
+/// (no Debian, no network).
+fn image_project() -> Project {
+    let p = Project::new();
+    p.add(&Package::kernel("kernel"));
+    p.add(&Package::boot_loader("boot-loader"));
+    p.add(&Package::new("motd", "1.0-1").file("etc/motd", "hello\n"));
+    p.index();
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\nmotd = \"*\"\n",
+        "\n[image]\nsize = \"512MiB\"\n",
+    );
+    p
+}
+
+/// The number a generation file says it has.
+fn number_of(path: &Path) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    pak::system::Incoming::read(f, "g").unwrap().meta.number
+}
+
+/// `pak build --generation` numbers the generation itself: after the
+/// newest pak built from the Pakfile, after a disk image's newest, after
+/// a channel's newest (which `--keep` never lowers); `--number` still
+/// says it outright, and `pak publish` refuses a number already passed.
+#[test]
+fn build_numbers_a_generation_after_where_it_goes() {
+    let p = image_project();
+    let f = Fixture::new();
+    let build = |file: &str, extra: &[&str]| {
+        let mut args = vec!["build", "--generation", file];
+        args.extend_from_slice(extra);
+        p.ok(&args)
+    };
+
+    // Nothing built yet: the first generation is 1.
+    let out = build("first.sqfs", &[]);
+    assert!(
+        out.contains("numbering it generation 1: pak has built no generation"),
+        "{out}"
+    );
+    assert_eq!(number_of(&p.path("first.sqfs")), 1);
+    p.ok(&["build", "-o", "disk.raw"]);
+    let out = build("g2.sqfs", &[]);
+    assert!(
+        out.contains(
+            "numbering it generation 2: the newest pak built from Pakfile is generation 1"
+        ),
+        "{out}"
+    );
+    assert_eq!(number_of(&p.path("g2.sqfs")), 2);
+    build("g3.sqfs", &[]);
+    assert_eq!(number_of(&p.path("g3.sqfs")), 3);
+    // The record is the builder's, under its root, and not in the lock.
+    let records: Vec<_> = std::fs::read_dir(p.path("root/projects"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        records.len() == 1 && records[0].contains("generation = 3"),
+        "{records:?}"
+    );
+    let lock = std::fs::read_to_string(p.path("Pakfile.lock")).unwrap();
+    assert!(!lock.contains("generation"), "{lock}");
+
+    // After a disk: its newest generation, whatever the record says.
+    let out = build("d.sqfs", &["--after", "disk.raw"]);
+    assert!(out.contains("the disk disk.raw has generation 1"), "{out}");
+    assert_eq!(number_of(&p.path("d.sqfs")), 2);
+
+    // After a channel: its newest, also when pruned away.
+    let chan = s(&f.channel);
+    let err = p.fails(&["build", "--generation", "c.sqfs", "--after", &chan]);
+    assert!(
+        err.contains("no such channel directory or disk image"),
+        "{err}"
+    );
+    std::fs::create_dir_all(&f.channel).unwrap();
+    let err = p.fails(&["build", "--generation", "c.sqfs", "--after", &chan]);
+    assert!(err.contains("nothing is published there yet"), "{err}");
+    assert!(!p.path("c.sqfs").exists(), "a refusal builds nothing");
+    f.publish(&[&s(&p.path("g3.sqfs")), "--keep", "1"]).ok();
+    let err = f.publish(&[&s(&p.path("g2.sqfs"))]).fails();
+    assert!(
+        err.contains("not newer than generation 3") && err.contains(&format!("--after {chan}")),
+        "{err}"
+    );
+    let out = build("c.sqfs", &["--after", &chan]);
+    assert!(out.contains("has generation 3"), "{out}");
+    f.publish(&[&s(&p.path("c.sqfs")), "--keep", "1"]).ok();
+    assert_eq!(f.parsed().generations.len(), 1);
+    let url = format!("file://{chan}");
+    build("c5.sqfs", &["--after", &url]);
+    assert_eq!(number_of(&p.path("c5.sqfs")), 5);
+
+    // --number says it outright; it does not go with --after, nor without
+    // --generation.
+    build("n9.sqfs", &["--number", "9"]);
+    assert_eq!(number_of(&p.path("n9.sqfs")), 9);
+    let err = p.fails(&[
+        "build",
+        "--generation",
+        "x.sqfs",
+        "--number",
+        "2",
+        "--after",
+        &chan,
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = p.fails(&["build", "-o", "x.raw", "--after", &chan]);
+    assert!(err.contains("--generation"), "{err}");
+    // The record only grows: a new disk image is generation 1 again, the
+    // next generation still comes after 9.
+    p.ok(&["build", "-o", "disk2.raw"]);
+    let out = build("g10.sqfs", &[]);
+    assert!(out.contains("numbering it generation 10"), "{out}");
 }

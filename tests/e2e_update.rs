@@ -1,11 +1,19 @@
 //! End to end under QEMU: a machine updates itself from a channel served by
 //! Debian's nginx on the host (`10.0.2.2` from QEMU's user network).
 //!
-//! One boot, in order: a rollout of 0% leaves the machine where it is; at
-//! 100% `pak system update` starts, the server dies mid-download (nginx
+//! One machine, in order: a rollout of 0% leaves it where it is; at 100%
+//! `pak system update` starts, the server dies mid-download (nginx
 //! throttled, then killed), a second run resumes with a Range request and
 //! switches; the reboot comes up in generation 2, marked good by the
-//! image's health checks.
+//! image's health checks. Then a generation 3 whose health check fails:
+//! the machine updates to it, the watchdog resets the boot on trial, and
+//! it falls back to 2 by itself; the next update does not try 3 again and
+//! says why. Generation 4, published halted, is not taken until the
+//! rollout resumes; then the machine boots it, marked good.
+//!
+//! Numbers are never typed: generation 2 comes after the disk image's,
+//! 3 after the channel's newest, and 4 (the fixed Pakfile built again)
+//! after the newest pak built from that Pakfile.
 
 mod common;
 use common::{BOOT, pak_e2e, vm, workspace};
@@ -98,7 +106,7 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
 
     // The image names its channel in /etc/pak/update.toml.
     let minimal = std::fs::read_to_string(workspace().join("images/minimal/Pakfile")).unwrap();
-    let pakfile = |name: &str, extra: &str| -> PathBuf {
+    let pakfile_from = |minimal: &str, name: &str, extra: &str| -> PathBuf {
         let d = w.join(name);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
@@ -114,18 +122,21 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
         .unwrap();
         p
     };
+    let pakfile = |name: &str, extra: &str| pakfile_from(&minimal, name, extra);
     let img = w.join("minimal.raw");
     pak_e2e(&["--pakfile", s(&pakfile("gen1", "")), "build", "-o", s(&img)]);
     let gen2 = w.join("gen2.sqfs");
-    pak_e2e(&[
+    let hello = "[packages]\nhello = \"*\"\n";
+    let out = pak_e2e(&[
         "--pakfile",
-        s(&pakfile("gen2", "[packages]\nhello = \"*\"\n")),
+        s(&pakfile("gen2", hello)),
         "build",
         "--generation",
         s(&gen2),
-        "--number",
-        "2",
+        "--after",
+        s(&img),
     ]);
+    assert!(out.contains("numbering it generation 2"), "{out}");
     let size = std::fs::metadata(&gen2).unwrap().len();
     let publish = |args: &[&str]| {
         let mut a = vec!["publish", "--channel", s(&channel), "--key"];
@@ -136,6 +147,40 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
         pak_e2e(&a);
     };
     publish(&[s(&gen2), "--rollout", "0"]);
+
+    // Generation 3 never gets healthy: its service's check fails, and one
+    // try with a short watchdog keeps the fallback quick.
+    let service = "[services.app]\nexec = \"sleep 86400\"\n";
+    let broken = minimal
+        .replace("tries = 3", "tries = 1")
+        .replace("panic=10\"", "panic=10 pak.watchdog=30\"");
+    assert!(broken.contains("tries = 1") && broken.contains("pak.watchdog=30"));
+    let next = pakfile_from(
+        &broken,
+        "next",
+        &format!("{hello}\n{service}health = \"false\"\n"),
+    );
+    let gen3 = w.join("gen3.sqfs");
+    let out = pak_e2e(&[
+        "--pakfile",
+        s(&next),
+        "build",
+        "--generation",
+        s(&gen3),
+        "--after",
+        s(&channel),
+    ]);
+    assert!(out.contains("numbering it generation 3"), "{out}");
+    // The same Pakfile, fixed: numbered after the 3 built from it.
+    let fixed = pakfile_from(
+        &minimal,
+        "next",
+        &format!("{hello}\n{service}health = \"true\"\n"),
+    );
+    assert_eq!(fixed, next);
+    let gen4 = w.join("gen4.sqfs");
+    let out = pak_e2e(&["--pakfile", s(&next), "build", "--generation", s(&gen4)]);
+    assert!(out.contains("numbering it generation 4"), "{out}");
     eprintln!("built and published in {:?}", started.elapsed());
 
     let logs = w.join("nginx");
@@ -198,7 +243,78 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
     assert!(m.succeed("hello").unwrap().contains("Hello, world!"));
     let status = m.succeed("pak system status").unwrap();
     assert!(
-        status.contains("booted: generation 2 from slot b (marked good)"),
+        status.contains("booted: generation 2 from slot b (marked good)")
+            && status.contains(&format!(
+                "updates: channel http://10.0.2.2:{port} (from /etc/pak/update.toml)"
+            ))
+            && status.contains("installed generation 2"),
+        "{status}"
+    );
+    eprintln!("generation 2 runs: {:?}", booted.elapsed());
+
+    // Generation 3 fails its health check: tried once, then generation 2
+    // again, by itself.
+    publish(&[s(&gen3)]);
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(out.contains("generation 3 written to slot a"), "{out}");
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("pending: generation 3 in slot a boots next, on trial"),
+        "{status}"
+    );
+    m.send("sync; reboot\n").unwrap();
+    m.wait_for("pak-init: starting generation 3 from slot a", BOOT)
+        .unwrap();
+    m.wait_for("unless it is marked good within 30s", BOOT)
+        .unwrap();
+    m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+        .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    common::wait_for_address(&mut m, "10.0.2.15");
+    eprintln!("fell back to 2: {:?}", booted.elapsed());
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(
+        out.contains("not trying again (this machine fell back from them): generation 3")
+            && out.contains("up to date: generation 2"),
+        "{out}"
+    );
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("rolled back: generation 3 (slot a) failed to boot")
+            && status.contains("failed here, not tried again: generation 3"),
+        "{status}"
+    );
+
+    // Generation 4 published halted: nothing moves until it resumes.
+    publish(&[s(&gen4), "--halt"]);
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(
+        out.contains("the channel is halted: no update is offered (generation 2 stays)"),
+        "{out}"
+    );
+    m.succeed("pak system status | grep -q 'last check: .*: the channel is halted'")
+        .unwrap();
+    publish(&["--resume"]);
+    let (st, out) = m
+        .execute("PAK_NO_PROGRESS=1 pak system update", NET)
+        .unwrap();
+    assert_eq!(st, 0, "{out}");
+    assert!(out.contains("generation 4 written to slot a"), "{out}");
+    m.reboot().unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 4 from slot a (marked good)"),
         "{status}"
     );
     m.send("poweroff\n").unwrap();

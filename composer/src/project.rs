@@ -13,6 +13,17 @@
 //! repository has since dropped that version (Debian's security archive
 //! does within days). Whether it can still be downloaded is the fetch's
 //! business, which says so clearly.
+//!
+//! Generation numbers are not typed by hand: a build takes the number after
+//! where the generation will go ([`GenerationAfter`]), or after the newest
+//! pak built from this Pakfile. That last number is kept in the project's
+//! record under the pak root ([`Project::record_path`]), not in the lock:
+//! the lock says what the system is made of, is committed and shared by
+//! every machine that builds it, and travels inside the image it builds;
+//! a build counter in it would change the lock (and the image's bytes) at
+//! every build and make `--locked` refuse every second build. Where a
+//! generation goes is a fact about this builder's history, so it lives
+//! with the builder's store.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +39,92 @@ use crate::sources::Sources;
 use crate::spec::pakfile::Pakfile;
 use crate::state::StateDir;
 use crate::store::{self, Store, StoreEntry};
+
+/// Where a generation will be published or switched to, and so what its
+/// number must come after (`pak build --generation --after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerationAfter {
+    /// A channel: a directory, `file://` or `http(s)://` URL; after its
+    /// `newest`, which pruning never lowers.
+    Channel(String),
+    /// A disk image: after the newest generation either slot holds.
+    Disk(PathBuf),
+}
+
+impl GenerationAfter {
+    /// A URL or a channel directory is a channel; a file is a disk image.
+    pub fn parse(s: &str) -> Result<GenerationAfter> {
+        if ["http://", "https://", "file://"]
+            .iter()
+            .any(|p| s.starts_with(p))
+        {
+            return Ok(GenerationAfter::Channel(s.to_string()));
+        }
+        let p = Path::new(s);
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Ok(GenerationAfter::Channel(s.to_string())),
+            Ok(_) => Ok(GenerationAfter::Disk(p.to_path_buf())),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "--after {s}: no such channel directory or disk image; give a channel (directory or URL), a disk image, or --number N"
+                )
+            }),
+        }
+    }
+
+    /// The newest generation number there.
+    pub fn newest(&self) -> Result<u64> {
+        match self {
+            GenerationAfter::Channel(url) => {
+                let local = !url.contains("://");
+                if local && !Path::new(url).join(crate::channel::METADATA).exists() {
+                    bail!(
+                        "--after {url}: nothing is published there yet (no {}); for a channel's first generation give --after DISK_IMAGE or --number N",
+                        crate::channel::METADATA
+                    );
+                }
+                // Unverified on purpose: a number is no reason to trust
+                // anything, and `pak publish` checks the signature with
+                // its own key before it adds the generation.
+                let (channel, _) = crate::channel::fetch_unverified(url)
+                    .with_context(|| format!("--after {url}"))?;
+                Ok(channel.newest)
+            }
+            GenerationAfter::Disk(img) => {
+                let status = crate::system::PakDisk::open_image(img, None)
+                    .and_then(|mut d| d.status())
+                    .with_context(|| format!("--after {}", img.display()))?;
+                status
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.generation)
+                    .max()
+                    .with_context(|| {
+                        format!(
+                            "--after {}: the disk holds no generation; give --number N",
+                            img.display()
+                        )
+                    })
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            GenerationAfter::Channel(url) => format!("the channel {url}"),
+            GenerationAfter::Disk(img) => format!("the disk {}", img.display()),
+        }
+    }
+}
+
+/// What pak remembers of the builds of one Pakfile.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct BuildRecord {
+    /// The Pakfile, for whoever reads the directory.
+    pakfile: String,
+    /// The highest generation number built from it.
+    generation: u64,
+}
 
 pub struct Project {
     pub pakfile_path: PathBuf,
@@ -84,6 +181,80 @@ impl Project {
     pub fn with_policy(mut self, policy: LockPolicy) -> Project {
         self.policy = policy;
         self
+    }
+
+    /// `ROOT/projects/<hash of the Pakfile's path>.toml`: keyed by path,
+    /// since two checkouts of one project are two builders, each with its
+    /// own numbers (`--after` reconciles them with where they publish).
+    pub fn record_path(&self) -> PathBuf {
+        let abs = std::fs::canonicalize(&self.pakfile_path)
+            .or_else(|_| std::path::absolute(&self.pakfile_path))
+            .unwrap_or_else(|_| self.pakfile_path.clone());
+        let h = crate::util::fsutil::sha256_hex(abs.to_string_lossy().as_bytes());
+        self.root
+            .dir()
+            .join("projects")
+            .join(format!("{}.toml", &h[..16]))
+    }
+
+    /// The highest generation number built from this Pakfile, if any.
+    pub fn recorded_generation(&self) -> Result<Option<u64>> {
+        let path = self.record_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let r: BuildRecord = toml::from_str(&text).with_context(|| {
+            format!(
+                "{} is corrupt; remove it, and number the next generation with --after or --number",
+                path.display()
+            )
+        })?;
+        Ok(Some(r.generation))
+    }
+
+    /// Records that generation `number` was built; the record only grows.
+    pub fn record_generation(&self, number: u64) -> Result<()> {
+        if self.recorded_generation()?.is_some_and(|n| n >= number) {
+            return Ok(());
+        }
+        let abs = std::path::absolute(&self.pakfile_path).unwrap_or(self.pakfile_path.clone());
+        let r = BuildRecord {
+            pakfile: abs.display().to_string(),
+            generation: number,
+        };
+        let path = self.record_path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        crate::util::fsutil::write_atomic(&path, toml::to_string(&r)?.as_bytes())
+    }
+
+    /// The number for the next generation: after `after`'s newest, else
+    /// after the newest recorded, else 1. Returns it and why.
+    pub fn next_generation(&self, after: Option<&GenerationAfter>) -> Result<(u64, String)> {
+        if let Some(a) = after {
+            let n = a.newest()?;
+            return Ok((n + 1, format!("{} has generation {n}", a.describe())));
+        }
+        Ok(match self.recorded_generation()? {
+            Some(n) => (
+                n + 1,
+                format!(
+                    "the newest pak built from {} is generation {n}",
+                    self.pakfile_path.display()
+                ),
+            ),
+            None => (
+                1,
+                format!(
+                    "pak has built no generation from {} yet",
+                    self.pakfile_path.display()
+                ),
+            ),
+        })
     }
 
     pub fn lock_path(&self) -> PathBuf {

@@ -87,9 +87,14 @@ pub enum ChannelError {
         state: String,
     },
     #[error(
-        "generation {number} is not newer than generation {newest}, which the channel already has or had; build it with `pak build --generation FILE --number {next}`"
+        "generation {number} is not newer than generation {newest}, which the channel already has or had; build it again as generation {next} with `pak build --generation FILE --after {channel}`"
     )]
-    NotNewer { number: u64, newest: u64, next: u64 },
+    NotNewer {
+        number: u64,
+        newest: u64,
+        next: u64,
+        channel: String,
+    },
     #[error("the rollout is a percentage from 0 to 100, not {0}")]
     Rollout(u32),
     #[error("{0:?} is not a duration: write a number and a unit, e.g. 30m, 12h, 7d")]

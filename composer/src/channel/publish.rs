@@ -159,6 +159,7 @@ fn add_generation(dir: &Path, file: &Path, newest: u64) -> Result<ChannelGenerat
             number: meta.number,
             newest,
             next: newest + 1,
+            channel: dir.display().to_string(),
         }
         .into());
     }

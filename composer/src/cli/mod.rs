@@ -100,10 +100,19 @@ pub enum Command {
         /// switch` takes) to this file
         #[arg(long, value_name = "FILE.sqfs")]
         generation: Option<PathBuf>,
-        /// The generation's number (with --generation); a switch needs one
-        /// higher than the running generation's
-        #[arg(long, default_value_t = 1)]
-        number: u64,
+        /// The generation's number (with --generation; default: the next
+        /// after --after, else after the newest pak built from this Pakfile)
+        #[arg(long, value_name = "N", requires = "generation")]
+        number: Option<u64>,
+        /// Number the generation after the newest of where it will go: a
+        /// channel (directory or URL) or a disk image
+        #[arg(
+            long,
+            value_name = "CHANNEL_OR_DISK",
+            requires = "generation",
+            conflicts_with = "number"
+        )]
+        after: Option<String>,
         /// Build a second time (another store root, umask and working
         /// directory) and check both images are identical
         #[arg(long)]
@@ -499,8 +508,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             generation,
             number,
+            after,
             check,
-        } => project::build(g, &output, generation.as_deref(), number, check)?,
+        } => project::build(
+            g,
+            &output,
+            generation.as_deref(),
+            number,
+            after.as_deref(),
+            check,
+        )?,
         Command::List => project::list(g)?,
         Command::Verify { image } => return verify::run(g, &image),
         Command::Qemu {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use super::Global;
-use crate::project::{LockOutcome, Project, Update};
+use crate::project::{GenerationAfter, LockOutcome, Project, Update};
 use crate::sources::Sources;
 use crate::spec::pakfile;
 
@@ -163,23 +163,40 @@ pub fn build(
     g: &Global,
     output: &Path,
     generation: Option<&Path>,
-    number: u64,
+    number: Option<u64>,
+    after: Option<&str>,
     check: bool,
 ) -> Result<()> {
     if check && generation.is_some() {
         bail!("--check compares whole images; use it without --generation");
     }
+    if generation.is_none() && (number.is_some() || after.is_some()) {
+        bail!(
+            "--number and --after apply to --generation; a new disk image always starts at generation 1"
+        );
+    }
     let p = project(g)?;
     let start = std::time::Instant::now();
     let started = std::time::SystemTime::now();
-    if number != 1 && generation.is_none() {
-        bail!("--number applies to --generation; a new disk image always starts at generation 1");
-    }
+    // Numbered before anything is built: a channel that cannot be read
+    // costs no build.
+    let number = match (generation, number) {
+        (Some(_), None) => {
+            let after = after.map(GenerationAfter::parse).transpose()?;
+            let (n, why) = p.next_generation(after.as_ref())?;
+            if !g.quiet {
+                println!("numbering it generation {n}: {why}");
+            }
+            n
+        }
+        (_, n) => n.unwrap_or(1),
+    };
     lock_if_needed(g, &p)?;
     let built = match generation {
         Some(out) => crate::image::build_generation(&p, number, out)?,
         None => crate::image::build_image(&p, output)?,
     };
+    p.record_generation(built.meta.number)?;
     if !g.quiet {
         let what = generation.unwrap_or(output);
         println!(

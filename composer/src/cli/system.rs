@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::{Global, SystemCommand};
+use crate::system::update::{Outcome, PendingUpdate, StateAt, UpdateStatus};
 use crate::system::{Diff, Incoming, MarkGood, PakDisk, Rollback, Status};
 
 /// Fault injection for tests: `PAK_CUT_AFTER_OPS=N` lets a `--disk` run
@@ -32,7 +33,10 @@ fn open(disk: Option<&Path>) -> Result<PakDisk> {
 pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
     match cmd {
         SystemCommand::Status { disk } => {
-            let status = open(disk.as_deref())?.status()?;
+            let mut d = open(disk.as_deref())?;
+            let mut status = d.status()?;
+            let (at, cache) = update_paths(g, disk.as_deref());
+            status.update = Some(d.update_status(&status, &at, &cache));
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -208,7 +212,7 @@ fn update(
         _ => UpdateConfig::read_live()?,
     };
     let mut opts = match disk {
-        Some(_) => UpdateOptions::disk(source, g.root().cache_dir().join("update")),
+        Some(_) => UpdateOptions::disk(source, update_paths(g, disk).1),
         None => UpdateOptions::live(source),
     };
     opts.check_only = check;
@@ -263,6 +267,19 @@ fn update(
         reboot_now()?;
     }
     Ok(())
+}
+
+/// Where the update state and the downloads of the running system, or of
+/// a `--disk` image, are.
+fn update_paths(g: &Global, disk: Option<&Path>) -> (StateAt, PathBuf) {
+    use crate::system::update::{LIVE_CACHE, LIVE_STATE};
+    match disk {
+        Some(_) => (StateAt::Esp, g.root().cache_dir().join("update")),
+        None => (
+            StateAt::File(PathBuf::from(LIVE_STATE)),
+            PathBuf::from(LIVE_CACHE),
+        ),
+    }
 }
 
 fn join(v: &[u64]) -> String {
@@ -379,6 +396,9 @@ fn render_status(s: &Status) -> String {
             "factory reset requested: the next boot wipes the data partition (`pak system factory-reset --cancel` withdraws it)\n",
         );
     }
+    if let Some(u) = &s.update {
+        out.push_str(&render_update_status(u));
+    }
     if !s.etc_conflicts.is_empty() {
         out.push_str(
             "/etc files you changed that this generation also changed (yours are in use):\n",
@@ -386,6 +406,74 @@ fn render_status(s: &Status) -> String {
         for c in &s.etc_conflicts {
             out.push_str(&format!("  {c}\n"));
         }
+    }
+    out
+}
+
+fn render_update_status(u: &UpdateStatus) -> String {
+    let mut out = match &u.channel {
+        Some(c) => format!("updates: channel {c} (from {})\n", u.config),
+        None => format!("updates: no channel ({} does not exist)\n", u.config),
+    };
+    if let Some(e) = &u.config_error {
+        out = format!("updates: {e}\n");
+    }
+    match (u.last_check, &u.last_found) {
+        (Some(at), Some(f)) => {
+            let what = match &f.outcome {
+                Outcome::UpToDate => "up to date".to_string(),
+                Outcome::Halted => "the channel is halted".to_string(),
+                Outcome::Installed { generation } => format!("installed generation {generation}"),
+                Outcome::Failed {
+                    generation, error, ..
+                } => format!("generation {generation} did not install: {error}"),
+            };
+            out.push_str(&format!(
+                "  last check: {} (metadata version {}{}): {what}\n",
+                crate::util::timefmt::utc(at),
+                f.version,
+                f.newest
+                    .map(|n| format!(", newest generation {n}"))
+                    .unwrap_or_default()
+            ));
+            if !f.not_in_rollout.is_empty() {
+                out.push_str(&format!(
+                    "  not in the rollout of generation {} yet\n",
+                    join(&f.not_in_rollout)
+                ));
+            }
+        }
+        (Some(at), None) => out.push_str(&format!(
+            "  last check: {}\n",
+            crate::util::timefmt::utc(at)
+        )),
+        // Without a channel "never" says nothing the line above did not.
+        _ if u.channel.is_none() => {}
+        _ => out.push_str("  last check: never\n"),
+    }
+    if !u.failed.is_empty() {
+        out.push_str(&format!(
+            "  failed here, not tried again: generation {}\n",
+            join(&u.failed)
+        ));
+    }
+    match &u.pending {
+        Some(PendingUpdate::Installed { generation, slot }) => out.push_str(&format!(
+            "  pending: generation {generation} in slot {slot} boots next, on trial; reboot to use it\n"
+        )),
+        Some(PendingUpdate::Download {
+            generation,
+            bytes,
+            size,
+        }) => out.push_str(&format!(
+            "  pending: generation {generation} downloaded {} of {} MiB; `pak system update` resumes it\n",
+            bytes >> 20,
+            size.div_ceil(1 << 20)
+        )),
+        None => {}
+    }
+    if let Some(e) = &u.state_error {
+        out.push_str(&format!("  update state unreadable: {e}\n"));
     }
     out
 }

@@ -107,6 +107,11 @@ pub struct Status {
     /// Whether the next boot wipes the data partition (`pak system
     /// factory-reset`); `None` when the partition cannot be read (not root).
     pub factory_reset_pending: Option<bool>,
+    /// The channel, the last check, failed and pending generations: filled
+    /// by `pak system status` ([`PakDisk::update_status`]), `None` from
+    /// [`PakDisk::status`] alone, which `/init` and every switch and update
+    /// call and which need not read the image's configuration.
+    pub update: Option<super::update::UpdateStatus>,
 }
 
 impl Status {
@@ -248,6 +253,7 @@ impl<D: Device> PakDisk<D> {
             provision_error,
             data_check,
             factory_reset_pending,
+            update: None,
         })
     }
 }

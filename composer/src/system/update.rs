@@ -32,7 +32,7 @@ use pak_boot::disk::Slot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Device, Incoming, PakDisk, SlotState, Switched};
+use super::{Device, Incoming, PakDisk, SlotState, Status, Switched};
 use crate::channel::{self, Channel, ChannelGeneration};
 use crate::sources::key::PublicKey;
 
@@ -104,6 +104,44 @@ pub struct UpdateState {
     /// Unix seconds of the last update that got as far as the metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<u64>,
+    /// What that update found and did, for `pak system status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_found: Option<Found>,
+}
+
+/// What an update found in the channel (`--check` records nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Found {
+    pub channel: String,
+    /// The metadata version it accepted.
+    pub version: u64,
+    /// The channel's newest generation, if it lists any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<u64>,
+    /// Newer generations whose rollout did not include this host.
+    #[serde(default)]
+    pub not_in_rollout: Vec<u64>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
+pub enum Outcome {
+    /// Nothing newer was offered to this host.
+    UpToDate,
+    /// The channel was halted.
+    Halted,
+    /// Written to the other slot (by this update or an earlier one).
+    Installed { generation: u64 },
+    /// The download or the switch failed; the next update resumes a
+    /// download from where it stopped (`sha256`.partial in the cache).
+    Failed {
+        generation: u64,
+        sha256: String,
+        size: u64,
+        error: String,
+    },
 }
 
 /// Where the update state lives.
@@ -206,19 +244,7 @@ impl<D: Device> PakDisk<D> {
         )?;
         let status = self.status()?;
         let booted = status.booted_generation;
-        // What fell back is remembered here: the next switch removes the
-        // bad entry that tells it.
-        let mut failed = state.failed.clone();
-        failed.extend(status.rolled_back.as_ref().map(|r| r.failed_generation));
-        failed.extend(
-            status
-                .slots
-                .iter()
-                .filter(|s| s.state == SlotState::Bad)
-                .filter_map(|s| s.generation),
-        );
-        failed.sort_unstable();
-        failed.dedup();
+        let failed = failed_here(&state, &status);
 
         let mut report = UpdateReport {
             channel: src.url.clone(),
@@ -235,6 +261,7 @@ impl<D: Device> PakDisk<D> {
         } else {
             choose(&channel, booted.unwrap_or(0), &failed, opts, &mut report)
         };
+        let mut install_error = None;
         if let Some(g) = &chosen {
             let other = status.booted_slot.map_or(Slot::A, Slot::other);
             let o = status.slot(other);
@@ -257,30 +284,151 @@ impl<D: Device> PakDisk<D> {
                         g.number
                     );
                 }
-                let file = download(&src.url, g, &opts.cache)?;
-                let f = std::fs::File::open(&file)
-                    .with_context(|| format!("cannot open {}", file.display()))?;
-                let name = format!("generation {} from {}", g.number, src.url);
-                let mut incoming = Incoming::read(f, &name)?;
-                if incoming.meta.number != g.number {
-                    bail!(
-                        "{name} says it is generation {}: the channel is inconsistent; ask its publisher to publish again",
-                        incoming.meta.number
-                    );
+                match self.install(&src.url, g, &opts.cache) {
+                    Ok(done) => report.action = Action::Switched(done),
+                    Err(e) => install_error = Some((g, e)),
                 }
-                let done = self.switch(&mut incoming, false)?;
-                drop(incoming);
-                let _ = std::fs::remove_file(&file);
-                report.action = Action::Switched(done);
             }
         }
-        if !opts.check_only {
-            state.seen.insert(seen_key, channel.version);
-            state.failed = failed;
-            state.last_check = Some(opts.now);
-            self.write_update_state(&opts.state, &state)?;
+        if opts.check_only {
+            return Ok(report);
         }
+        // The metadata was accepted, so it is recorded even when the
+        // download then failed: status tells what is half-way, and the
+        // version seen must not go back.
+        let outcome = match (&install_error, &report.action) {
+            (Some((g, e)), _) => Outcome::Failed {
+                generation: g.number,
+                sha256: g.sha256.clone(),
+                size: g.size,
+                error: format!("{e:#}"),
+            },
+            (None, Action::Halted) => Outcome::Halted,
+            (None, Action::Pending { generation }) => Outcome::Installed {
+                generation: *generation,
+            },
+            (None, Action::Switched(done)) => Outcome::Installed {
+                generation: done.generation,
+            },
+            (None, Action::UpToDate | Action::Available { .. }) => Outcome::UpToDate,
+        };
+        state.seen.insert(seen_key, channel.version);
+        state.failed = failed;
+        state.last_check = Some(opts.now);
+        state.last_found = Some(Found {
+            channel: src.url.clone(),
+            version: channel.version,
+            newest: channel.newest_generation().map(|g| g.number),
+            not_in_rollout: report.not_in_rollout.clone(),
+            outcome,
+        });
+        let written = self.write_update_state(&opts.state, &state);
+        if let Some((_, e)) = install_error {
+            return Err(e);
+        }
+        written?;
         Ok(report)
+    }
+
+    /// Downloads generation `g` and switches to it.
+    fn install(&mut self, base: &str, g: &ChannelGeneration, cache: &Path) -> Result<Switched> {
+        let file = download(base, g, cache)?;
+        let f = std::fs::File::open(&file)
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let name = format!("generation {} from {base}", g.number);
+        let mut incoming = Incoming::read(f, &name)?;
+        if incoming.meta.number != g.number {
+            bail!(
+                "{name} says it is generation {}: the channel is inconsistent; ask its publisher to publish again",
+                incoming.meta.number
+            );
+        }
+        let done = self.switch(&mut incoming, false)?;
+        drop(incoming);
+        let _ = std::fs::remove_file(&file);
+        Ok(done)
+    }
+
+    /// The update side of `pak system status`: the channel configured, the
+    /// last check, the generations that failed here, and what is pending.
+    /// Partial downloads are looked for in `cache`. What cannot be read is
+    /// reported in it, never an error: the rest of the status matters more.
+    pub fn update_status(&mut self, status: &Status, at: &StateAt, cache: &Path) -> UpdateStatus {
+        let (channel, config_error) = match self.configured_channel() {
+            Ok(c) => (c, None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        let (state, state_error) = match self.read_update_state(at) {
+            Ok(s) => (s, None),
+            Err(e) => (UpdateState::default(), Some(format!("{e:#}"))),
+        };
+        let other = status.booted_slot.map(Slot::other);
+        let installed = other
+            .map(|o| status.slot(o))
+            .filter(|o| {
+                o.state == SlotState::Pending
+                    && o.generation > status.booted_generation
+                    && status.default_entry == o.entry
+            })
+            .and_then(|o| {
+                Some(PendingUpdate::Installed {
+                    generation: o.generation?,
+                    slot: o.slot.as_str().to_string(),
+                })
+            });
+        let download = match state.last_found.as_ref().map(|f| &f.outcome) {
+            Some(Outcome::Failed {
+                generation,
+                sha256,
+                size,
+                ..
+            }) => std::fs::metadata(cache.join(format!("{sha256}.partial")))
+                .ok()
+                .map(|m| PendingUpdate::Download {
+                    generation: *generation,
+                    bytes: m.len(),
+                    size: *size,
+                }),
+            _ => None,
+        };
+        UpdateStatus {
+            channel,
+            config: self.config_name(),
+            config_error,
+            last_check: state.last_check,
+            last_found: state.last_found.clone(),
+            failed: failed_here(&state, status),
+            pending: installed.or(download),
+            state_error,
+        }
+    }
+
+    /// The channel URL `/etc/pak/update.toml` names (the running system's,
+    /// or that of the generation a disk image boots); `None` when there is
+    /// no such file.
+    fn configured_channel(&mut self) -> Result<Option<String>> {
+        let text = if self.booted.is_some() {
+            match std::fs::read(CONFIG) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {CONFIG}")),
+            }
+        } else {
+            match self.booted_file(CONFIG)? {
+                Some(t) => t,
+                None => return Ok(None),
+            }
+        };
+        let cfg = UpdateConfig::parse(&String::from_utf8_lossy(&text), &self.config_name())?;
+        Ok(Some(cfg.channel))
+    }
+
+    fn config_name(&self) -> String {
+        if self.booted.is_some() {
+            CONFIG.to_string()
+        } else {
+            format!("{CONFIG} in the generation {} boots", self.name)
+        }
     }
 
     /// The update state, empty when there is none yet.
@@ -379,6 +527,56 @@ impl<D: Device> PakDisk<D> {
     }
 }
 
+/// Generations this host fell back from: those recorded, and what the
+/// disk shows now (the next switch removes the bad entry that tells it,
+/// so an update records it).
+fn failed_here(state: &UpdateState, status: &Status) -> Vec<u64> {
+    let mut failed = state.failed.clone();
+    failed.extend(status.rolled_back.as_ref().map(|r| r.failed_generation));
+    failed.extend(
+        status
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Bad)
+            .filter_map(|s| s.generation),
+    );
+    failed.sort_unstable();
+    failed.dedup();
+    failed
+}
+
+/// What `pak system status` says about updates.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateStatus {
+    /// The channel the configuration names; `None` when there is none.
+    pub channel: Option<String>,
+    /// Where the configuration is (or would be).
+    pub config: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+    /// Unix seconds of the last update that read the channel.
+    pub last_check: Option<u64>,
+    pub last_found: Option<Found>,
+    /// Generations this host fell back from; not tried again.
+    pub failed: Vec<u64>,
+    pub pending: Option<PendingUpdate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum PendingUpdate {
+    /// Written to the other slot: it boots next, on trial.
+    Installed { generation: u64, slot: String },
+    /// Partly downloaded: the next `pak system update` resumes it.
+    Download {
+        generation: u64,
+        bytes: u64,
+        size: u64,
+    },
+}
+
 /// The newest generation above `booted` that has not failed here and
 /// whose rollout includes this host; notes what it passed over.
 fn choose<'a>(
@@ -441,7 +639,7 @@ fn download(base: &str, g: &ChannelGeneration, cache: &Path) -> Result<PathBuf> 
     if got != g.sha256 {
         let _ = std::fs::remove_file(&partial);
         bail!(
-            "generation {} from {url} has sha256 {got}, but the signed channel metadata says {}: the server or the download is corrupt; nothing was written (the download was discarded, the next run fetches it again)",
+            "generation {} from {url} has sha256 {got}, but the signed channel metadata says {}: the server or the download is corrupt; nothing was written to the disk's slots (the download was discarded, the next run fetches it again)",
             g.number,
             g.sha256
         );
