@@ -390,6 +390,11 @@ pub enum SystemCommand {
         /// Reboot into the new generation once it is written
         #[arg(long, conflicts_with = "check")]
         reboot: bool,
+        /// Keep running: check every `interval` of /etc/pak/update.toml
+        /// and reboot into what was installed within its `reboot-window`
+        /// (the service an image with [update] runs)
+        #[arg(long, conflicts_with_all = ["check", "reboot"])]
+        watch: bool,
     },
     /// Check every bootable entry's kernel, initrd and slot against their sha256
     Verify {

@@ -161,7 +161,16 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
             key,
             check,
             reboot,
-        } => update(g, disk.as_deref(), channel, key.as_deref(), check, reboot)?,
+            watch,
+        } => update(
+            g,
+            disk.as_deref(),
+            channel,
+            key.as_deref(),
+            check,
+            reboot,
+            watch,
+        )?,
         SystemCommand::Verify { disk } => {
             let mut bad = 0;
             for (entry, problem) in open(disk.as_deref())?.verify()? {
@@ -194,11 +203,60 @@ fn update(
     key: Option<&Path>,
     check: bool,
     reboot: bool,
+    watch: bool,
 ) -> Result<()> {
-    use crate::system::update::{Action, UpdateConfig, UpdateOptions, UpdateSource};
-    if reboot && disk.is_some() {
-        bail!("--reboot is for the running system; a --disk image boots when you boot it");
+    if (reboot || watch) && disk.is_some() {
+        bail!(
+            "--reboot and --watch are for the running system; a --disk image boots when you boot it"
+        );
     }
+    if !watch {
+        let switched = update_once(g, disk, channel, key.map(Path::to_path_buf), check)?;
+        if reboot && switched {
+            reboot_now()?;
+        }
+        return Ok(());
+    }
+    // The updater service: a failed check is reported and tried again at
+    // the next interval; it never stops the service.
+    let schedule = crate::system::update::UpdateConfig::schedule_live()?;
+    println!(
+        "pak update: checking every {}s{}",
+        schedule.interval,
+        schedule
+            .window
+            .map(|w| format!(", rebooting into updates within {w}"))
+            .unwrap_or_default()
+    );
+    loop {
+        match update_once(g, None, channel.clone(), key.map(Path::to_path_buf), false) {
+            Ok(true) => {
+                if let Some(w) = schedule.window {
+                    let wait = w.wait(crate::channel::now());
+                    if wait > 0 {
+                        println!("pak update: rebooting in the window {w}, in {wait}s");
+                        std::thread::sleep(std::time::Duration::from_secs(wait));
+                    }
+                }
+                println!("pak update: rebooting into the update");
+                return reboot_now();
+            }
+            Ok(false) => {}
+            Err(e) => println!("pak update: {e:#}; trying again in {}s", schedule.interval),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(schedule.interval));
+    }
+}
+
+/// One run of `pak system update`; whether a generation now boots next.
+fn update_once(
+    g: &Global,
+    disk: Option<&Path>,
+    channel: Option<String>,
+    key: Option<PathBuf>,
+    check: bool,
+) -> Result<bool> {
+    use crate::system::update::{Action, UpdateConfig, UpdateOptions, UpdateSource};
     let mut d = open(disk)?;
     let source = match (channel, key) {
         (Some(url), Some(k)) => UpdateSource {
@@ -262,11 +320,10 @@ fn update(
             ),
         }
     }
-    let switched = matches!(r.action, Action::Switched(_) | Action::Pending { .. });
-    if reboot && switched {
-        reboot_now()?;
-    }
-    Ok(())
+    Ok(matches!(
+        r.action,
+        Action::Switched(_) | Action::Pending { .. }
+    ))
 }
 
 /// Where the update state and the downloads of the running system, or of

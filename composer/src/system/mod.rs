@@ -20,6 +20,7 @@
 //!
 //! The library returns data; `cli::system` turns it into words.
 
+pub mod autoupdate;
 pub mod datacheck;
 mod device;
 mod diff;

@@ -64,6 +64,12 @@ pub struct UpdateSource {
 pub struct UpdateConfig {
     pub channel: String,
     pub key: String,
+    /// For `--watch`: time between checks (`1h` when absent).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// For `--watch`: `HH:MM-HH:MM` UTC; absent, it reboots right away.
+    #[serde(default, rename = "reboot-window")]
+    pub reboot_window: Option<String>,
 }
 
 impl UpdateConfig {
@@ -73,6 +79,20 @@ impl UpdateConfig {
                 "{what} is malformed: it needs channel = \"URL\" and key = \"FILE.pub or key text\""
             )
         })
+    }
+
+    /// The running system's schedule for `--watch`, from its
+    /// `/etc/pak/update.toml`.
+    pub fn schedule_live() -> Result<crate::system::autoupdate::Schedule> {
+        let text = std::fs::read_to_string(CONFIG).with_context(|| {
+            format!("cannot read {CONFIG}: the updater needs it (the Pakfile's [update] writes it)")
+        })?;
+        let cfg = UpdateConfig::parse(&text, CONFIG)?;
+        crate::system::autoupdate::Schedule::parse(
+            cfg.interval.as_deref(),
+            cfg.reboot_window.as_deref(),
+        )
+        .with_context(|| format!("{CONFIG}"))
     }
 
     /// The running system's `/etc/pak/update.toml`, with its key.
