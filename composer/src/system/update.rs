@@ -92,7 +92,7 @@ impl UpdateConfig {
             cfg.interval.as_deref(),
             cfg.reboot_window.as_deref(),
         )
-        .with_context(|| format!("{CONFIG}"))
+        .context(CONFIG)
     }
 
     /// The running system's `/etc/pak/update.toml`, with its key.
