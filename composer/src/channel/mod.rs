@@ -319,20 +319,7 @@ pub fn fetch_unverified(base: &str) -> anyhow::Result<(Channel, String)> {
 
 /// `30s`, `15m`, `12h`, `7d`, `2w` in seconds.
 pub fn parse_duration(s: &str) -> Result<u64, ChannelError> {
-    let bad = || ChannelError::Duration(s.to_string());
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(bad)
+    crate::util::timefmt::parse_duration(s).ok_or_else(|| ChannelError::Duration(s.to_string()))
 }
 
 pub fn now() -> u64 {

@@ -4,3 +4,4 @@ pub mod edit;
 pub mod network;
 pub mod pakfile;
 pub mod profile;
+pub mod update;

@@ -20,7 +20,6 @@
 //!
 //! The library returns data; `cli::system` turns it into words.
 
-pub mod autoupdate;
 pub mod datacheck;
 mod device;
 mod diff;

@@ -83,16 +83,13 @@ impl UpdateConfig {
 
     /// The running system's schedule for `--watch`, from its
     /// `/etc/pak/update.toml`.
-    pub fn schedule_live() -> Result<crate::system::autoupdate::Schedule> {
+    pub fn schedule_live() -> Result<crate::spec::update::Schedule> {
         let text = std::fs::read_to_string(CONFIG).with_context(|| {
             format!("cannot read {CONFIG}: the updater needs it (the Pakfile's [update] writes it)")
         })?;
         let cfg = UpdateConfig::parse(&text, CONFIG)?;
-        crate::system::autoupdate::Schedule::parse(
-            cfg.interval.as_deref(),
-            cfg.reboot_window.as_deref(),
-        )
-        .context(CONFIG)
+        crate::spec::update::Schedule::parse(cfg.interval.as_deref(), cfg.reboot_window.as_deref())
+            .context(CONFIG)
     }
 
     /// The running system's `/etc/pak/update.toml`, with its key.

@@ -1,4 +1,23 @@
-//! UTC dates for messages, without a time-zone database.
+//! UTC dates for messages, without a time-zone database, and the
+//! durations configuration files write (`30s`, `1h`, `7d`).
+
+/// `30s`, `15m`, `12h`, `7d`, `2w` in seconds; `None` for anything else,
+/// zero included (no caller means "no time at all").
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&v| v > 0)
+}
 
 /// `2026-11-23 01:13:43 UTC` from unix seconds.
 pub fn utc(secs: u64) -> String {
