@@ -325,3 +325,72 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
         started.elapsed()
     );
 }
+
+/// `[update]` in the Pakfile: the machine checks its channel by itself,
+/// installs what it is offered and reboots into it, with no command
+/// typed; the new generation is marked good by its health checks.
+#[test]
+fn a_machine_with_update_in_its_pakfile_updates_by_itself() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let port = free_port();
+    pak_e2e(&["key", "generate", s(&w.join("channel"))]);
+    let channel = w.join("channel");
+    let minimal = std::fs::read_to_string(workspace().join("images/minimal/Pakfile")).unwrap();
+    let pakfile = |name: &str, extra: &str| -> PathBuf {
+        let d = w.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(w.join("channel.pub"), d.join("channel.pub")).unwrap();
+        let p = d.join("Pakfile");
+        std::fs::write(
+            &p,
+            format!(
+                "{minimal}\n{extra}\n[update]\nchannel = \"http://10.0.2.2:{port}\"\nkey = \"channel.pub\"\ninterval = \"5s\"\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let img = w.join("minimal.raw");
+    pak_e2e(&["--pakfile", s(&pakfile("gen1", "")), "build", "-o", s(&img)]);
+    let gen2 = w.join("gen2.sqfs");
+    pak_e2e(&[
+        "--pakfile",
+        s(&pakfile("gen2", "[packages]\nhello = \"*\"\n")),
+        "build",
+        "--generation",
+        s(&gen2),
+        "--after",
+        s(&img),
+    ]);
+    let key = w.join("channel.key");
+    pak_e2e(&[
+        "publish",
+        s(&gen2),
+        "--channel",
+        s(&channel),
+        "--key",
+        s(&key),
+    ]);
+    let _nginx = Nginx::start(&w.join("nginx"), &channel, port, "0");
+
+    let mut m = Machine::start(&vm(&img, &[]), &w.join("console.log")).unwrap();
+    m.wait_for("pak update: checking every 5s", BOOT).unwrap();
+    // Generation 1 is on trial until its checks pass; the updater waits
+    // for that, then installs 2 and reboots into it by itself.
+    m.wait_for("pak update: rebooting into the update", NET)
+        .unwrap();
+    m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+        .unwrap();
+    m.wait_for("marked generation 2 (slot b) good", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 2 from slot b (marked good)"),
+        "{status}"
+    );
+    m.succeed("hello").unwrap();
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
