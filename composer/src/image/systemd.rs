@@ -114,6 +114,7 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
     let console = console_tty(&pakfile.boot.cmdline);
     units.own("pak-console.service", console_unit(&console));
     units.own("pak-first-boot.service", FIRST_BOOT_UNIT.to_string());
+    units.own("pak-coldplug.service", COLDPLUG_UNIT.to_string());
     let required: Vec<String> = pakfile.services.keys().map(|n| unit_name(n)).collect();
     units.own(HEALTH_UNIT, health_unit(&required));
     units.own(MARK_GOOD_UNIT, MARK_GOOD_UNIT_TEXT.to_string());
@@ -135,6 +136,7 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
     for unit in [
         "pak-console.service",
         "pak-first-boot.service",
+        "pak-coldplug.service",
         MARK_GOOD_UNIT,
     ] {
         units.enable(unit)?;
@@ -238,6 +240,9 @@ fn exec_unit(name: &str, svc: &Service, exec: &str) -> String {
     s
 }
 
+/// bash, not busybox sh: Debian's static busybox runs its own applets
+/// before anything on PATH, and its `reboot` and `poweroff` signal PID 1 the
+/// way busybox init understands (SIGTERM is "re-execute" to systemd).
 fn console_unit(tty: &str) -> String {
     format!(
         r#"# Written by pak: a root shell on the console, as busybox images give one.
@@ -246,7 +251,7 @@ Description=Root shell on /dev/{tty}
 After=systemd-user-sessions.service
 
 [Service]
-ExecStart=-/bin/sh -l
+ExecStart=-/bin/bash -l
 Type=idle
 Restart=always
 RestartSec=0
@@ -283,6 +288,29 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/sh -c "if [ -x /usr/lib/pak/provision ]; then /usr/lib/pak/provision; hostname -F /etc/hostname; fi; exec /usr/lib/pak/first-boot"
 StandardOutput=journal+console
+
+[Install]
+WantedBy=sysinit.target
+"#;
+
+/// udevd's module loading (libkmod's `kmod_load_resources`) needs the
+/// binary indexes (`modules.alias.bin`, ...) that pak's depmod does not
+/// write, so it loads nothing and no network interface would appear. The
+/// kmod command reads the text `modules.dep` and `modules.alias`; this does
+/// with it what busybox images' network script does.
+const COLDPLUG_UNIT: &str = r#"# Written by pak: the drivers of the devices present, as udev's coldplug
+# would load them (udevd's own loading needs modules.*.bin indexes).
+[Unit]
+Description=pak: load the drivers of the devices present
+DefaultDependencies=no
+After=systemd-udevd.service systemd-udev-trigger.service
+Before=sysinit.target network-pre.target systemd-networkd.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c "find /sys/devices -name modalias -exec cat {} + 2>/dev/null | sort -u | xargs modprobe -q -a 2>/dev/null; exit 0"
 
 [Install]
 WantedBy=sysinit.target
