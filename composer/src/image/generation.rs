@@ -18,7 +18,7 @@ use crate::image::sysconfig::{self, ConfigKind};
 use crate::image::tmpfiles;
 use crate::lock::{Lock, LockedPackage};
 use crate::packages::maintscript::Unconverted;
-use crate::spec::pakfile::Pakfile;
+use crate::spec::pakfile::{Init, Pakfile};
 
 /// Where pak keeps a generation's own description inside it.
 pub const META_DIR: &str = "usr/lib/pak";
@@ -155,6 +155,8 @@ pub fn assemble(
     }
     tree.add_skeleton();
     busybox_applets(&mut tree)?;
+    let locked: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
+    crate::image::systemd::check_init(pakfile, &tree, &locked)?;
     let (kernel, kernel_version) = find_kernel(&tree)?;
 
     let table = accounts::allocate(pakfile, &lock.accounts, &declared)?;
@@ -162,7 +164,11 @@ pub fn assemble(
     lock.accounts = table.pins.clone();
     let lock = &lock;
     let mut config = sysconfig::render(pakfile, &table)?;
-    config.push(tmpfiles::render(&tree, &config, &table)?);
+    match pakfile.system.init {
+        Init::Busybox => config.push(tmpfiles::render(&tree, &config, &table)?),
+        // systemd-tmpfiles reads tmpfiles.d itself.
+        Init::Systemd => config = for_systemd(pakfile, config, &tree)?,
+    }
     let mut id = Sha256::new();
     id.update(lock.to_toml());
     for f in &config {
@@ -233,6 +239,38 @@ pub fn assemble(
         lock: lock.clone(),
         unconverted: declared.unconverted,
     })
+}
+
+/// The files busybox init runs, which mean nothing under systemd.
+const BUSYBOX_ONLY: &[&str] = &[
+    "/etc/inittab",
+    "/usr/lib/pak/rc.sysinit",
+    "/usr/lib/pak/boot-complete",
+    "/usr/lib/pak/shutdown",
+    crate::image::network::SCRIPT,
+    crate::image::network::DHCP_HOOK,
+];
+
+/// The configuration of a systemd image: busybox's boot scripts out,
+/// systemd's units and files in, except where the Pakfile's own [files]
+/// (or the embedded Pakfile) say otherwise. Sorted by path, as rendered.
+fn for_systemd(
+    pakfile: &Pakfile,
+    config: Vec<sysconfig::ConfigFile>,
+    tree: &RootTree,
+) -> Result<Vec<sysconfig::ConfigFile>> {
+    let mut out: BTreeMap<String, sysconfig::ConfigFile> = config
+        .into_iter()
+        .filter(|f| !BUSYBOX_ONLY.contains(&f.path.as_str()))
+        .map(|f| (f.path.clone(), f))
+        .collect();
+    for f in crate::image::systemd::render(pakfile, tree)? {
+        if pakfile.files.contains_key(&f.path) || f.path.starts_with("/usr/lib/pak/Pakfile") {
+            continue;
+        }
+        out.insert(f.path.clone(), f);
+    }
+    Ok(out.into_values().collect())
 }
 
 pub fn add_initrd(tree: &mut RootTree, initrd: Vec<u8>) {

@@ -16,6 +16,7 @@ pub mod network;
 pub mod squashfs;
 pub mod ssh;
 pub mod sysconfig;
+pub mod systemd;
 pub mod tmpfiles;
 pub mod verify;
 

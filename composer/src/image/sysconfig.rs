@@ -209,14 +209,16 @@ fn inittab(p: &Pakfile) -> String {
     let mut s = String::from("# Written by pak from the Pakfile. Format: busybox init(8).\n");
     s.push_str("::sysinit:/usr/lib/pak/rc.sysinit\n");
     for (name, svc) in &p.services {
+        // A service for systemd only (validated: not in a busybox image).
+        let Some(exec) = &svc.exec else { continue };
         let exec = match &svc.user {
             // busybox su, as root, asks for no password; -s because a
             // service account's shell is nologin.
             Some(user) => format!(
                 "/bin/su -s /bin/sh -c 'exec {}' {user}",
-                svc.exec.replace('\'', "'\\''")
+                exec.replace('\'', "'\\''")
             ),
-            None => svc.exec.clone(),
+            None => exec.clone(),
         };
         s.push_str(&format!("# service {name}\n::respawn:{exec}\n"));
     }
@@ -316,6 +318,31 @@ const HEALTH_SECONDS: u32 = 60;
 /// machine, the try is used up, and systemd-boot falls back to the other
 /// slot once the tries are gone.
 fn boot_complete(p: &Pakfile) -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by pak from the Pakfile's [services] health checks.
+{}pak system mark-good || exit 1
+if [ -c /dev/watchdog ]; then
+    printf V > /dev/watchdog
+fi
+echo "pak: boot complete"
+"#,
+        health_loop(p, HEALTH_SECONDS)
+    )
+}
+
+/// A script that exits 0 once every service's health check passes, 1 if
+/// one still fails after `seconds` (systemd images' `pak-health.service`).
+pub(crate) fn health_script(p: &Pakfile, seconds: u32) -> String {
+    format!(
+        "#!/bin/sh\n# Written by pak from the Pakfile's [services] health checks.\n{}exit 0\n",
+        health_loop(p, seconds)
+    )
+}
+
+/// Polls the checks once a second until all pass; gives up (exit 1) after
+/// `seconds`, naming the service still failing.
+fn health_loop(p: &Pakfile, seconds: u32) -> String {
     let mut checks = String::new();
     for (name, svc) in &p.services {
         if let Some(h) = &svc.health {
@@ -326,24 +353,17 @@ fn boot_complete(p: &Pakfile) -> String {
         }
     }
     format!(
-        r#"#!/bin/sh
-# Written by pak from the Pakfile's [services] health checks.
-n=0
+        r#"n=0
 while :; do
     ok=1
 {checks}    [ "$ok" = 1 ] && break
     n=$((n + 1))
-    if [ "$n" -ge {HEALTH_SECONDS} ]; then
-        echo "pak: service $failing is still unhealthy after {HEALTH_SECONDS}s; this boot is not marked good"
+    if [ "$n" -ge {seconds} ]; then
+        echo "pak: service $failing is still unhealthy after {seconds}s; this boot is not marked good"
         exit 1
     fi
     sleep 1
 done
-pak system mark-good || exit 1
-if [ -c /dev/watchdog ]; then
-    printf V > /dev/watchdog
-fi
-echo "pak: boot complete"
 "#
     )
 }

@@ -59,6 +59,27 @@ pub struct System {
     /// Free-form version shown in `/etc/os-release`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The system's PID 1 after pak's `/init` (busybox when absent).
+    #[serde(default, skip_serializing_if = "Init::is_busybox")]
+    pub init: Init,
+}
+
+/// What runs as PID 1 once `/init` has switched to the root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// busybox init with pak's inittab: small and quick to boot, for
+    /// appliances whose services the Pakfile spells out as commands.
+    #[default]
+    Busybox,
+    /// Debian's systemd: packages' own units, journald, networkd.
+    Systemd,
+}
+
+impl Init {
+    pub fn is_busybox(&self) -> bool {
+        *self == Init::Busybox
+    }
 }
 
 impl Default for System {
@@ -68,6 +89,7 @@ impl Default for System {
             arch: default_arch(),
             profiles: Vec::new(),
             version: None,
+            init: Init::Busybox,
         }
     }
 }
@@ -241,7 +263,17 @@ pub struct Group {
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// The command, run in the foreground and restarted when it exits.
-    pub exec: String,
+    /// Under systemd it becomes a unit of its own, unless `enable` says to
+    /// use the package's unit instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    /// `init = "systemd"` only: enable the unit a package ships under this
+    /// service's name (`nginx` → `nginx.service`, or a full unit name such
+    /// as `ssh.socket`), as `systemctl enable` would. busybox init has no
+    /// units and runs `exec`, so a service may carry both and work under
+    /// either init.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable: bool,
     /// A command that exits 0 once the service is healthy; the system is
     /// marked good only when every service's check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +429,31 @@ impl Pakfile {
                 && !valid_user_name(user)
             {
                 bail!("[services.{name}] user = {user:?} is not a valid user name");
+            }
+            if name.is_empty()
+                || name.starts_with('.')
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":-_.@".contains(c))
+            {
+                bail!(
+                    "[services.{name:?}]: a service is named like a systemd unit (letters, digits, `:-_.@`), e.g. `nginx` or `ssh.socket`"
+                );
+            }
+            if svc.exec.is_none() && !svc.enable {
+                bail!(
+                    "[services.{name}] has neither `exec` (a command pak runs and restarts) nor `enable = true` (the unit a package ships, with init = \"systemd\"); give one"
+                );
+            }
+            if svc.exec.is_none() && self.system.init == Init::Busybox {
+                bail!(
+                    "[services.{name}] enables a package's unit, but busybox init has no units: set [system] init = \"systemd\" (and add the systemd profile), or give the command to run as `exec`"
+                );
+            }
+            if svc.enable && svc.user.is_some() && self.system.init == Init::Systemd {
+                bail!(
+                    "[services.{name}] enables a package's own unit, which says which user it runs as; `user` applies to `exec` only (change the unit's user with a drop-in in [files], /etc/systemd/system/{name}.service.d/user.conf)"
+                );
             }
         }
         if self.boot.tries == 0 || self.boot.tries > 9 {

@@ -58,6 +58,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("server", include_str!("../../../profiles/server.toml")),
     ("debug", include_str!("../../../profiles/debug.toml")),
     ("ssh", include_str!("../../../profiles/ssh.toml")),
+    ("systemd", include_str!("../../../profiles/systemd.toml")),
 ];
 
 /// The packages of the named profiles and everything they include. An

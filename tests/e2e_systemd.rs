@@ -1,0 +1,165 @@
+//! End to end: `[system] init = "systemd"` images from Debian's real
+//! packages, booted under QEMU: Debian's own units run, the boot is judged
+//! by boot-complete.target, and the busybox and systemd images' boot times
+//! are measured side by side.
+
+mod common;
+use common::{BOOT, pak_e2e, vm, workspace};
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pak::vm::vmtest::Machine;
+
+fn build(image: &str, out: &Path) {
+    let pakfile_dir = out.parent().unwrap().join(image);
+    std::fs::create_dir_all(&pakfile_dir).unwrap();
+    std::fs::copy(
+        workspace().join("images").join(image).join("Pakfile"),
+        pakfile_dir.join("Pakfile"),
+    )
+    .unwrap();
+    let pakfile = pakfile_dir.join("Pakfile");
+    pak_e2e(&[
+        "--pakfile",
+        pakfile.to_str().unwrap(),
+        "build",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+}
+
+/// Powers the guest off and waits for QEMU to exit.
+fn power_off(m: &mut Machine) {
+    m.send("poweroff\n").unwrap();
+    m.wait_for_shutdown(BOOT).unwrap();
+}
+
+/// Polls `systemctl is-system-running` until the boot has settled; its
+/// last answer, with the failed units when there are any.
+fn system_state(m: &mut Machine) -> String {
+    let (_, out) = m
+        .execute(
+            "i=0; while [ $i -lt 240 ]; do s=$(systemctl is-system-running); case $s in running|degraded|maintenance) break ;; esac; i=$((i+1)); sleep 0.5; done; echo \"$s\"; systemctl --failed --no-legend --plain --no-pager",
+            Duration::from_secs(180),
+        )
+        .unwrap();
+    out.trim().to_string()
+}
+
+/// The server of images/server, run by Debian's systemd: nginx and sshd
+/// from their own units, the network from networkd, the boot marked good
+/// through boot-complete.target; the machine-id and the journal survive a
+/// reboot.
+#[test]
+fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() {
+    use std::io::{Read, Write};
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("server-systemd.raw");
+    build("server-systemd", &img);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = vm(&img, &[]);
+    cfg.forwards = vec![format!("{port}:80").parse().unwrap()];
+    let started = Instant::now();
+    let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
+    m.wait_for("pak-init: switching to /sbin/init", BOOT)
+        .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    eprintln!(
+        "server-systemd: boot complete {:.1}s after QEMU started (TCG)",
+        started.elapsed().as_secs_f64()
+    );
+    m.wait_for_shell(BOOT).unwrap();
+    let state = system_state(&mut m);
+    assert_eq!(state, "running", "systemctl is-system-running");
+    assert_eq!(
+        m.succeed("readlink /proc/1/exe").unwrap().trim(),
+        "/usr/lib/systemd/systemd"
+    );
+    for unit in ["nginx.service", "ssh.service", "systemd-networkd.service"] {
+        assert_eq!(
+            m.succeed(&format!("systemctl is-active {unit}"))
+                .unwrap()
+                .trim(),
+            "active",
+            "{unit}"
+        );
+    }
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 1 from slot a (marked good)"),
+        "{status}"
+    );
+    assert_eq!(
+        m.succeed("systemctl is-active boot-complete.target pak-mark-good.service")
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["active", "active"]
+    );
+
+    let mut body = String::new();
+    for _ in 0..120 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("hello from a pak image run by systemd") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        body.contains("hello from a pak image run by systemd"),
+        "no page through 127.0.0.1:{port}: {body:?}"
+    );
+
+    let id = m.succeed("cat /etc/machine-id").unwrap().trim().to_string();
+    assert_eq!(id.len(), 32, "systemd made a machine-id: {id:?}");
+    m.reboot().unwrap();
+    assert_eq!(system_state(&mut m), "running");
+    assert_eq!(
+        m.succeed("cat /etc/machine-id").unwrap().trim(),
+        id,
+        "the machine-id is kept on /var"
+    );
+    let boots = m
+        .succeed("journalctl --list-boots --no-pager | wc -l")
+        .unwrap();
+    assert!(
+        boots.trim().parse::<u32>().unwrap() >= 2,
+        "the journal of the previous boot is kept: {boots}"
+    );
+    power_off(&mut m);
+}
+
+/// The same server under busybox init and under systemd, each from power
+/// on to its boot marked good: what choosing systemd costs under TCG.
+#[test]
+fn boot_time_of_busybox_and_systemd_servers() {
+    let work = tempfile::tempdir().unwrap();
+    let mut times = Vec::new();
+    for image in ["server", "server-systemd"] {
+        let img = work.path().join(format!("{image}.raw"));
+        build(image, &img);
+        let started = Instant::now();
+        let mut m =
+            Machine::start(&vm(&img, &[]), &work.path().join(format!("{image}.log"))).unwrap();
+        m.wait_for("pak: boot complete", BOOT).unwrap();
+        let t = started.elapsed().as_secs_f64();
+        eprintln!("{image}: boot marked good {t:.1}s after QEMU started (TCG)");
+        times.push(t);
+        m.wait_for_shell(BOOT).unwrap();
+        power_off(&mut m);
+    }
+    eprintln!(
+        "boot to marked good under TCG: busybox {:.1}s, systemd {:.1}s",
+        times[0], times[1]
+    );
+}
