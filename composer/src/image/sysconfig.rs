@@ -82,6 +82,13 @@ pub fn render(pakfile: &Pakfile, accounts: &Table) -> Result<Vec<ConfigFile>> {
     for f in crate::image::ssh::render(pakfile) {
         add(f);
     }
+    if let Some(u) = &pakfile.update {
+        add(text(
+            crate::spec::update::CONFIG_FILE,
+            u.config_file(&pakfile.dir)?,
+            0o644,
+        ));
+    }
     if let Some(homes) = homes(pakfile, accounts) {
         add(text(HOMES_TMPFILES, homes, 0o644));
     }
@@ -127,6 +134,11 @@ pub fn embedded(pakfile: &Pakfile) -> Result<Vec<ConfigFile>> {
     // without them gets the same result here.
     e.merge_profiles()?;
     e.system.profiles.clear();
+    if let Some(u) = &mut e.update {
+        let public = crate::sources::key::PublicKey::from_pakfile_field(&u.key, &pakfile.dir)
+            .context("[update] key")?;
+        u.key = public.to_text();
+    }
     for r in &mut e.repository {
         // Where to fetch is the building host's business: a build from a
         // mirror or with a snapshot base is the same image.

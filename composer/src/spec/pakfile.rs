@@ -42,6 +42,10 @@ pub struct Pakfile {
         skip_serializing_if = "crate::spec::network::Network::is_empty"
     )]
     pub network: crate::spec::network::Network,
+    /// Where the machine takes its updates from, and when (see
+    /// `spec::update`): the image runs the updater as a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::spec::update::Update>,
     /// Where this Pakfile was read from; relative paths resolve against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -346,6 +350,17 @@ impl Pakfile {
         for (path, spec) in merged.files {
             self.files.entry(path).or_insert(spec);
         }
+        // [update] means a running updater, under either init.
+        if self.update.is_some() {
+            self.services
+                .entry(crate::spec::update::SERVICE.into())
+                .or_insert_with(|| Service {
+                    exec: Some(crate::spec::update::EXEC.into()),
+                    enable: false,
+                    health: None,
+                    user: None,
+                });
+        }
         Ok(())
     }
 
@@ -372,6 +387,9 @@ impl Pakfile {
 
     fn validate(&self) -> Result<()> {
         self.network.validate()?;
+        if let Some(u) = &self.update {
+            u.validate()?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for repo in &self.repository {
             if !seen.insert(&repo.name) {

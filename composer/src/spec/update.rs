@@ -18,6 +18,12 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+/// The service `[update]` adds to the Pakfile's `[services]`, and what it runs.
+pub const SERVICE: &str = "pak-update";
+pub const EXEC: &str = "/usr/bin/pak system update --watch";
+/// Where the image carries `[update]`; `pak system update` reads it.
+pub const CONFIG_FILE: &str = "/etc/pak/update.toml";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Update {

@@ -37,7 +37,7 @@ use crate::channel::{self, Channel, ChannelGeneration};
 use crate::sources::key::PublicKey;
 
 /// Where the image says its channel is.
-pub const CONFIG: &str = "/etc/pak/update.toml";
+pub const CONFIG: &str = crate::spec::update::CONFIG_FILE;
 /// The update state of the running system.
 pub const LIVE_STATE: &str = "/var/lib/pak/update/state.toml";
 /// The download cache of the running system.
