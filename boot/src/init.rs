@@ -366,29 +366,38 @@ fn digest(p: &Path) -> String {
     format!("{h:016x}")
 }
 
+/// Loads one kernel module from its file; one already loaded is fine.
+/// (The initramfs and a running system both load modules without kmod:
+/// the image's kmod finds modules by name only through binary indexes pak
+/// does not write.)
+pub fn load_module_file(path: &Path) -> std::io::Result<()> {
+    let f = fs::File::open(path)?;
+    let params = CString::default();
+    // SAFETY: finit_module reads the open descriptor and a valid C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            params.as_ptr(),
+            0,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 fn load_modules() -> Result<()> {
     let Ok(list) = fs::read_to_string(MODULE_LIST) else {
         return Ok(());
     };
     let mut n = 0;
     for path in list.lines().filter(|l| !l.is_empty()) {
-        let f = step(&format!("open module {path}"), fs::File::open(path))?;
-        let params = CString::default();
-        // SAFETY: finit_module reads the open descriptor and a valid C string.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_finit_module,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                params.as_ptr(),
-                0,
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(format!("load module {path}: {e}"));
-            }
-        }
+        load_module_file(Path::new(path)).map_err(|e| format!("load module {path}: {e}"))?;
         n += 1;
     }
     say(&format!("loaded {n} kernel modules"));

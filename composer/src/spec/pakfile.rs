@@ -296,6 +296,21 @@ fn valid_user_name(name: &str) -> bool {
         && name.len() <= 32
 }
 
+/// An OpenSSH public key as a `.pub` file holds it: one line, a known
+/// kind, a blob. (Seeds give keys too, under the same rule.)
+pub fn check_ssh_key(key: &str) -> Result<()> {
+    let mut parts = key.split_whitespace();
+    let (kind, blob) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    if !known || blob.len() < 16 || key.contains('\n') {
+        bail!(
+            "not an OpenSSH public key (`ssh-ed25519 AAAA... comment`, one line, as in a .pub file): {key:?}"
+        );
+    }
+    Ok(())
+}
+
 fn validate_user(name: &str, u: &User) -> Result<()> {
     if !valid_user_name(name) {
         bail!(
@@ -303,15 +318,7 @@ fn validate_user(name: &str, u: &User) -> Result<()> {
         );
     }
     for (i, key) in u.ssh_authorized_keys.iter().enumerate() {
-        let mut parts = key.split_whitespace();
-        let (kind, blob) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let known =
-            kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
-        if !known || blob.len() < 16 || key.contains('\n') {
-            bail!(
-                "[users.{name}] ssh-authorized-keys[{i}] is not an OpenSSH public key (`ssh-ed25519 AAAA... comment`, one line, as in a .pub file): {key:?}"
-            );
-        }
+        check_ssh_key(key).with_context(|| format!("[users.{name}] ssh-authorized-keys[{i}]"))?;
     }
     if let Some(h) = &u.password_hash
         && (!h.starts_with('$') || h.contains(':') || h.contains('\n'))

@@ -149,7 +149,8 @@ impl Seed {
                 bail!("[users.{name:?}]: not a user name (lower-case letters, digits, `_`, `-`)");
             }
             for (i, k) in u.ssh_authorized_keys.iter().enumerate() {
-                check_key(k).with_context(|| format!("[users.{name}] ssh-authorized-keys[{i}]"))?;
+                crate::spec::pakfile::check_ssh_key(k)
+                    .with_context(|| format!("[users.{name}] ssh-authorized-keys[{i}]"))?;
             }
         }
         if let Some(n) = &self.network {
@@ -198,20 +199,6 @@ fn valid_user_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
         && name.len() <= 32
-}
-
-/// The Pakfile's rule for a public key: one line, a known kind, a blob.
-fn check_key(key: &str) -> Result<()> {
-    let mut parts = key.split_whitespace();
-    let (kind, blob) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let known =
-        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
-    if !known || blob.len() < 16 || key.contains('\n') {
-        bail!(
-            "not an OpenSSH public key (`ssh-ed25519 AAAA... comment`, one line, as in a .pub file): {key:?}"
-        );
-    }
-    Ok(())
 }
 
 /// A seed may write under /etc, /var and /home, but not over what
@@ -445,7 +432,8 @@ pub fn from_credentials(
             .map(String::from)
             .collect();
         for (i, k) in keys.iter().enumerate() {
-            check_key(k).with_context(|| format!("{what}, line {}", i + 1))?;
+            crate::spec::pakfile::check_ssh_key(k)
+                .with_context(|| format!("{what}, line {}", i + 1))?;
         }
         seed.users.insert(
             user.to_string(),
@@ -597,24 +585,8 @@ fn load_module(name: &str) -> Result<()> {
     order.push(module);
     for m in order {
         let path = dir.join(m);
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let params = std::ffi::CString::default();
-        // SAFETY: finit_module reads the open descriptor and a valid C string.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_finit_module,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                params.as_ptr(),
-                0,
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(e).with_context(|| format!("cannot load {}", path.display()));
-            }
-        }
+        pak_boot::init::load_module_file(&path)
+            .with_context(|| format!("cannot load {}", path.display()))?;
     }
     Ok(())
 }
