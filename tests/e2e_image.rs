@@ -208,7 +208,6 @@ fn system_status_and_mark_good_offline_and_inside_the_guest() {
 /// `--forward HOST:GUEST` (here the test driver's config): nginx's page.
 #[test]
 fn the_server_is_reached_through_a_forwarded_port() {
-    use std::io::{Read, Write};
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server.raw");
     build("server", &img);
@@ -228,19 +227,7 @@ fn the_server_is_reached_through_a_forwarded_port() {
         resolv.contains("nameserver 10.0.2.3"),
         "DNS from the lease: {resolv}"
     );
-    let mut body = String::new();
-    for _ in 0..120 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            body.clear();
-            let _ = s.read_to_string(&mut body);
-            if body.contains("hello from a pak image") {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let body = common::fetch_until(port, "hello from a pak image");
     assert!(
         body.contains("hello from a pak image"),
         "no page through 127.0.0.1:{port}: {body:?}"

@@ -5,7 +5,7 @@
 //! Debian's `psql` through a forwarded port.
 
 mod common;
-use common::{BOOT, pak_e2e, vm, workspace};
+use common::{BOOT, free_port, pak_e2e, vm, workspace};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,15 +15,6 @@ use pak::vm::vmtest::Machine;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A port of the host's loopback nothing listens on.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `images/NAME/Pakfile` with `extra` appended, in `w/NAME/`.

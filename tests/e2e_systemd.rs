@@ -53,7 +53,6 @@ fn system_state(m: &mut Machine) -> String {
 /// reboot.
 #[test]
 fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() {
-    use std::io::{Read, Write};
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server-systemd.raw");
     build("server-systemd", &img);
@@ -102,19 +101,7 @@ fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() 
         ["active", "active"]
     );
 
-    let mut body = String::new();
-    for _ in 0..120 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            body.clear();
-            let _ = s.read_to_string(&mut body);
-            if body.contains("hello from a pak image run by systemd") {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let body = common::fetch_until(port, "hello from a pak image run by systemd");
     assert!(
         body.contains("hello from a pak image run by systemd"),
         "no page through 127.0.0.1:{port}: {body:?}"

@@ -16,7 +16,7 @@
 //! after the newest pak built from that Pakfile.
 
 mod common;
-use common::{BOOT, pak_e2e, vm, workspace};
+use common::{BOOT, free_port, pak_e2e, vm, workspace};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -28,14 +28,6 @@ const NET: Duration = Duration::from_secs(300);
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx serving `root` on 127.0.0.1:`port`, each connection limited to

@@ -691,3 +691,35 @@ impl Project {
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
     }
 }
+
+/// A port of the host's loopback nothing listens on (for `--forward`).
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GETs `/` from 127.0.0.1:`port` until the page contains `needle` (a
+/// guest's server coming up behind a forwarded port); the last body.
+#[allow(dead_code)]
+pub fn fetch_until(port: u16, needle: &str) -> String {
+    use std::io::{Read, Write};
+    let mut body = String::new();
+    for _ in 0..120 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            if body.contains(needle) {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    body
+}
