@@ -150,3 +150,88 @@ fn boot_time_of_busybox_and_systemd_servers() {
         times[0], times[1]
     );
 }
+
+/// One disk, both inits: a busybox generation switches to a systemd one,
+/// which boots to `running` and is marked good through
+/// boot-complete.target; a rollback brings the busybox generation back,
+/// and /var (which both share) is the same.
+#[test]
+fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let img = w.join("minimal.raw");
+    build("minimal", &img);
+    let dir = w.join("minimal-systemd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))
+        .unwrap()
+        .replace(
+            "profiles = [\"base\"]",
+            "init = \"systemd\"\nprofiles = [\"base\", \"systemd\"]",
+        );
+    assert!(text.contains("init = \"systemd\""));
+    let pakfile = dir.join("Pakfile");
+    std::fs::write(&pakfile, text).unwrap();
+    let gen2 = w.join("gen2.sqfs");
+    pak_e2e(&[
+        "--pakfile",
+        pakfile.to_str().unwrap(),
+        "build",
+        "--generation",
+        gen2.to_str().unwrap(),
+        "--after",
+        img.to_str().unwrap(),
+    ]);
+
+    let mut m = Machine::start(&vm(&img, &[&gen2]), &w.join("console.log")).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    assert!(
+        m.succeed("readlink /proc/1/exe")
+            .unwrap()
+            .contains("busybox")
+    );
+    m.succeed("echo kept > /var/both-inits").unwrap();
+    let out = m.succeed("pak system switch /dev/vdb").unwrap();
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+
+    m.reboot().unwrap();
+    assert!(
+        m.succeed("cat /proc/cmdline")
+            .unwrap()
+            .contains("pak.generation=2")
+    );
+    assert_eq!(system_state(&mut m), "running");
+    assert!(
+        m.succeed("readlink /proc/1/exe")
+            .unwrap()
+            .contains("systemd")
+    );
+    assert_eq!(m.succeed("cat /var/both-inits").unwrap().trim(), "kept");
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 2 from slot b (marked good)"),
+        "{status}"
+    );
+
+    m.succeed("pak system rollback").unwrap();
+    m.reboot().unwrap();
+    assert!(
+        m.succeed("cat /proc/cmdline")
+            .unwrap()
+            .contains("pak.generation=1")
+    );
+    assert!(
+        m.succeed("readlink /proc/1/exe")
+            .unwrap()
+            .contains("busybox")
+    );
+    assert_eq!(m.succeed("cat /var/both-inits").unwrap().trim(), "kept");
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("booted: generation 1 from slot a")
+            && status.contains("slot b: good, generation 2"),
+        "{status}"
+    );
+    power_off(&mut m);
+}
