@@ -235,3 +235,61 @@ fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
     );
     power_off(&mut m);
 }
+
+/// A systemd generation whose required service never gets healthy is not
+/// blessed: boot-complete.target is never reached, the watchdog /init
+/// armed for the boot on trial resets it, and with its one try used the
+/// machine falls back to the generation before by itself.
+#[test]
+fn a_systemd_generation_whose_service_fails_falls_back_by_itself() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let img = w.join("minimal.raw");
+    build("minimal", &img);
+    let dir = w.join("broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))
+        .unwrap()
+        .replace(
+            "profiles = [\"base\"]",
+            "init = \"systemd\"\nprofiles = [\"base\", \"systemd\"]",
+        )
+        .replace("tries = 3", "tries = 1")
+        .replace("panic=10\"", "panic=10 pak.watchdog=30\"");
+    assert!(text.contains("tries = 1") && text.contains("pak.watchdog=30"));
+    let pakfile = dir.join("Pakfile");
+    std::fs::write(
+        &pakfile,
+        format!("{text}\n[services.app]\nexec = \"sleep 86400\"\nhealth = \"false\"\n"),
+    )
+    .unwrap();
+    let gen2 = w.join("gen2.sqfs");
+    pak_e2e(&[
+        "--pakfile",
+        pakfile.to_str().unwrap(),
+        "build",
+        "--generation",
+        gen2.to_str().unwrap(),
+        "--after",
+        img.to_str().unwrap(),
+    ]);
+
+    let mut m = Machine::start(&vm(&img, &[&gen2]), &w.join("console.log")).unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    m.succeed("pak system switch /dev/vdb").unwrap();
+    m.send("sync; reboot\n").unwrap();
+    m.wait_for("pak-init: starting generation 2 from slot b", BOOT)
+        .unwrap();
+    // Not marked good; the watchdog resets the boot on trial.
+    m.wait_for("pak-init: starting generation 1 from slot a", BOOT * 2)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("rolled back: generation 2 (slot b)")
+            && status.contains("booted: generation 1 from slot a"),
+        "{status}"
+    );
+    power_off(&mut m);
+}
