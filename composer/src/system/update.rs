@@ -297,7 +297,7 @@ impl<D: Device> PakDisk<D> {
             } else {
                 if let (Some(n), Some(false)) = (booted, status.booted_good) {
                     bail!(
-                        "generation {n}, which runs now, is not marked good yet, and the other slot holds the only generation to fall back to; not updating to generation {} until it is (`pak system mark-good`, or the image's health checks)",
+                        "generation {n}, which runs now, is not marked good yet: an update writes the other slot, the one this boot on trial falls back to; not updating to generation {} until it is (`pak system mark-good`, or the image's health checks)",
                         g.number
                     );
                 }
