@@ -2,26 +2,13 @@
 //! boot them under QEMU with OVMF (UEFI), as a user would.
 
 mod common;
-use common::{BOOT, e2e_store, pak, pak_e2e, vm, workspace};
+use common::{BOOT, e2e_store, pak, pak_e2e, vm};
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use pak::vm::vmtest::Machine;
-
-fn build(image: &str, out: &Path) {
-    let pakfile_dir = out.parent().unwrap().join(image);
-    std::fs::create_dir_all(&pakfile_dir).unwrap();
-    std::fs::copy(
-        workspace().join("images").join(image).join("Pakfile"),
-        pakfile_dir.join("Pakfile"),
-    )
-    .unwrap();
-    let pakfile = pakfile_dir.join("Pakfile");
-    let out = out.to_str().unwrap();
-    pak_e2e(&["--pakfile", pakfile.to_str().unwrap(), "build", "-o", out]);
-}
 
 fn esp_entries(image: &Path) -> String {
     let out = Command::new("mdir")
@@ -37,7 +24,7 @@ fn esp_entries(image: &Path) -> String {
 fn minimal_boots_from_slot_a_with_a_read_only_root_and_persistent_var() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("minimal.raw");
-    build("minimal", &img);
+    common::build_shipped("minimal", &img);
     assert!(
         esp_entries(&img).contains("pak-a-1+3.conf"),
         "a fresh image has an entry with three tries"
@@ -97,7 +84,7 @@ fn minimal_boots_from_slot_a_with_a_read_only_root_and_persistent_var() {
 fn server_serves_http_from_its_files_configuration() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server.raw");
-    build("server", &img);
+    common::build_shipped("server", &img);
     let mut m = Machine::start(&vm(&img, &[]), &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
         .unwrap();
@@ -124,7 +111,7 @@ fn server_serves_http_from_its_files_configuration() {
 fn builds_are_reproducible() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("minimal.raw");
-    build("minimal", &img);
+    common::build_shipped("minimal", &img);
     let out = pak(["--pakfile"])
         .arg(work.path().join("minimal/Pakfile"))
         .args(["build", "--check", "-o"])
@@ -157,7 +144,7 @@ fn missing_qemu_names_the_packages_to_install() {
 fn system_status_and_mark_good_offline_and_inside_the_guest() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("minimal.raw");
-    build("minimal", &img);
+    common::build_shipped("minimal", &img);
     let disk = img.to_str().unwrap();
     let status = pak_e2e(&["system", "status", "--disk", disk]);
     assert!(
@@ -210,7 +197,7 @@ fn system_status_and_mark_good_offline_and_inside_the_guest() {
 fn the_server_is_reached_through_a_forwarded_port() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server.raw");
-    build("server", &img);
+    common::build_shipped("server", &img);
     // A free port of this machine's loopback for the host side.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

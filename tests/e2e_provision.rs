@@ -4,7 +4,7 @@
 //! must not stop the boot.
 
 mod common;
-use common::{BOOT, pak, pak_e2e, vm, wait_for_address, workspace};
+use common::{BOOT, pak, vm, wait_for_address};
 
 use std::path::Path;
 
@@ -13,24 +13,6 @@ use pak::vm::vmtest::Machine;
 
 const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlphaAlphaAlpha alpha@example";
 const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBetaBetaBetaBeta beta@example";
-
-fn build_minimal(out: &Path) {
-    let dir = out.parent().unwrap().join("minimal");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        workspace().join("images/minimal/Pakfile"),
-        dir.join("Pakfile"),
-    )
-    .unwrap();
-    let pakfile = dir.join("Pakfile");
-    pak_e2e(&[
-        "--pakfile",
-        pakfile.to_str().unwrap(),
-        "build",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-}
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::create_dir_all(dir).unwrap();
@@ -50,7 +32,7 @@ fn boot(cfg: &pak::vm::qemu::VmConfig, name: &str) -> Machine {
 fn one_image_many_machines_each_provisioned_at_first_boot() {
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("minimal.raw");
-    build_minimal(&image);
+    common::build_shipped("minimal", &image);
     let copy = |name: &str| {
         let p = work.path().join(format!("{name}.raw"));
         std::fs::copy(&image, &p).unwrap();

@@ -6,28 +6,9 @@
 mod common;
 use common::{BOOT, pak_e2e, vm, workspace};
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pak::vm::vmtest::Machine;
-
-fn build(image: &str, out: &Path) {
-    let pakfile_dir = out.parent().unwrap().join(image);
-    std::fs::create_dir_all(&pakfile_dir).unwrap();
-    std::fs::copy(
-        workspace().join("images").join(image).join("Pakfile"),
-        pakfile_dir.join("Pakfile"),
-    )
-    .unwrap();
-    let pakfile = pakfile_dir.join("Pakfile");
-    pak_e2e(&[
-        "--pakfile",
-        pakfile.to_str().unwrap(),
-        "build",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-}
 
 /// Powers the guest off and waits for QEMU to exit.
 fn power_off(m: &mut Machine) {
@@ -55,7 +36,7 @@ fn system_state(m: &mut Machine) -> String {
 fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() {
     let work = tempfile::tempdir().unwrap();
     let img = work.path().join("server-systemd.raw");
-    build("server-systemd", &img);
+    common::build_shipped("server-systemd", &img);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -134,7 +115,7 @@ fn boot_time_of_busybox_and_systemd_servers() {
     let mut times = Vec::new();
     for image in ["server", "server-systemd"] {
         let img = work.path().join(format!("{image}.raw"));
-        build(image, &img);
+        common::build_shipped(image, &img);
         let started = Instant::now();
         let mut m =
             Machine::start(&vm(&img, &[]), &work.path().join(format!("{image}.log"))).unwrap();
@@ -160,7 +141,7 @@ fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let img = w.join("minimal.raw");
-    build("minimal", &img);
+    common::build_shipped("minimal", &img);
     let dir = w.join("minimal-systemd");
     std::fs::create_dir_all(&dir).unwrap();
     let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))
@@ -245,7 +226,7 @@ fn a_systemd_generation_whose_service_fails_falls_back_by_itself() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let img = w.join("minimal.raw");
-    build("minimal", &img);
+    common::build_shipped("minimal", &img);
     let dir = w.join("broken");
     std::fs::create_dir_all(&dir).unwrap();
     let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))

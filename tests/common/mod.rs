@@ -723,3 +723,24 @@ pub fn fetch_until(port: u16, needle: &str) -> String {
     }
     body
 }
+
+/// Builds the shipped `images/IMAGE` as a disk image `out`, from a copy of
+/// its Pakfile beside `out` (images carry no lock: this one locks afresh).
+#[allow(dead_code)]
+pub fn build_shipped(image: &str, out: &Path) {
+    let dir = out.parent().unwrap().join(image);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pakfile = dir.join("Pakfile");
+    std::fs::copy(
+        workspace().join("images").join(image).join("Pakfile"),
+        &pakfile,
+    )
+    .unwrap();
+    pak_e2e(&[
+        "--pakfile",
+        pakfile.to_str().unwrap(),
+        "build",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+}
