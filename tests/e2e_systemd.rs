@@ -6,6 +6,7 @@
 mod common;
 use common::{BOOT, pak_e2e, vm, workspace};
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pak::vm::vmtest::Machine;
@@ -132,17 +133,17 @@ fn boot_time_of_busybox_and_systemd_servers() {
     );
 }
 
-/// One disk, both inits: a busybox generation switches to a systemd one,
-/// which boots to `running` and is marked good through
-/// boot-complete.target; a rollback brings the busybox generation back,
-/// and /var (which both share) is the same.
-#[test]
-fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
+/// A minimal busybox disk `w/minimal.raw` (generation 1), and beside it a
+/// systemd generation 2 of the same system, numbered after the disk's:
+/// `images/minimal` with `init = "systemd"`, `tweak`ed, plus `extra`.
+fn busybox_disk_and_systemd_generation(
+    w: &Path,
+    tweak: impl Fn(String) -> String,
+    extra: &str,
+) -> (PathBuf, PathBuf) {
     let img = w.join("minimal.raw");
     common::build_shipped("minimal", &img);
-    let dir = w.join("minimal-systemd");
+    let dir = w.join("systemd");
     std::fs::create_dir_all(&dir).unwrap();
     let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))
         .unwrap()
@@ -152,7 +153,7 @@ fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
         );
     assert!(text.contains("init = \"systemd\""));
     let pakfile = dir.join("Pakfile");
-    std::fs::write(&pakfile, text).unwrap();
+    std::fs::write(&pakfile, format!("{}\n{extra}", tweak(text))).unwrap();
     let gen2 = w.join("gen2.sqfs");
     pak_e2e(&[
         "--pakfile",
@@ -163,6 +164,18 @@ fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
         "--after",
         img.to_str().unwrap(),
     ]);
+    (img, gen2)
+}
+
+/// One disk, both inits: a busybox generation switches to a systemd one,
+/// which boots to `running` and is marked good through
+/// boot-complete.target; a rollback brings the busybox generation back,
+/// and /var (which both share) is the same.
+#[test]
+fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (img, gen2) = busybox_disk_and_systemd_generation(w, |t| t, "");
 
     let mut m = Machine::start(&vm(&img, &[&gen2]), &w.join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
@@ -225,35 +238,18 @@ fn a_busybox_generation_switches_to_systemd_and_rolls_back() {
 fn a_systemd_generation_whose_service_fails_falls_back_by_itself() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let img = w.join("minimal.raw");
-    common::build_shipped("minimal", &img);
-    let dir = w.join("broken");
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = std::fs::read_to_string(workspace().join("images/minimal/Pakfile"))
-        .unwrap()
-        .replace(
-            "profiles = [\"base\"]",
-            "init = \"systemd\"\nprofiles = [\"base\", \"systemd\"]",
-        )
-        .replace("tries = 3", "tries = 1")
-        .replace("panic=10\"", "panic=10 pak.watchdog=30\"");
-    assert!(text.contains("tries = 1") && text.contains("pak.watchdog=30"));
-    let pakfile = dir.join("Pakfile");
-    std::fs::write(
-        &pakfile,
-        format!("{text}\n[services.app]\nexec = \"sleep 86400\"\nhealth = \"false\"\n"),
-    )
-    .unwrap();
-    let gen2 = w.join("gen2.sqfs");
-    pak_e2e(&[
-        "--pakfile",
-        pakfile.to_str().unwrap(),
-        "build",
-        "--generation",
-        gen2.to_str().unwrap(),
-        "--after",
-        img.to_str().unwrap(),
-    ]);
+    let tweak = |t: String| {
+        let t = t
+            .replace("tries = 3", "tries = 1")
+            .replace("panic=10\"", "panic=10 pak.watchdog=30\"");
+        assert!(t.contains("tries = 1") && t.contains("pak.watchdog=30"));
+        t
+    };
+    let (img, gen2) = busybox_disk_and_systemd_generation(
+        w,
+        tweak,
+        "[services.app]\nexec = \"sleep 86400\"\nhealth = \"false\"\n",
+    );
 
     let mut m = Machine::start(&vm(&img, &[&gen2]), &w.join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
