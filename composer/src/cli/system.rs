@@ -104,14 +104,7 @@ pub fn run(g: &Global, cmd: SystemCommand) -> Result<()> {
             if std::env::var_os(CUT_AFTER_OPS).is_some() {
                 eprintln!("pak: device operations: {}", d.device().ops);
             }
-            println!(
-                "generation {} written to slot {} ({} MiB, sha256 {}); it boots next, with {}",
-                done.generation,
-                done.slot,
-                done.image_size.div_ceil(1 << 20),
-                &done.image_sha256[..16],
-                done.entry
-            );
+            println!("{}", switched(&done));
             if reboot {
                 reboot_now()?;
             } else if disk.is_none() {
@@ -310,14 +303,7 @@ fn update_once(
                     "generation {generation} is already written and boots next; reboot to use it"
                 )
             }
-            Action::Switched(done) => println!(
-                "generation {} written to slot {} ({} MiB, sha256 {}); it boots next, with {}",
-                done.generation,
-                done.slot,
-                done.image_size.div_ceil(1 << 20),
-                &done.image_sha256[..16],
-                done.entry
-            ),
+            Action::Switched(done) => println!("{}", switched(done)),
         }
     }
     Ok(matches!(
@@ -337,6 +323,18 @@ fn update_paths(g: &Global, disk: Option<&Path>) -> (StateAt, PathBuf) {
             PathBuf::from(LIVE_CACHE),
         ),
     }
+}
+
+/// What `switch` and `update` say once a generation is written.
+fn switched(done: &crate::system::Switched) -> String {
+    format!(
+        "generation {} written to slot {} ({} MiB, sha256 {}); it boots next, with {}",
+        done.generation,
+        done.slot,
+        done.image_size.div_ceil(1 << 20),
+        &done.image_sha256[..16],
+        done.entry
+    )
 }
 
 fn join(v: &[u64]) -> String {
