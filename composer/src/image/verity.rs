@@ -396,14 +396,18 @@ pub fn of_file<R: Read + Seek>(r: &mut R) -> Result<Verity> {
     Ok(Trailer::decode(&b, data_blocks)?.verity())
 }
 
-/// The root hash of the generation file at `path` (hex), as its loader
+/// The dm-verity root of the generation file at `path`, as its loader
 /// entry will carry it.
-pub fn root_hash_of(path: &Path) -> Result<String> {
+pub fn root_of(path: &Path) -> Result<Verity> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(of_file(&mut f)
-        .with_context(|| format!("{} has no readable dm-verity root", path.display()))?
-        .root_hash)
+    of_file(&mut f).with_context(|| format!("{} has no readable dm-verity root", path.display()))
+}
+
+/// The root hash (hex) of the generation file at `path`: what channel
+/// metadata publishes beside the file's sha256.
+pub fn root_hash_of(path: &Path) -> Result<String> {
+    Ok(root_of(path)?.root_hash)
 }
 
 #[cfg(test)]
