@@ -296,3 +296,55 @@ fn verify_names_a_changed_block_in_a_slot() {
         "{err}"
     );
 }
+
+/// A project of stand-in packages (no Debian, no network) whose kernel is
+/// `kernel`, with `image` as its [image] table.
+fn project(kernel: &common::Package, image: &str) -> common::Project {
+    let p = common::Project::new();
+    p.add(kernel);
+    p.add(&common::Package::boot_loader("boot-loader"));
+    p.index();
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\n",
+        &format!("\n[image]\n{image}"),
+    );
+    p
+}
+
+#[test]
+fn a_kernel_without_dm_verity_is_a_build_error_naming_it() {
+    let modules = "usr/lib/modules/1.0-test";
+    let kernel = common::Package::new("kernel", "1.0-1")
+        .arch("x86_64")
+        .file("boot/vmlinuz-1.0-test", "a stand-in kernel")
+        .file(
+            &format!("{modules}/kernel/drivers/misc/dummy.ko"),
+            common::fake_module(),
+        )
+        .file(
+            &format!("{modules}/modules.builtin"),
+            "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
+        );
+    let p = project(&kernel, "size = \"512MiB\"\n");
+    let err = p.fails(&["build", "-o", "disk.raw"]);
+    assert!(
+        err.contains("kernel package kernel 1.0-1")
+            && err.contains("kernel 1.0-test has no dm-verity module")
+            && err.contains("CONFIG_DM_VERITY"),
+        "{err}"
+    );
+    assert!(!p.path("disk.raw").exists());
+}
+
+#[test]
+fn a_generation_too_large_for_its_slot_with_its_tree_names_the_sizes() {
+    let p = project(&common::Package::kernel("kernel"), "slot_size = \"1MiB\"\n");
+    let err = p.fails(&["build", "-o", "disk.raw"]);
+    assert!(
+        err.contains("dm-verity hash tree")
+            && err.contains("a slot holds 1 MiB")
+            && err.contains("raise [image] slot_size"),
+        "{err}"
+    );
+    assert!(!p.path("disk.raw").exists());
+}
