@@ -188,6 +188,13 @@ fn fill(out: &mut Vec<(u64, u64)>, mut from: u64, to: u64) {
     }
 }
 
+/// The squashfs blocks of the generation at `base` (superblock, data,
+/// fragment and metadata blocks, the other tables as one): what
+/// [`cut`] cuts at, `None` when it is not pak's squashfs.
+pub fn squashfs_blocks<R: Read + Seek>(r: &mut R, base: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+    squashfs_seams(r, base, len).ok()
+}
+
 const MAGIC_SQUASHFS: u32 = 0x7371_7368;
 const ZSTD_ID: u16 = 6;
 const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
