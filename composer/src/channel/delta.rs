@@ -104,8 +104,6 @@ pub fn assemble<D: Read + Seek>(
             }
         }
     }
-    file.set_len(index.size)
-        .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
 
     let mut wanted: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
     for (i, c) in index.chunks.iter().enumerate() {
@@ -130,6 +128,10 @@ pub fn assemble<D: Read + Seek>(
     if !ranges.is_empty() {
         fetch_all(url, &index.chunks, ranges, &file, out, &mut done)?;
     }
+    // Grown only by the chunks written, so the file's length says how far
+    // an interrupted run got; complete, it is the generation's.
+    file.set_len(index.size)
+        .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
     file.sync_all()
         .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
     Ok(done)
@@ -365,7 +367,11 @@ fn get_range(url: &str, from: u64, to: u64) -> Result<Vec<u8>> {
     let resp = ureq::get(url)
         .header("Range", format!("bytes={from}-{}", to - 1))
         .call()
-        .map_err(|e| anyhow::anyhow!("cannot fetch bytes {from}..{to} of {url}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot fetch bytes {from}..{to} of {url}: {e}; run again to resume (the chunks already fetched are kept)"
+            )
+        })?;
     if resp.status().as_u16() != 206 {
         bail!(
             "{url} answered HTTP {} to a Range request: the server must serve byte ranges (any static web server does)",
@@ -377,7 +383,11 @@ fn get_range(url: &str, from: u64, to: u64) -> Result<Vec<u8>> {
         .into_reader()
         .take(want as u64 + 1)
         .read_to_end(&mut buf)
-        .with_context(|| format!("the download of bytes {from}..{to} of {url} was interrupted"))?;
+        .with_context(|| {
+            format!(
+                "the download of bytes {from}..{to} of {url} was interrupted; run again to resume (the chunks already fetched are kept)"
+            )
+        })?;
     Ok(buf)
 }
 
