@@ -330,7 +330,7 @@ fn fetch_run(
     }
     let c = todo_first(run, file);
     res.error = Some(anyhow::anyhow!(
-        "{url}: the chunk at bytes {}..{} does not match the signed chunk index after {ATTEMPTS} attempts (corrupt or short on the server); nothing was written to the disk's slots, the chunks already checked are kept for the next run",
+        "{url}: the chunk at bytes {}..{} does not match the signed chunk index after {ATTEMPTS} attempts (corrupt or short on the server); nothing was written to the disk's slots; run again to resume once the server is fixed (the chunks already checked are kept)",
         c.offset,
         c.end()
     ));
@@ -480,5 +480,20 @@ mod tests {
         .unwrap();
         assert_eq!(a.from_cache, 65_536);
         assert_eq!(std::fs::read(&out).unwrap(), new);
+
+        // A short file: what it has is kept, the rest named and refused.
+        let out = d.path().join("short");
+        std::fs::write(&served, &new[..70_000]).unwrap();
+        let e = assemble(
+            &mut std::io::Cursor::new(Vec::new()),
+            &[],
+            &index,
+            served.to_str().unwrap(),
+            &out,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("bytes 65536..100000"), "{e:#}");
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 65_536);
     }
 }

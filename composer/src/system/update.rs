@@ -511,7 +511,12 @@ impl<D: Device> PakDisk<D> {
                 .ok()
                 .map(|m| PendingUpdate::Download {
                     generation: *generation,
-                    bytes: m.len(),
+                    // What is there: a delta update writes chunks where
+                    // they belong, leaving holes for those still missing.
+                    bytes: {
+                        use std::os::unix::fs::MetadataExt;
+                        m.len().min(m.blocks() * 512)
+                    },
                     size: *size,
                 }),
             _ => None,
