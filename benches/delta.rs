@@ -15,6 +15,11 @@
 //! - casync 64K / 128K: Debian's casync with its default and 128 KiB
 //!   average chunks, the bytes of chunks (as stored, compressed) missing
 //!   from the old generation's store, plus the new index.
+//!
+//! Arguments pick pairs by name (`cargo bench --bench delta -- hello`).
+//! `PAK_BENCH_BUILDER=/path/to/pak` builds the generations with another
+//! pak (an older writer, to compare layouts); the rest is measured by
+//! this one.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -111,7 +116,10 @@ fn build(v: &Variant, dir: &Path, number: u64) -> PathBuf {
     let _ = std::fs::remove_file(dir.join("Pakfile.lock"));
     let out = dir.join("gen.sqfs");
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-root");
-    let st = Command::new(env!("CARGO_BIN_EXE_pak"))
+    let pak = std::env::var_os("PAK_BENCH_BUILDER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pak")));
+    let st = Command::new(pak)
         .arg("--root")
         .arg(&root)
         .arg("--pakfile")
@@ -269,7 +277,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("delta-bench");
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join(
+        if std::env::var_os("PAK_BENCH_BUILDER").is_some() {
+            "delta-bench-builder"
+        } else {
+            "delta-bench"
+        },
+    );
     std::fs::create_dir_all(&scratch).unwrap();
     let mut rows = Vec::new();
     for (i, p) in pairs().into_iter().enumerate() {

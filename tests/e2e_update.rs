@@ -236,7 +236,14 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
     let sent: u64 = log
         .lines()
         .filter(|l| l.contains("-2.sqfs ") || l.contains("-2.chunks "))
-        .filter_map(|l| l.split("\" ").nth(1)?.split(' ').nth(1)?.parse().ok())
+        .filter_map(|l| {
+            l.split("\" ")
+                .nth(1)?
+                .split(' ')
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     assert!(
         sent > 0 && sent * 4 < size,
