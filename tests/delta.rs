@@ -312,6 +312,20 @@ fn an_update_fetches_what_the_plan_predicted() {
     f.publish(&g2);
     let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel);
 
+    // An index the signed metadata does not name is refused first.
+    let index = f.channel.join("test-2.chunks");
+    let good = std::fs::read(&index).unwrap();
+    let mut bad = good.clone();
+    bad[30] ^= 1;
+    std::fs::write(&index, &bad).unwrap();
+    let err = f.update(&img, &nginx.url()).fails();
+    assert!(
+        err.contains("is not the one the signed channel metadata names"),
+        "{err}"
+    );
+    std::fs::write(&index, &good).unwrap();
+    nginx.take();
+
     let r = json(&f.update(&img, &nginx.url()).ok());
     assert_eq!(r["action"]["kind"], "switched", "{r}");
     let (sent, log) = nginx.take();
