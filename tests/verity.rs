@@ -243,6 +243,11 @@ fn switch_refuses_a_changed_tree_or_data_block_and_writes_nothing() {
         assert!(err.contains(says), "{what}: {err}");
         assert_eq!(sha256_of(&img), before, "{what}: the disk was written");
     }
+    // Cut inside its tree: incomplete, not old.
+    std::fs::write(&g2.path, &pristine[..pristine.len() - 5000]).unwrap();
+    let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
+    assert!(err.contains("inside its dm-verity hash tree"), "{err}");
+    assert_eq!(sha256_of(&img), before);
     // A file from a pak before verity roots: the squashfs and seal alone.
     std::fs::write(&g2.path, &pristine[..(v.data_blocks * BLOCK) as usize]).unwrap();
     let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
