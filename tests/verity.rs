@@ -243,6 +243,11 @@ fn switch_refuses_a_changed_tree_or_data_block_and_writes_nothing() {
         assert!(err.contains(says), "{what}: {err}");
         assert_eq!(sha256_of(&img), before, "{what}: the disk was written");
     }
+    // Cut inside its tree: incomplete, not old.
+    std::fs::write(&g2.path, &pristine[..pristine.len() - 5000]).unwrap();
+    let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
+    assert!(err.contains("inside its dm-verity hash tree"), "{err}");
+    assert_eq!(sha256_of(&img), before);
     // A file from a pak before verity roots: the squashfs and seal alone.
     std::fs::write(&g2.path, &pristine[..(v.data_blocks * BLOCK) as usize]).unwrap();
     let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
@@ -271,6 +276,13 @@ fn verify_names_a_changed_block_in_a_slot() {
     let out = common::pak(["system", "verify", "--disk", &s(&img)]).ok();
     assert!(out.contains("ok   pak-b-2+3.conf"), "{out}");
     assert!(out.contains("ok   pak-a-1.conf"), "{out}");
+
+    // A rollback writes slot a's entry again, from its description: with
+    // its root, or verify would refuse an entry that mounts the slot
+    // unchecked.
+    common::pak(["system", "rollback", "--disk", &s(&img)]).ok();
+    let out = common::pak(["system", "verify", "--disk", &s(&img)]).ok();
+    assert!(out.starts_with("ok   pak-a-1.conf"), "{out}");
 
     let slot_b = layout().partitions("test")[2].offset();
     flip(&img, slot_b + 77 * BLOCK + 1000);
