@@ -208,6 +208,7 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
         text(PRESET_PAK, PRESET_PAK_TEXT.to_string(), 0o644),
         text(PRESET_DEFAULT, PRESET_DEFAULT_TEXT.to_string(), 0o644),
         text(ETC_AFTER_VAR, ETC_AFTER_VAR_TEXT.to_string(), 0o644),
+        text(SYSUSERS_EVERY_BOOT, SYSUSERS_EVERY_BOOT_TEXT.to_string(), 0o644),
     ] {
         out.insert(f.path.trim_start_matches('/').to_string(), f);
     }
@@ -515,6 +516,20 @@ const ETC_AFTER_VAR_TEXT: &str = r#"# Written by pak: /etc is an overlay whose u
 # /etc is unmounted first at shutdown, and /var after it.
 [Unit]
 RequiresMountsFor=/var
+"#;
+
+/// systemd-sysusers runs only when /usr is newer than /etc/.updated; a
+/// generation's /usr carries the same reproducible time stamp as the one
+/// before, so the accounts a new generation brings would never reach a
+/// machine whose /etc keeps a passwd of its own. It runs at every boot
+/// instead (adding nothing when nothing is missing). An empty condition
+/// resets the unit's conditions.
+pub const SYSUSERS_EVERY_BOOT: &str = "/etc/systemd/system/systemd-sysusers.service.d/pak.conf";
+const SYSUSERS_EVERY_BOOT_TEXT: &str = r#"# Written by pak: at every boot, since a new generation's /usr is not newer
+# than the last one's (reproducible time stamps), and its accounts must
+# still reach a /etc/passwd this machine keeps.
+[Unit]
+ConditionNeedsUpdate=
 "#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1257,6 +1272,7 @@ mod tests {
         // /etc is unmounted before /var, on which its changes live.
         let files = render(&systemd_pakfile(""), &t).unwrap();
         assert!(body(&files, ETC_AFTER_VAR).contains("\nRequiresMountsFor=/var\n"));
+        assert!(body(&files, SYSUSERS_EVERY_BOOT).ends_with("\n[Unit]\nConditionNeedsUpdate=\n"));
     }
 
     #[test]

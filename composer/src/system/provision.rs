@@ -25,7 +25,8 @@
 //! Under systemd, PID 1 reads the credentials itself (SMBIOS, and fw_cfg
 //! when its driver was loaded before systemd started) into
 //! `/run/credentials/@system`, and provisioning takes them from there (or
-//! from `$CREDENTIALS_DIRECTORY`, when a unit imports them); a seed's
+//! from `$CREDENTIALS_DIRECTORY`, when a unit imports them), reading only
+//! fw_cfg itself too (see [`find_sources`]); a seed's
 //! `[network]` becomes systemd-networkd files in `/etc/systemd/network`,
 //! written before networkd starts, instead of busybox's network script.
 //!
@@ -677,25 +678,19 @@ fn systemd_credentials() -> Result<BTreeMap<String, Vec<u8>>> {
 /// Under systemd the credentials are systemd's: PID 1 reads SMBIOS and
 /// fw_cfg itself, and a machine definition that gives a systemd image a
 /// credential means what systemd makes of it. PID 1 reads fw_cfg only
-/// when its driver was loaded before it started, though (it is a module
-/// that nothing loads that early); when it was not, nothing of fw_cfg is
-/// among systemd's credentials, and pak reads it as under busybox.
+/// when its driver was loaded before it started, though (a module nothing
+/// loads that early), so pak reads fw_cfg as well, first: what systemd
+/// has wins, as SMBIOS wins over fw_cfg under busybox.
 pub fn find_sources() -> Result<Vec<Source>> {
     let mut out = seed_volumes()?;
+    if let Some(s) = from_credentials("fw_cfg credentials", &fw_cfg_credentials()?)? {
+        out.push(s);
+    }
     if systemd_runs(Path::new("/")) {
-        let fw_cfg_unseen = !Path::new(FW_CFG).exists();
         if let Some(s) = from_credentials("systemd credentials", &systemd_credentials()?)? {
             out.push(s);
         }
-        if fw_cfg_unseen
-            && let Some(s) = from_credentials("fw_cfg credentials", &fw_cfg_credentials()?)?
-        {
-            out.push(s);
-        }
         return Ok(out);
-    }
-    if let Some(s) = from_credentials("fw_cfg credentials", &fw_cfg_credentials()?)? {
-        out.push(s);
     }
     if let Some(s) = from_credentials("SMBIOS credentials", &smbios_credentials_here()?)? {
         out.push(s);
