@@ -30,8 +30,10 @@
 //!   every unit a package ships). The Pakfile's `[services]` are enabled
 //!   whatever a preset says; a preset file in [files] named before
 //!   Debian's (`10-local.preset`) turns off what Debian's enables.
-//! - `etc.mount` gets `RequiresMountsFor=/var`: /etc is an overlay on
-//!   /var, so at shutdown it must be unmounted before /var is.
+//! - `var.mount` loses its default dependencies, so /var (which holds the
+//!   /etc overlay's changes and the journal) is unmounted by
+//!   systemd-shutdown's last pass, not by a stop that fails while /etc and
+//!   journald still use it.
 //!
 //! Packages' `tmpfiles.d` are applied by systemd-tmpfiles at every boot,
 //! and the Pakfile's home directories with them
@@ -207,7 +209,7 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
         text("/etc/fstab", FSTAB.to_string(), 0o644),
         text(PRESET_PAK, PRESET_PAK_TEXT.to_string(), 0o644),
         text(PRESET_DEFAULT, PRESET_DEFAULT_TEXT.to_string(), 0o644),
-        text(ETC_AFTER_VAR, ETC_AFTER_VAR_TEXT.to_string(), 0o644),
+        text(VAR_TO_THE_END, VAR_TO_THE_END_TEXT.to_string(), 0o644),
         text(SYSUSERS_EVERY_BOOT, SYSUSERS_EVERY_BOOT_TEXT.to_string(), 0o644),
     ] {
         out.insert(f.path.trim_start_matches('/').to_string(), f);
@@ -508,14 +510,19 @@ const PRESET_DIRS: [&str; 2] = [
     "usr/lib/systemd/system-preset/",
 ];
 
-/// /etc is an overlay whose changes live on /var (pak's /init mounts it),
-/// so /var can only be unmounted after /etc: said to systemd, which stops
-/// the mounts it found in the order their dependencies give.
-pub const ETC_AFTER_VAR: &str = "/etc/systemd/system/etc.mount.d/pak.conf";
-const ETC_AFTER_VAR_TEXT: &str = r#"# Written by pak: /etc is an overlay whose upper directory is on /var, so
-# /etc is unmounted first at shutdown, and /var after it.
+/// /var holds /etc's changes (the upper directory of the /etc overlay,
+/// which systemd never unmounts: /etc is among the mounts it leaves to
+/// the end) and the persistent journal, so systemd's own stop of var.mount
+/// fails at every shutdown ("Failed unmounting /var"). Without its default
+/// dependencies it is not stopped with umount.target: it stays until
+/// systemd-shutdown's last pass, which unmounts it (or remounts it
+/// read-only) once every process has ended, as it does /etc and /.
+pub const VAR_TO_THE_END: &str = "/etc/systemd/system/var.mount.d/pak.conf";
+const VAR_TO_THE_END_TEXT: &str = r#"# Written by pak: /var holds the changes of /etc (an overlay systemd leaves
+# mounted to the end) and the journal; it is unmounted by systemd-shutdown's
+# last pass, after every process has ended, not with umount.target.
 [Unit]
-RequiresMountsFor=/var
+DefaultDependencies=no
 "#;
 
 /// systemd-sysusers runs only when /usr is newer than /etc/.updated; a
@@ -1269,9 +1276,9 @@ mod tests {
         assert!(!wants("multi-user", "pg@15-main.service"));
         assert!(!wants("multi-user", "nginx.service"));
 
-        // /etc is unmounted before /var, on which its changes live.
+        // /var stays to systemd-shutdown's last pass.
         let files = render(&systemd_pakfile(""), &t).unwrap();
-        assert!(body(&files, ETC_AFTER_VAR).contains("\nRequiresMountsFor=/var\n"));
+        assert!(body(&files, VAR_TO_THE_END).ends_with("\n[Unit]\nDefaultDependencies=no\n"));
         assert!(body(&files, SYSUSERS_EVERY_BOOT).ends_with("\n[Unit]\nConditionNeedsUpdate=\n"));
     }
 
