@@ -1,8 +1,7 @@
 //! End to end under QEMU: a fleet of two machines and one channel, served
 //! by Debian's nginx on the host (`10.0.2.2` from QEMU's user network)
-//! from a copy the publisher keeps in sync with `rsync -a --delete`, as it
-//! would sync a web server's directory or an S3 bucket: serving needs
-//! nothing of pak.
+//! from a copy the publisher keeps in sync with rsync, as it would sync a
+//! web server's directory or an S3 bucket: serving needs nothing of pak.
 //!
 //! Both machines run the same image, with `[update]` (checking every 5 s,
 //! rebooting only within a window that excludes now) and a machine-id
@@ -63,20 +62,24 @@ fn ids_split_by_rollout() -> (String, String, u32) {
     panic!("no machine-id is outside a rollout that takes {first}");
 }
 
-/// The publisher's copy to the server: `rsync -a --delete`.
+/// The publisher's copy to the server, as the README has it: the
+/// generations first, then `channel.toml` that names them, and only then
+/// are generations `--keep` pruned removed; a host never reads metadata
+/// naming a file the server does not have.
 fn rsync(from: &Path, to: &Path) {
-    let status = Command::new("rsync")
-        .args(["-a", "--delete"])
-        .arg(format!("{}/", from.display()))
-        .arg(to)
-        .status()
-        .expect("rsync is not installed (tools/packages.txt lists it)");
-    assert!(
-        status.success(),
-        "rsync {} {}",
-        from.display(),
-        to.display()
-    );
+    let from = format!("{}/", from.display());
+    for args in [
+        &["-a", "--exclude", "channel.toml"][..],
+        &["-a", "--delete-after"][..],
+    ] {
+        let status = Command::new("rsync")
+            .args(args)
+            .arg(&from)
+            .arg(to)
+            .status()
+            .expect("rsync is not installed (tools/packages.txt lists it)");
+        assert!(status.success(), "rsync {args:?} {from} {}", to.display());
+    }
 }
 
 /// A machine of `image` whose provisioning seed (an SMBIOS credential)
