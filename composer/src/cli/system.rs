@@ -550,7 +550,8 @@ fn render_provisioned(verb: &str, r: &crate::system::provision::Record) -> Strin
         out.push_str(&format!("  ssh: {n} {keys} for {user}\n"));
     }
     if r.network {
-        out.push_str("  network: the seed's [network] (/var/lib/pak/provision/network)\n");
+        // Where it was written differs by init (a script or networkd files).
+        out.push_str("  network: the seed's [network]\n");
     }
     for f in &r.files {
         out.push_str(&format!("  file: {f}\n"));
