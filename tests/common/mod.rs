@@ -516,7 +516,7 @@ impl Package {
             )
             .file(
                 &format!("{modules}/modules.builtin"),
-                "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
+                "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/md/dm-verity.ko\n",
             )
     }
 
