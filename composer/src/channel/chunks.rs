@@ -15,26 +15,39 @@
 //! changed block costs its neighbours too (`cargo bench --bench delta`
 //! measures both).
 //!
+//! The seams are read with a small parser of its own rather than through
+//! a squashfs crate or pak's `Reader`: it needs the byte range of every
+//! block, which readers do not expose, and must never fail on a damaged
+//! slot. It is checked against `mksquashfs` output in the tests below.
+//!
 //! Cutting never fails: a region that does not parse as pak's squashfs
 //! (a corrupt or empty slot, a trailer) is cut into fixed pieces, and
 //! every chunk is checked against its sha256 before it is used anyway.
+//!
+//! The dm-verity hash tree behind the squashfs (see
+//! [`crate::image::verity`]) is salted per generation, so no host ever
+//! has any of it; but it follows from the data and the trailer's salt, so
+//! hosts compute it rather than fetch it. The index names it as the
+//! derived range; its chunks are still listed and checked.
 //!
 //! The index (`<system>-<N>.chunks` beside the generation, its sha256 in
 //! the signed `channel.toml`) is binary and small, 36 bytes a chunk:
 //!
 //! ```text
-//! "PAKCHNK1"  u64 file size  u32 count  count × (u32 length, [u8; 32] sha256)
+//! "PAKCHNK2"  u64 file size  u64 derived start  u64 derived end  u32 count
+//! count × (u32 length, [u8; 32] sha256)
 //! ```
 //!
 //! little-endian; the chunks are contiguous from byte 0, so offsets are
-//! implied.
+//! implied; no derived range is 0, 0.
 
 use std::io::{Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
 /// The first bytes of an index.
-pub const MAGIC: &[u8; 8] = b"PAKCHNK1";
+pub const MAGIC: &[u8; 8] = b"PAKCHNK2";
+const HEADER: usize = 36;
 /// The longest chunk cut from a region with no squashfs seams.
 pub const TAIL_PIECE: u64 = 64 << 10;
 /// Refused beyond this: a chunk is at most a squashfs block (1 MiB).
@@ -58,13 +71,25 @@ impl Chunk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
     pub size: u64,
+    /// The dm-verity hash tree: bytes a host computes from the rest.
+    pub derived: Option<(u64, u64)>,
     pub chunks: Vec<Chunk>,
+}
+
+impl ChunkIndex {
+    /// Whether chunk `c` lies in the derived range.
+    pub fn is_derived(&self, c: &Chunk) -> bool {
+        self.derived
+            .is_some_and(|(a, b)| c.offset >= a && c.end() <= b)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("{what} is not a pak chunk index (it does not start with {MAGIC:?})")]
     Magic { what: String },
+    #[error("{what} names a derived range {start}..{end} that is not made of whole chunks")]
+    Derived { what: String, start: u64, end: u64 },
     #[error("{what} is truncated or has trailing bytes: {len} bytes for {count} chunks")]
     Length {
         what: String,
@@ -100,13 +125,21 @@ impl ChunkIndex {
             });
             at += n;
         }
-        Ok(ChunkIndex { size: len, chunks })
+        let derived = verity_tree(r, base, len);
+        Ok(ChunkIndex {
+            size: len,
+            derived,
+            chunks,
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(20 + self.chunks.len() * 36);
         out.extend(MAGIC);
         out.extend(self.size.to_le_bytes());
+        let (a, b) = self.derived.unwrap_or((0, 0));
+        out.extend(a.to_le_bytes());
+        out.extend(b.to_le_bytes());
         out.extend((self.chunks.len() as u32).to_le_bytes());
         for c in &self.chunks {
             out.extend(c.len.to_le_bytes());
@@ -117,12 +150,14 @@ impl ChunkIndex {
 
     /// Reads an index (called `what` in errors) of a file of `size` bytes.
     pub fn parse(bytes: &[u8], size: u64, what: &str) -> Result<ChunkIndex, IndexError> {
-        if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
             return Err(IndexError::Magic { what: what.into() });
         }
-        let described = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        let count = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-        if (bytes.len() - 20) as u64 != u64::from(count) * 36 {
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+        let described = u64_at(8);
+        let (start, end) = (u64_at(16), u64_at(24));
+        let count = u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes"));
+        if (bytes.len() - HEADER) as u64 != u64::from(count) * 36 {
             return Err(IndexError::Length {
                 what: what.into(),
                 len: bytes.len(),
@@ -131,7 +166,7 @@ impl ChunkIndex {
         }
         let mut chunks = Vec::with_capacity(count as usize);
         let mut offset = 0u64;
-        for rec in bytes[20..].chunks_exact(36) {
+        for rec in bytes[HEADER..].chunks_exact(36) {
             let len = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes"));
             if len == 0 || len > CHUNK_MAX {
                 return Err(IndexError::Chunk {
@@ -154,14 +189,52 @@ impl ChunkIndex {
                 size,
             });
         }
-        Ok(ChunkIndex { size, chunks })
+        let derived = (end > 0).then_some((start, end));
+        let bounds: Vec<u64> = chunks.iter().map(|c| c.offset).chain([offset]).collect();
+        if let Some((a, b)) = derived
+            && (a >= b || bounds.binary_search(&a).is_err() || bounds.binary_search(&b).is_err())
+        {
+            return Err(IndexError::Derived {
+                what: what.into(),
+                start: a,
+                end: b,
+            });
+        }
+        Ok(ChunkIndex {
+            size,
+            derived,
+            chunks,
+        })
     }
+}
+
+/// The dm-verity tree of the generation file of `len` bytes at `base`,
+/// as its trailer places it; `None` without a trailer.
+fn verity_tree<R: Read + Seek>(r: &mut R, base: u64, len: u64) -> Option<(u64, u64)> {
+    use crate::image::verity::{TRAILER_MAGIC, TRAILER_SIZE};
+    let at = len.checked_sub(TRAILER_SIZE)?;
+    let mut t = [0u8; 48];
+    r.seek(SeekFrom::Start(base + at)).ok()?;
+    r.read_exact(&mut t).ok()?;
+    if &t[..8] != TRAILER_MAGIC {
+        return None;
+    }
+    let start = u64::from_le_bytes(t[32..40].try_into().expect("8"));
+    let blocks = u64::from_le_bytes(t[40..48].try_into().expect("8"));
+    let end = start.checked_add(blocks.checked_mul(TRAILER_SIZE)?)?;
+    (end == at && start < end && start.is_multiple_of(TRAILER_SIZE)).then_some((start, end))
 }
 
 /// Where to cut the `len` bytes at `base` of `r`: (offset, length) pairs
 /// relative to `base`, contiguous, covering all of it.
 pub fn cut<R: Read + Seek>(r: &mut R, base: u64, len: u64) -> Vec<(u64, u64)> {
     let mut seams = squashfs_seams(r, base, len).unwrap_or_default();
+    // The tree and the trailer are pieces of their own, so the derived
+    // range is whole chunks.
+    if let Some((a, b)) = verity_tree(r, base, len) {
+        fill(&mut seams, a, b);
+        seams.push((b, len - b));
+    }
     seams.retain(|&(o, n)| n > 0 && o + n <= len);
     let mut out = Vec::with_capacity(seams.len() + 16);
     let mut at = 0u64;
@@ -454,6 +527,84 @@ mod tests {
         assert!(new.len() > 100_000);
         let round = ChunkIndex::parse(&ni.to_bytes(), new.len() as u64, "i").unwrap();
         assert_eq!(round, ni);
+        assert_eq!(ni.derived, None);
+
+        // Sealed, with its dm-verity tree: the tree is the derived range,
+        // whole chunks between the seal and the trailer.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g.sqfs");
+        std::fs::write(&p, &new).unwrap();
+        crate::image::generation::seal(&p).unwrap();
+        let sealed = std::fs::read(&p).unwrap();
+        let si = ChunkIndex::of(&mut Cursor::new(&sealed), 0, sealed.len() as u64).unwrap();
+        let (a, b) = si.derived.expect("a tree");
+        assert_eq!(b, sealed.len() as u64 - 4096);
+        assert!(si.chunks.iter().any(|c| c.offset == a));
+        assert!(si.chunks.iter().any(|c| c.offset == b));
+        let round = ChunkIndex::parse(&si.to_bytes(), sealed.len() as u64, "i").unwrap();
+        assert_eq!(round, si);
+        let mut bad = si.to_bytes();
+        bad[16] ^= 1;
+        assert!(matches!(
+            ChunkIndex::parse(&bad, sealed.len() as u64, "i"),
+            Err(IndexError::Derived { .. })
+        ));
+    }
+
+    /// Whether the blocks of the squashfs in `img` tile its first
+    /// `bytes_used` bytes exactly: no byte of it left to fixed pieces.
+    fn tiles(img: &[u8]) -> bool {
+        let used = u64::from_le_bytes(img[40..48].try_into().unwrap());
+        let blocks = squashfs_blocks(&mut Cursor::new(img), 0, img.len() as u64).expect("parses");
+        let mut at = 0;
+        for (o, n) in blocks {
+            if o != at {
+                return false;
+            }
+            at = o + n;
+        }
+        at == used
+    }
+
+    #[test]
+    fn blocks_tile_the_squashfs_of_pak_and_of_mksquashfs() {
+        let files = vec![
+            ("d/a", noise(1, 40_000)),
+            ("d/b", vec![7u8; 30_000]),
+            ("d/c", noise(3, 700)),
+        ];
+        assert!(tiles(&image(&tree(&files))));
+        if std::process::Command::new("mksquashfs")
+            .arg("-version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no mksquashfs (squashfs-tools)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("d/e")).unwrap();
+        for i in 0..300 {
+            std::fs::write(
+                src.join(format!("d/e/f{i}")),
+                noise(i, 100 + i as usize * 37),
+            )
+            .unwrap();
+        }
+        std::fs::write(src.join("big"), noise(999, 1_000_000)).unwrap();
+        std::fs::write(src.join("same"), noise(999, 1_000_000)).unwrap();
+        std::os::unix::fs::symlink("big", src.join("l")).unwrap();
+        let img = dir.path().join("m.sqfs");
+        let st = std::process::Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-comp", "zstd", "-quiet", "-no-progress", "-noappend"])
+            .args(["-b", "4096", "-xattrs"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(tiles(&std::fs::read(&img).unwrap()));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! hundreds. Each request is a single range, so the bytes on the wire are
 //! the bytes planned (no multipart framing).
 //!
+//! The dm-verity hash tree (the index's derived range) is computed here
+//! from the assembled data and the trailer's salt, never fetched: it is
+//! salted per generation, so it would otherwise cost about 1/128 of the
+//! whole file on every update.
+//!
 //! Every chunk, whether read from a seed, found in the cache or fetched,
 //! is checked against its sha256 from the signed index before it is kept;
 //! a fetched chunk that is corrupt or short is refused and fetched again,
@@ -59,6 +64,8 @@ pub struct Assembly {
     pub from_seeds: u64,
     /// Planned: the bytes of the chunks no seed held.
     pub to_fetch: u64,
+    /// Computed here: the dm-verity hash tree.
+    pub derived: u64,
     /// Received over the network (more than planned only when a chunk was
     /// refused and fetched again).
     pub fetched: u64,
@@ -90,13 +97,22 @@ pub fn assemble<D: Read + Seek>(
         .truncate(false)
         .open(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
-    let mut have = vec![false; index.chunks.len()];
+    let mut have: Vec<bool> = index.chunks.iter().map(|c| index.is_derived(c)).collect();
+    done.derived = index
+        .chunks
+        .iter()
+        .filter(|c| index.is_derived(c))
+        .map(|c| u64::from(c.len))
+        .sum();
     let had = file.metadata()?.len();
     if had > 0 {
         let mut r = std::io::BufReader::with_capacity(1 << 20, &file);
         for (i, c) in index.chunks.iter().enumerate() {
             if c.end() > had {
                 break;
+            }
+            if index.is_derived(c) {
+                continue;
             }
             if read_chunk(&mut r, c.offset, c).is_some() {
                 have[i] = true;
@@ -132,9 +148,58 @@ pub fn assemble<D: Read + Seek>(
     // an interrupted run got; complete, it is the generation's.
     file.set_len(index.size)
         .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
+    if let Some(range) = index.derived {
+        derive_tree(&file, index, range, out)?;
+    }
     file.sync_all()
         .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
     Ok(done)
+}
+
+/// Computes the dm-verity tree at `range` of `file` from the data before
+/// it and the salt in the trailer after it, and checks it against the
+/// index.
+fn derive_tree(file: &File, index: &ChunkIndex, range: (u64, u64), out: &Path) -> Result<()> {
+    use crate::image::verity::{TRAILER_SIZE, Trailer, TreeBuilder};
+    let (start, end) = range;
+    let mut trailer = vec![0u8; TRAILER_SIZE as usize];
+    file.read_exact_at(&mut trailer, end)
+        .with_context(|| format!("cannot read {}", out.display()))?;
+    let trailer = Trailer::decode(&trailer, start / TRAILER_SIZE)
+        .with_context(|| format!("{}: its dm-verity trailer", out.display()))?;
+    let mut tree = TreeBuilder::new(&trailer.salt);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < start {
+        let n = (start - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .with_context(|| format!("cannot read {}", out.display()))?;
+        tree.update(&buf[..n]);
+        at += n as u64;
+    }
+    let tree = tree.finish()?;
+    if tree.bytes.len() as u64 != end - start {
+        bail!(
+            "{}: the dm-verity tree computed has {} bytes, the chunk index says {}; the generation is inconsistent, ask its publisher to publish it again",
+            out.display(),
+            tree.bytes.len(),
+            end - start
+        );
+    }
+    for c in index.chunks.iter().filter(|c| index.is_derived(c)) {
+        let b = &tree.bytes[(c.offset - start) as usize..(c.end() - start) as usize];
+        if <[u8; 32]>::from(Sha256::digest(b)) != c.sha256 {
+            bail!(
+                "{}: the dm-verity tree computed from the assembled data does not match the signed chunk index at bytes {}..{}; the data is not the generation's, nothing was written to the disk's slots",
+                out.display(),
+                c.offset,
+                c.end()
+            );
+        }
+    }
+    file.write_all_at(&tree.bytes, start)
+        .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
+    Ok(())
 }
 
 /// Reads the chunk `c` at `at` of `r`; `None` when it cannot be read or

@@ -425,11 +425,12 @@ impl<D: Device> PakDisk<D> {
             &partial,
             |p| {
                 eprintln!(
-                    "generation {number}: fetching {} of {} ({} from the slots, {} already downloaded)",
+                    "generation {number}: fetching {} of {} ({} from the slots, {} already downloaded, {} of verity tree computed here)",
                     delta::mib(p.to_fetch),
                     delta::mib(p.size),
                     delta::mib(p.from_seeds),
-                    delta::mib(p.from_cache)
+                    delta::mib(p.from_cache),
+                    delta::mib(p.derived)
                 )
             },
         )?;
