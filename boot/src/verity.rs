@@ -29,7 +29,8 @@
 //! pak.verity=<root hash, 64 hex> pak.verity_salt=<salt, hex> pak.verity_blocks=<N>
 //! ```
 //!
-//! All three or none: an entry without them (written by a pak before
+//! followed by `ro` (see [`entry_cmdline`]). All three or none: an
+//! entry without them (written by a pak before
 //! dm-verity roots) mounts its slot unverified, and `/init` says so. The
 //! same values are in the ESP's `generation.toml` (`[written.verity]`),
 //! from which a rollback writes the entry again.
@@ -177,13 +178,22 @@ impl Verity {
 }
 
 /// The command line a loader entry passes for a slot: the system's own
-/// options, then the slot's verity words when it has a tree.
+/// options, then the slot's verity words when it has a tree, and `ro`
+/// unless the options say `ro` or `rw`. A root on dm-verity cannot be
+/// remounted read-write (the kernel refuses it on a read-only device), and
+/// without `ro` systemd-gpt-auto-generator, finding the slot's GPT
+/// partition not flagged read-only, has systemd-remount-fs try, which then
+/// fails the boot's `is-system-running`.
 pub fn entry_cmdline(cmdline: &str, verity: Option<&Verity>) -> String {
-    match verity {
-        Some(v) if cmdline.is_empty() => v.cmdline(),
-        Some(v) => format!("{cmdline} {}", v.cmdline()),
-        None => cmdline.to_string(),
+    let Some(v) = verity else {
+        return cmdline.to_string();
+    };
+    let mut words: Vec<String> = cmdline.split_whitespace().map(str::to_string).collect();
+    words.push(v.cmdline());
+    if !words.iter().any(|w| w == "ro" || w == "rw") {
+        words.push("ro".into());
     }
+    words.join(" ")
 }
 
 /// Device-mapper through its ioctls (`linux/dm-ioctl.h`), as much as
@@ -408,11 +418,13 @@ mod tests {
         assert_eq!(
             line,
             format!(
-                "console=ttyS0 pak.verity={} pak.verity_salt={} pak.verity_blocks=300",
+                "console=ttyS0 pak.verity={} pak.verity_salt={} pak.verity_blocks=300 ro",
                 "ab".repeat(32),
                 "cd".repeat(32)
             )
         );
+        assert!(entry_cmdline("rw", Some(&v())).starts_with("rw pak.verity="));
+        assert!(!entry_cmdline("rw", Some(&v())).ends_with(" ro"));
         assert_eq!(Verity::from_cmdline(&line), Some(Ok(v())));
         assert_eq!(entry_cmdline("quiet", None), "quiet");
         assert_eq!(Verity::from_cmdline("console=ttyS0"), None);

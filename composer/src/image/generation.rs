@@ -524,11 +524,21 @@ pub fn check<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<C
     let trailer = trailer?;
     let built = tree.expect("a trailer gives a tree").finish()?;
     let stored = &rest[..rest.len() - 4096];
-    if built.root != trailer.root || built.bytes != stored {
+    if built.root != trailer.root {
         bail!(
-            "its dm-verity hash tree does not match its content (root hash {} recorded, {} computed): the tree was changed or damaged after `pak build`",
+            "its dm-verity hash tree does not match its content: its trailer records root hash {}, its content hashes to {}; it was changed after `pak build`",
             hex::encode(trailer.root),
             hex::encode(built.root)
+        );
+    }
+    if let Some(block) = built
+        .bytes
+        .chunks(4096)
+        .zip(stored.chunks(4096))
+        .position(|(a, b)| a != b)
+    {
+        bail!(
+            "its dm-verity hash tree does not match its content at hash block {block}: the tree was changed or damaged after `pak build`"
         );
     }
     Ok(Checked {
