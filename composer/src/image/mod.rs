@@ -18,6 +18,7 @@ pub mod ssh;
 pub mod sysconfig;
 pub mod systemd;
 pub mod tmpfiles;
+pub mod uki;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
