@@ -1,6 +1,7 @@
 //! The kernel command line options pak's boot uses.
 
 use crate::disk::{NotASlot, Slot};
+use crate::verity::{BadVerity, Verity};
 
 /// What `/init` needs from `/proc/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -18,6 +19,10 @@ pub struct BootArgs {
     /// `pak.watchdog=SECONDS`: how long a boot on trial may take to be
     /// marked good before the watchdog resets the machine; 0 disables.
     pub watchdog: Option<u32>,
+    /// `pak.verity=`, `pak.verity_salt=`, `pak.verity_blocks=`: the slot's
+    /// dm-verity root (see [`crate::verity`]); `None` for an entry written
+    /// before pak had verity roots.
+    pub verity: Option<Result<Verity, BadVerity>>,
 }
 
 pub fn parse(cmdline: &str) -> BootArgs {
@@ -32,6 +37,7 @@ pub fn parse(cmdline: &str) -> BootArgs {
             _ => {}
         }
     }
+    a.verity = Verity::from_cmdline(cmdline);
     a
 }
 
@@ -50,6 +56,13 @@ mod tests {
         assert_eq!(a.init.as_deref(), Some("/bin/sh"));
         assert_eq!(super::parse("pak.watchdog=30").watchdog, Some(30));
         assert_eq!(super::parse("").slot, None);
+        assert_eq!(super::parse("").verity, None);
+        let v = super::parse(&format!(
+            "pak.verity={} pak.verity_salt=00 pak.verity_blocks=9",
+            "1".repeat(64)
+        ))
+        .verity;
+        assert_eq!(v.unwrap().unwrap().data_blocks, 9);
         assert_eq!(
             super::parse("pak.slot=c").slot,
             Some(Err(NotASlot("c".into())))

@@ -1,7 +1,9 @@
 //! The initramfs `/init`: from the kernel to the system's own init.
 //!
 //! mount proc, sys, dev → load the listed modules → find `root-<slot>` and
-//! `data` by partition label → mount the slot's squashfs read-only →
+//! `data` by partition label → set up the slot's dm-verity device from the
+//! root hash on the command line (see [`crate::verity`]; a boot on trial
+//! reads it whole first) → mount the slot's squashfs read-only from it →
 //! bring up data on /var (wiped when a factory reset was requested,
 //! formatted as journaled ext4 on first boot, `e2fsck -p` at every other
 //! boot; a tmpfs if it cannot be repaired, see [`mount_data`]) → seed /var
@@ -31,8 +33,11 @@ use rustix::mount::{MountFlags, MountPropagationFlags};
 use crate::cmdline::{self, BootArgs};
 use crate::data;
 use crate::disk::{DATA_LABEL, Slot};
+use crate::verity::{self, Verity};
 
 const SYSROOT: &str = "/sysroot";
+/// The device-mapper name of the verified root.
+const VERITY_DEVICE: &str = "pak-root";
 const MODULE_LIST: &str = "/etc/pak/modules";
 const FACTORY_VAR: &str = "usr/share/factory/var";
 const ETC_UPPER: &str = "lib/pak/etc/upper";
@@ -169,12 +174,35 @@ fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
         data_dev.display()
     ));
 
-    errno(
-        "mount the root squashfs",
-        mount(&root_dev, SYSROOT, "squashfs", MountFlags::RDONLY, ""),
-    )
-    .map_err(|e| format!("{e} (is slot {slot} empty or corrupt?)"))?;
-    say(&format!("mounted {} read-only on /", root_dev.display()));
+    let root = match &args.verity {
+        None => {
+            say(&format!(
+                "the loader entry gives no dm-verity root hash for slot {slot} (a pak before verity roots wrote it): its root is mounted unchecked"
+            ));
+            root_dev.clone()
+        }
+        Some(Err(e)) => {
+            return Err(format!(
+                "the loader entry's dm-verity options are broken ({e}); refusing to mount slot {slot} unchecked"
+            ));
+        }
+        Some(Ok(v)) => verified_root(slot, &root_dev, v, (hooks.on_trial)())?,
+    };
+    if let Err(e) = mount(&root, SYSROOT, "squashfs", MountFlags::RDONLY, "") {
+        if let Some(Ok(v)) = &args.verity
+            && corrupted()
+        {
+            return Err(verity_error(
+                slot,
+                v,
+                &format!("mount the root squashfs: {e}"),
+            ));
+        }
+        return Err(format!(
+            "mount the root squashfs: {e} (is slot {slot} empty or corrupt?)"
+        ));
+    }
+    say(&format!("mounted {} read-only on /", root.display()));
 
     let var = Path::new(SYSROOT).join("var");
     mount_data(&data_dev, &var)?;
@@ -245,6 +273,57 @@ fn boot(args: &BootArgs, hooks: &Hooks) -> Result<std::convert::Infallible> {
     let init = args.init.clone().unwrap_or_else(|| "/sbin/init".into());
     say(&format!("switching to {init}"));
     switch_root(&init)
+}
+
+/// Sets up the dm-verity device over the slot's partition and returns its
+/// node. On a boot on trial every block is read through it first: a
+/// generation whose slot was changed anywhere fails now, while the boot
+/// loader still counts its tries, not later when a file that happens to
+/// sit on the damaged block is read in a system already marked good.
+fn verified_root(slot: Slot, dev: &Path, v: &Verity, on_trial: bool) -> Result<PathBuf> {
+    let node = verity::dm::create_verity(VERITY_DEVICE, dev, v)
+        .map_err(|e| format!("set up dm-verity for slot {slot}: {e}"))?;
+    say(&format!(
+        "{} is checked by dm-verity against root hash {} as {}",
+        dev.display(),
+        v.root_hash,
+        node.display()
+    ));
+    if on_trial {
+        let start = Instant::now();
+        if let Err(e) = read_all(&node) {
+            return Err(verity_error(
+                slot,
+                v,
+                &format!("read {}: {e}", node.display()),
+            ));
+        }
+        say(&format!(
+            "boot on trial: read all {} MiB of slot {slot} through dm-verity in {:.1}s, every block matches",
+            (v.data_blocks * verity::BLOCK_SIZE) >> 20,
+            start.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(node)
+}
+
+fn read_all(node: &Path) -> std::io::Result<()> {
+    let mut f = fs::File::open(node)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// Whether the verity device has met a block that does not match.
+fn corrupted() -> bool {
+    verity::dm::status(VERITY_DEVICE).is_ok_and(|s| s.trim() == "C")
+}
+
+fn verity_error(slot: Slot, v: &Verity, what: &str) -> String {
+    format!(
+        "DM-VERITY ERROR: slot {slot} does not match its root hash {} ({what}): a block was changed after the generation was written, or the disk is failing; the kernel's log names the block",
+        v.root_hash
+    )
 }
 
 /// Starts the watchdog with a timeout and lets go of it without the magic

@@ -5,3 +5,4 @@ pub mod cmdline;
 pub mod data;
 pub mod disk;
 pub mod init;
+pub mod verity;

@@ -58,11 +58,16 @@ pub struct GenerationMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Written {
-    /// The squashfs in the slot's partition: its first `image_size` bytes.
+    /// The generation file in the slot's partition (squashfs, seal, hash
+    /// tree, trailer): its first `image_size` bytes.
     pub image_sha256: String,
     pub image_size: u64,
     pub kernel_sha256: String,
     pub initrd_sha256: String,
+    /// The slot's dm-verity root, which its loader entry passes to `/init`;
+    /// `None` for a slot written before pak had verity roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<pak_boot::verity::Verity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +87,15 @@ impl Written {
             image_size,
             kernel_sha256: crate::util::fsutil::sha256_hex(kernel),
             initrd_sha256: crate::util::fsutil::sha256_hex(initrd),
+            verity: None,
+        }
+    }
+
+    /// The same record for a slot whose root is checked by dm-verity.
+    pub fn with_verity(self, verity: pak_boot::verity::Verity) -> Written {
+        Written {
+            verity: Some(verity),
+            ..self
         }
     }
 }
@@ -382,15 +396,20 @@ pub fn read_meta(root: &Path) -> Result<GenerationMeta> {
 /// What follows the squashfs in a generation file, in its padding: this
 /// magic and the sha256 of the squashfs bytes. A generation file checks
 /// itself, wherever it was copied from; the kernel ignores the padding.
+/// Behind the padding come the dm-verity hash tree of everything before
+/// it and pak's trailer ([`crate::image::verity`] has the layout).
 const SEAL_MAGIC: &[u8; 8] = b"PAKSEAL1";
+const SEAL_LEN: u64 = SEAL_MAGIC.len() as u64 + 32;
 
-fn sealed_size(used: u64) -> u64 {
-    (used + SEAL_MAGIC.len() as u64 + 32).div_ceil(4096) * 4096
+/// Where the seal's block ends: the data dm-verity covers.
+pub fn sealed_size(used: u64) -> u64 {
+    (used + SEAL_LEN).div_ceil(4096) * 4096
 }
 
 /// Seals the generation file at `path` (a squashfs as [`crate::image::squashfs::write`]
-/// left it).
-pub fn seal(path: &Path) -> Result<()> {
+/// left it) and appends its dm-verity hash tree and trailer. Returns the
+/// root the loader entry passes to `/init`.
+pub fn seal(path: &Path) -> Result<pak_boot::verity::Verity> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::File::options()
         .read(true)
@@ -401,12 +420,16 @@ pub fn seal(path: &Path) -> Result<()> {
     f.seek(SeekFrom::Start(0))?;
     let mut hash = Sha256::new();
     std::io::copy(&mut (&mut f).take(used), &mut hash)?;
+    let sha = hash.finalize();
+    // Whatever followed the squashfs (an earlier seal and tree) goes first.
+    f.set_len(used)?;
     f.set_len(sealed_size(used))?;
     f.seek(SeekFrom::Start(used))?;
     f.write_all(SEAL_MAGIC)?;
-    f.write_all(&hash.finalize())?;
+    f.write_all(&sha)?;
     f.sync_all()?;
-    Ok(())
+    drop(f);
+    crate::image::verity::append(path, sealed_size(used), &sha)
 }
 
 /// Whether the generation at byte `base` of `f` (a generation file, or a
@@ -425,13 +448,27 @@ pub fn seal_intact<R: std::io::Read + std::io::Seek>(f: &mut R, base: u64) -> Re
     Ok(&seal[..8] == SEAL_MAGIC && seal[8..] == hash.finalize()[..])
 }
 
-/// Checks the seal of a generation file whose squashfs occupies `used`
-/// bytes. Returns the size of the sealed file and its sha256.
-pub fn check_seal<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<(u64, String)> {
+/// A generation file that passed [`check`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// What goes to a slot: the squashfs, its seal, the tree and trailer.
+    pub size: u64,
+    pub sha256: String,
+    pub verity: pak_boot::verity::Verity,
+}
+
+/// Checks a generation file whose squashfs occupies `used` bytes, in one
+/// pass: its seal (the squashfs's sha256), and its dm-verity tree and
+/// trailer, recomputed from the data. A file that fails is never written
+/// to a slot.
+pub fn check<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<Checked> {
+    use crate::image::verity::{self, Trailer, TreeBuilder};
     use std::io::SeekFrom;
-    let size = sealed_size(used);
+    let data = sealed_size(used);
+    let data_blocks = data / 4096;
+    let size = data + verity::added_size(data_blocks);
     let len = r.seek(SeekFrom::End(0))?;
-    if len < size {
+    if len < data {
         bail!("it ends at byte {len}, before its seal at {used}");
     }
     r.seek(SeekFrom::Start(0))?;
@@ -440,18 +477,35 @@ pub fn check_seal<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Res
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     let mut seal = Vec::new();
-    while at < size {
-        let n = (size - at).min(buf.len() as u64) as usize;
+    // The salt, which every hash starts with, is in the trailer at the
+    // end: read it before the data. The tree is then compared with the
+    // one its data gives.
+    let mut trailer_bytes = vec![0u8; 4096];
+    if len >= size {
+        r.seek(SeekFrom::Start(size - 4096))?;
+        r.read_exact(&mut trailer_bytes)?;
+        r.seek(SeekFrom::Start(0))?;
+    }
+    let trailer = Trailer::decode(&trailer_bytes, data_blocks);
+    let mut tree = trailer.as_ref().ok().map(|t| TreeBuilder::new(&t.salt));
+    let mut rest = Vec::new();
+    let end = if trailer.is_ok() { size } else { data };
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
         r.read_exact(&mut buf[..n])?;
         let chunk = &buf[..n];
         whole.update(chunk);
         let inner_end = used.saturating_sub(at).min(n as u64) as usize;
         inner.update(&chunk[..inner_end]);
-        let seal_from = inner_end;
-        let seal_to = (used + 40).saturating_sub(at).min(n as u64) as usize;
-        if seal_to > seal_from {
-            seal.extend_from_slice(&chunk[seal_from..seal_to]);
+        let seal_to = (used + SEAL_LEN).saturating_sub(at).min(n as u64) as usize;
+        if seal_to > inner_end {
+            seal.extend_from_slice(&chunk[inner_end..seal_to]);
         }
+        let data_end = data.saturating_sub(at).min(n as u64) as usize;
+        if let Some(t) = &mut tree {
+            t.update(&chunk[..data_end]);
+        }
+        rest.extend_from_slice(&chunk[data_end..]);
         at += n as u64;
     }
     if &seal[..8] != SEAL_MAGIC {
@@ -462,7 +516,21 @@ pub fn check_seal<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Res
     if seal[8..40] != inner.finalize()[..] {
         bail!("its content does not match the sha256 sealed into it");
     }
-    Ok((size, hex::encode(whole.finalize())))
+    let trailer = trailer?;
+    let built = tree.expect("a trailer gives a tree").finish()?;
+    let stored = &rest[..rest.len() - 4096];
+    if built.root != trailer.root || built.bytes != stored {
+        bail!(
+            "its dm-verity hash tree does not match its content (root hash {} recorded, {} computed): the tree was changed or damaged after `pak build`",
+            hex::encode(trailer.root),
+            hex::encode(built.root)
+        );
+    }
+    Ok(Checked {
+        size,
+        sha256: hex::encode(whole.finalize()),
+        verity: trailer.verity(),
+    })
 }
 
 #[cfg(test)]

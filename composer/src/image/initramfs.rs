@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::image::cpio::Cpio;
 use crate::image::kmod::Modules;
 
-/// What the root cannot be reached without: the root's squashfs, ext4
+/// What the root cannot be reached without: dm-verity under the root's
+/// squashfs (its dependencies, dm-mod and dm-bufio, come with it), ext4
 /// for data, overlay for /etc.
-pub const REQUIRED: &[&str] = &["squashfs", "overlay", "ext4"];
+pub const REQUIRED: &[&str] = &["dm_verity", "squashfs", "overlay", "ext4"];
 /// Disk controllers (virtio and real ones) and the watchdog: taken when
 /// the kernel has them (Debian's cloud kernel has no SATA, for instance).
 pub const DRIVERS: &[&str] = &[
@@ -30,6 +31,12 @@ pub const MODULE_LIST: &str = "etc/pak/modules";
 /// binary; `modules_dir` is the generation's `usr/lib/modules/<version>`.
 pub fn build(init: &[u8], modules_dir: &Path) -> Result<Vec<u8>> {
     let mods = Modules::open(modules_dir)?;
+    if !mods.has("dm_verity") {
+        bail!(
+            "the kernel in {} has no dm-verity (drivers/md/dm-verity.ko, CONFIG_DM_VERITY), which checks a pak root against the hash it was built with; use a kernel package that has it, such as linux-image-cloud-amd64",
+            modules_dir.display()
+        );
+    }
     let wanted: Vec<&str> = REQUIRED
         .iter()
         .copied()

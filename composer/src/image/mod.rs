@@ -20,6 +20,7 @@ pub mod systemd;
 pub mod tmpfiles;
 pub mod uki;
 pub mod verify;
+pub mod verity;
 
 use std::path::{Path, PathBuf};
 
@@ -39,8 +40,11 @@ pub const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub struct Built {
     pub meta: GenerationMeta,
     pub tree: RootTree,
+    /// The generation file: squashfs, seal, dm-verity tree and trailer.
     pub squashfs: PathBuf,
     pub stats: squashfs::Stats,
+    /// Its dm-verity root, which its loader entry carries.
+    pub verity: pak_boot::verity::Verity,
     /// The lock the generation carries: the inputs' with every account id
     /// allocated pinned (see [`Project::pin_accounts`]).
     pub lock: Lock,
@@ -210,16 +214,17 @@ pub fn generation_from(
 
     // The initramfs: pak itself as /init, the modules from the kernel's
     // store tree (the files, not the assembled description).
-    let modules_dir = fetched
+    let (kernel_pkg, modules_dir) = fetched
         .iter()
-        .map(|(_, e)| e.tree())
-        .flat_map(|t| {
+        .flat_map(|(p, e)| {
+            let t = e.tree();
             [
                 t.join("lib/modules").join(&meta.kernel_version),
                 t.join("usr/lib/modules").join(&meta.kernel_version),
             ]
+            .map(|d| (p, d))
         })
-        .find(|p| p.join("kernel").is_dir())
+        .find(|(_, d)| d.join("kernel").is_dir())
         .with_context(|| {
             format!(
                 "no package holds the modules of kernel {}",
@@ -229,7 +234,12 @@ pub fn generation_from(
     let init = read_from_tree(&tree, "usr/bin/pak").context(
         "pak itself is an image's initramfs /init: add `pak = \"*\"` to [packages] (the base profile has it)",
     )?;
-    let initrd = crate::image::initramfs::build(&init, &modules_dir)?;
+    let initrd = crate::image::initramfs::build(&init, &modules_dir).with_context(|| {
+        format!(
+            "cannot make the initramfs from kernel package {} {}",
+            kernel_pkg.name, kernel_pkg.version
+        )
+    })?;
     // What the kernel package's maintainer script would have run depmod for.
     for (name, bytes) in crate::image::kmod::depmod(&modules_dir)? {
         tree.put(
@@ -248,12 +258,13 @@ pub fn generation_from(
         ..squashfs::Options::default()
     };
     let stats = squashfs::write(&to_squashfs(&tree), out, &opts)?;
-    generation::seal(out)?;
+    let verity = generation::seal(out)?;
     Ok(Built {
         meta,
         tree,
         squashfs: out.to_path_buf(),
         stats,
+        verity,
         lock: pinned,
         unconverted,
         pinned: Vec::new(),
@@ -270,12 +281,16 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
     let image = std::fs::read(&built.squashfs)
         .with_context(|| format!("cannot read {}", built.squashfs.display()))?;
     let mut m = built.meta.clone();
-    m.written = Some(generation::Written::of(
-        &crate::util::fsutil::sha256_hex(&image),
-        image.len() as u64,
-        &kernel,
-        &initrd,
-    ));
+    m.written = Some(
+        generation::Written::of(
+            &crate::util::fsutil::sha256_hex(&image),
+            image.len() as u64,
+            &kernel,
+            &initrd,
+        )
+        .with_verity(built.verity.clone()),
+    );
+    let cmdline = pak_boot::verity::entry_cmdline(&m.cmdline, Some(&built.verity));
     let sdboot = read_from_tree(&built.tree, SYSTEMD_BOOT).context(
         "the image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi); add systemd-boot-efi to [packages] (the base profile has it)",
     )?;
@@ -284,7 +299,7 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
         slot: pak_boot::disk::Slot::A,
         generation: m.number,
         system: &m.system,
-        cmdline: &m.cmdline,
+        cmdline: &cmdline,
         tries: Some(m.tries),
         // The only entry: any priority boots; later switches count up from it.
         priority: 1,
@@ -293,6 +308,27 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
         description: description.as_bytes(),
     };
     Ok(pak_boot::disk::new_esp(&sdboot, &boot))
+}
+
+/// Refuses a generation that, with its hash tree, does not fit a slot,
+/// naming the sizes and the setting to raise.
+fn check_fits(built: &Built, layout: &Layout) -> Result<()> {
+    let size = std::fs::metadata(&built.squashfs)
+        .with_context(|| format!("cannot read {}", built.squashfs.display()))?
+        .len();
+    if size <= layout.slot {
+        return Ok(());
+    }
+    let tree = verity::added_size(built.verity.data_blocks);
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    bail!(
+        "generation {} is {} MiB ({} MiB squashfs and seal, {} MiB dm-verity hash tree) but a slot holds {} MiB; raise [image] slot_size (or [image] size, which the slots share)",
+        built.meta.number,
+        mib(size),
+        mib(size - tree),
+        mib(tree),
+        layout.slot >> 20
+    )
 }
 
 /// `pak build -o IMAGE`, pinning the accounts it allocated in the lock.
@@ -319,6 +355,7 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         size(&img.esp_size)?,
         size(&img.slot_size)?,
     )?;
+    check_fits(&built, &layout)?;
     let files = esp_files(&built)?;
     disk::create(out, &layout, &files, gen_tmp.path(), &built.meta.build_id)?;
     Ok(built)

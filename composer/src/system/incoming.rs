@@ -1,5 +1,10 @@
-//! A generation file on its way to a slot: read, and its seal checked,
-//! before anything on the disk is touched.
+//! A generation file on its way to a slot: read, and its seal and
+//! dm-verity hash tree checked, before anything on the disk is touched.
+//!
+//! A file without a tree (built by a pak before verity roots) is refused
+//! with the advice to rebuild it: written to a slot it would boot
+//! unverified, and a rebuild from its lock gives the same root plus the
+//! tree.
 
 use std::io::{Read, Seek};
 
@@ -16,15 +21,18 @@ pub struct Incoming<S> {
     pub meta: GenerationMeta,
     pub(super) kernel: Vec<u8>,
     pub(super) initrd: Vec<u8>,
-    /// The squashfs and its seal: what goes to the slot.
+    /// The squashfs, its seal, hash tree and trailer: what goes to the slot.
     pub(super) image_size: u64,
     pub(super) image_sha256: String,
+    /// Its dm-verity root, for the loader entry.
+    pub verity: pak_boot::verity::Verity,
 }
 
 impl<S: Read + Seek> Incoming<S> {
     /// Reads the description, kernel and initrd of the generation file
     /// `source` and checks its seal (the sha256 `pak build` put behind the
-    /// squashfs), so a corrupt file is refused before the disk is touched.
+    /// squashfs) and its hash tree, so a corrupt file is refused before the
+    /// disk is touched.
     pub fn read(mut source: S, name: &str) -> Result<Self> {
         let not_gen = || {
             format!(
@@ -44,7 +52,7 @@ impl<S: Read + Seek> Incoming<S> {
                 .with_context(|| format!("{name} is corrupt: cannot read its initrd"))?;
             (meta, kernel, initrd, r.bytes_used())
         };
-        let (image_size, image_sha256) = generation::check_seal(&mut source, used)
+        let checked = generation::check(&mut source, used)
             .with_context(|| format!("{name} is corrupt or incomplete"))?;
         Ok(Incoming {
             source,
@@ -52,8 +60,9 @@ impl<S: Read + Seek> Incoming<S> {
             meta,
             kernel,
             initrd,
-            image_size,
-            image_sha256,
+            image_size: checked.size,
+            image_sha256: checked.sha256,
+            verity: checked.verity,
         })
     }
 }

@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use anyhow::{Context, Result, bail};
 use pak_boot::bls::{self, EntryName, State};
 use pak_boot::disk::{Slot, SlotBoot, esp};
+use pak_boot::verity;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -32,6 +33,8 @@ pub struct Switched {
     pub entry: String,
     pub image_sha256: String,
     pub image_size: u64,
+    /// The dm-verity root hash the new entry passes to `/init`.
+    pub root_hash: String,
 }
 
 /// What [`PakDisk::rollback`] did.
@@ -101,12 +104,13 @@ impl<D: Device> PakDisk<D> {
     /// 1. free what an interrupted earlier run left on the ESP;
     /// 2. remove the target slot's loader entries (the booted, good
     ///    generation stays the default and the fallback), then its boot files;
-    /// 3. write the squashfs to the slot's partition, sync, drop the cache
-    ///    and read it back: its sha256 must be the generation's;
+    /// 3. write the generation (squashfs, seal, dm-verity tree, trailer) to
+    ///    the slot's partition, sync, drop the cache and read it back: its
+    ///    sha256 must be the generation's;
     /// 4. kernel, initrd and description to `pak/<slot>/` on the ESP, each
     ///    data first and its directory entry last;
-    /// 5. the new loader entry, with the highest priority: the one write
-    ///    that makes the new generation boot.
+    /// 5. the new loader entry, with the highest priority and the slot's
+    ///    root hash: the one write that makes the new generation boot.
     ///
     /// 4 and 5 are [`SlotBoot::files`], in its order. A cut before 5 leaves
     /// the booted generation the only entry; after 5 the new one boots with
@@ -139,7 +143,7 @@ impl<D: Device> PakDisk<D> {
         let part = self.partition(target).clone();
         if incoming.image_size > part.size() {
             bail!(
-                "no space in slot {target}: generation {} needs {} MiB, the slot has {} MiB; make the generation smaller or the slots larger ([image] slot_size)",
+                "no space in slot {target}: generation {} needs {} MiB with its dm-verity hash tree, the slot has {} MiB; make the generation smaller or the slots larger ([image] slot_size)",
                 meta.number,
                 incoming.image_size.div_ceil(1 << 20),
                 part.size() >> 20
@@ -147,19 +151,23 @@ impl<D: Device> PakDisk<D> {
         }
         // The description on the ESP records what was written, for verify.
         let mut esp_meta = meta.clone();
-        esp_meta.written = Some(Written::of(
-            &incoming.image_sha256,
-            incoming.image_size,
-            &incoming.kernel,
-            &incoming.initrd,
-        ));
+        esp_meta.written = Some(
+            Written::of(
+                &incoming.image_sha256,
+                incoming.image_size,
+                &incoming.kernel,
+                &incoming.initrd,
+            )
+            .with_verity(incoming.verity.clone()),
+        );
         let description = esp_meta.to_toml();
+        let cmdline = verity::entry_cmdline(&meta.cmdline, Some(&incoming.verity));
         let entries = self.entries()?;
         let boot = SlotBoot {
             slot: target,
             generation: meta.number,
             system: &meta.system,
-            cmdline: &meta.cmdline,
+            cmdline: &cmdline,
             tries: Some(meta.tries.max(1)),
             priority: entries.iter().map(|e| e.priority).max().unwrap_or(0) + 1,
             kernel: &incoming.kernel,
@@ -197,6 +205,7 @@ impl<D: Device> PakDisk<D> {
             entry: entry.to_string(),
             image_sha256: incoming.image_sha256.clone(),
             image_size: incoming.image_size,
+            root_hash: incoming.verity.root_hash.clone(),
         })
     }
 
@@ -249,8 +258,9 @@ impl<D: Device> PakDisk<D> {
         Ok(())
     }
 
-    /// Copies the squashfs to the slot's partition, syncs, and reads it
-    /// back past the cache: what boots must be what was sealed.
+    /// Copies the generation to the slot's partition, syncs, and reads it
+    /// back past the cache: what boots, and the tree that checks it, must
+    /// be what was sealed.
     fn write_slot<S: Read + Seek>(
         &mut self,
         slot: Slot,
@@ -345,7 +355,9 @@ impl<D: Device> PakDisk<D> {
         let meta = self
             .slot_meta(other)?
             .with_context(|| format!("slot {other} has no description on the ESP"))?;
-        let text = bls::render_entry(&meta.system, other, generation, top + 1, &meta.cmdline);
+        let verity = meta.written.as_ref().and_then(|w| w.verity.as_ref());
+        let cmdline = verity::entry_cmdline(&meta.cmdline, verity);
+        let text = bls::render_entry(&meta.system, other, generation, top + 1, &cmdline);
         let path = esp::entry(&target.name);
         let tmp = format!("{path}.tmp");
         self.esp.reclaim_lost_clusters()?;

@@ -1,11 +1,19 @@
 //! `pak system verify`: does every entry that can boot boot what it names?
+//!
+//! A slot with a dm-verity root is checked as the kernel will read it: its
+//! tree recomputed from its data and compared with the stored one and the
+//! root hash in the loader entry, so a changed block is named. Then the
+//! sha256 of everything written (squashfs, seal, tree, trailer) is
+//! compared with the one recorded on the ESP.
 
 use anyhow::{Context, Result, bail};
 use pak_boot::bls::EntryName;
 use pak_boot::disk::esp;
+use pak_boot::verity::Verity;
 
 use super::device::read_sha256;
 use super::{Device, PakDisk};
+use crate::image::verity;
 use crate::util::fsutil::sha256_hex;
 
 impl<D: Device> PakDisk<D> {
@@ -48,6 +56,30 @@ impl<D: Device> PakDisk<D> {
             }
         }
         let off = self.partition(slot).offset();
+        let entry_verity = {
+            let text = self.esp.read(&esp::entry(name))?;
+            Verity::from_cmdline(&String::from_utf8_lossy(&text))
+        };
+        match (&w.verity, entry_verity) {
+            (None, None) => {}
+            (Some(_), None) => bail!(
+                "{} carries no dm-verity root hash, though slot {slot} has one: it would mount the slot unchecked",
+                esp::entry(name)
+            ),
+            (_, Some(Err(e))) => bail!("{}: {e}", esp::entry(name)),
+            (None, Some(Ok(_))) => bail!("{description} records no dm-verity root"),
+            (Some(recorded), Some(Ok(v))) => {
+                if recorded != &v {
+                    bail!(
+                        "{} and {description} name different dm-verity roots",
+                        esp::entry(name)
+                    );
+                }
+                if let Err(m) = verity::check(self.esp.device(), off, &v)? {
+                    bail!("slot {slot}: {m}");
+                }
+            }
+        }
         let got = read_sha256(self.esp.device(), off, w.image_size)?;
         if got != w.image_sha256 {
             bail!("slot {slot} does not hold the generation written there");
