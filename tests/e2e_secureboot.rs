@@ -1,11 +1,11 @@
-//! End to end, Secure Boot: OVMF's Secure Boot firmware, trusting only a
-//! key pak generated (enrolled by pak as PK, KEK and db), starts
-//! systemd-boot and a unified kernel image that pak built and signed, and
-//! boots the system; the same disk with one byte of the UKI changed is
-//! refused by the firmware.
+//! End to end, Secure Boot: an image built with `[boot] uki = true` and
+//! `secure-boot` boots on OVMF's Secure Boot firmware trusting only the
+//! key pak generated (enrolled by pak as PK, KEK and db): systemd-boot and
+//! the unified kernel image are pak's, signed; the same disk with one
+//! byte of the UKI changed is refused by the firmware.
 
 mod common;
-use common::{BOOT, e2e_store};
+use common::BOOT;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use pak::disk::fat::volume::Volume;
 use pak::disk::gpt;
-use pak::image::uki::{self, UkiParts};
-use pak::sign::authenticode::sign_pe;
-use pak::sign::key::{self, SecureBootKey};
+use pak::image::uki::pe::Pe;
+use pak::sign::key;
 use pak::vm::qemu::FirmwareMode;
 use pak::vm::vmtest::Machine;
-use pak_boot::disk::{ESP_LABEL, esp};
+use pak_boot::disk::{ESP_LABEL, Slot, esp};
 
 /// The ESP of a disk image, opened for editing.
 fn esp_volume(image: &Path) -> Volume<File> {
@@ -29,72 +28,24 @@ fn esp_volume(image: &Path) -> Volume<File> {
     Volume::open(f, offset).unwrap()
 }
 
-/// systemd-stub from the store the image was built from.
-fn stub_from_store() -> Vec<u8> {
-    let store = e2e_store().join("store");
-    let dir = std::fs::read_dir(&store)
+/// The shipped minimal image's Pakfile, booting a UKI signed with the
+/// key `db` beside it.
+fn secure_pakfile(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(common::workspace().join("images/minimal/Pakfile"))
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("systemd-boot-efi-")
-        })
-        .map(|p| p.join("tree").join(uki::STUB))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("no systemd-boot-efi in {}", store.display()));
-    std::fs::read(dir).unwrap()
-}
-
-/// Turns the built image's slot-a Type #1 entry into a signed UKI
-/// (`EFI/Linux/pak-a-1.efi`, same kernel, initrd and command line) and
-/// signs systemd-boot; returns the UKI's path on the ESP.
-fn seal(image: &Path, key: &SecureBootKey) -> String {
-    let mut v = esp_volume(image);
-    let entries: Vec<String> = v
-        .list(esp::ENTRIES)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.name)
-        .filter(|n| n.starts_with("pak-a-1"))
-        .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let entry_path = format!("{}/{}", esp::ENTRIES, entries[0]);
-    let entry = String::from_utf8(v.read(&entry_path).unwrap()).unwrap();
-    let field = |k: &str| {
-        entry
-            .lines()
-            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {k} in {entry}"))
-    };
-    let kernel = v.read(field("linux").trim_start_matches('/')).unwrap();
-    let initrd = v.read(field("initrd").trim_start_matches('/')).unwrap();
-    let cmdline = field("options");
-    let parts = UkiParts {
-        stub: &stub_from_store(),
-        kernel: &kernel,
-        initrd: &initrd,
-        cmdline: &cmdline,
-        os_release: "PRETTY_NAME=\"pak secure boot test\"\nID=debian\n",
-        uname: None,
-    };
-    let signed = sign_pe(&uki::build(&parts).unwrap(), key).unwrap();
-    let uki_path = "EFI/Linux/pak-a-1.efi".to_string();
-    v.create_dir("EFI/Linux").unwrap();
-    v.create(&uki_path, &signed).unwrap();
-    v.remove(&entry_path).unwrap();
-    let boot = v.read(esp::BOOT_LOADER).unwrap();
-    v.remove(esp::BOOT_LOADER).unwrap();
-    v.create(esp::BOOT_LOADER, &sign_pe(&boot, key).unwrap())
-        .unwrap();
-    uki_path
+        .replace(
+            "[boot]\n",
+            "[boot]\nuki = true\nsecure-boot = { key = \"db.key\", cert = \"db.crt\" }\n",
+        );
+    let pakfile = dir.join("Pakfile");
+    std::fs::write(&pakfile, text).unwrap();
+    pakfile
 }
 
 fn flip_one_byte(image: &Path, path: &str) {
     let mut v = esp_volume(image);
     let mut bytes = v.read(path).unwrap();
-    let pe = pak::image::uki::pe::Pe::parse(bytes.clone()).unwrap();
+    let pe = Pe::parse(bytes.clone()).unwrap();
     let cmdline = pe
         .sections()
         .into_iter()
@@ -113,46 +64,99 @@ fn flip_one_byte(image: &Path, path: &str) {
     v.create(path, &bytes).unwrap();
 }
 
-fn secure(cert: &Path) -> FirmwareMode {
-    FirmwareMode::secure_boot(cert).unwrap()
-}
-
 #[test]
 fn signed_uki_boots_under_secure_boot_and_a_changed_byte_is_refused() {
     let work = tempfile::tempdir().unwrap();
-    let img: PathBuf = work.path().join("minimal.raw");
-    common::build_shipped("minimal", &img);
     let files = key::generate_files(&work.path().join("db")).unwrap();
-    let key = SecureBootKey::read(&files.key, &files.cert_pem).unwrap();
-    let uki_path = seal(&img, &key);
+    let pakfile = secure_pakfile(work.path());
+    let img: PathBuf = work.path().join("secure.raw");
+    let build = |out: &Path| {
+        common::pak(["--pakfile", pakfile.to_str().unwrap(), "build", "-o"])
+            .arg(out)
+            .root(common::e2e_store())
+    };
+    build(&img).ok();
+
+    // The slot boots its UKI; systemd-boot and the UKI carry signatures.
+    let uki_path = esp::uki(Slot::A);
+    {
+        let mut v = esp_volume(&img);
+        let entries = v.list(esp::ENTRIES).unwrap();
+        assert_eq!(entries.len(), 1);
+        let entry = String::from_utf8(
+            v.read(&format!("{}/{}", esp::ENTRIES, entries[0].name))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(entry.contains(&format!("efi /{uki_path}")), "{entry}");
+        assert!(v.find(&esp::kernel(Slot::A)).unwrap().is_none());
+        for f in [esp::BOOT_LOADER, uki_path.as_str()] {
+            let pe = Pe::parse(v.read(f).unwrap()).unwrap();
+            assert_eq!(pe.signatures().len(), 1, "{f} is signed");
+        }
+    }
+
+    // A key that does not match its certificate stops the build, naming
+    // both files, and writes nothing.
+    let mismatched = work.path().join("mismatched");
+    std::fs::create_dir(&mismatched).unwrap();
+    let other = key::generate_files(&mismatched.join("other")).unwrap();
+    std::fs::copy(&files.key, mismatched.join("db.key")).unwrap();
+    std::fs::copy(&other.cert_pem, mismatched.join("db.crt")).unwrap();
+    let bad_pakfile = secure_pakfile(&mismatched);
+    std::fs::copy(
+        work.path().join("Pakfile.lock"),
+        mismatched.join("Pakfile.lock"),
+    )
+    .unwrap();
+    let bad = work.path().join("bad.raw");
+    let err = common::pak(["--pakfile", bad_pakfile.to_str().unwrap(), "build", "-o"])
+        .arg(&bad)
+        .root(common::e2e_store())
+        .fails();
+    assert!(
+        err.contains("db.key") && err.contains("db.crt") && err.contains("do not belong together"),
+        "{err}"
+    );
+    assert!(!bad.exists());
 
     let cfg = common::vm(&img, &[]);
     let mut m = Machine::start_with(
         &cfg,
-        &secure(&files.cert_pem),
+        &FirmwareMode::secure_boot(&files.cert_pem).unwrap(),
         &work.path().join("console.log"),
     )
     .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
     m.wait_for_shell(BOOT).unwrap();
     // The kernel read the firmware's SecureBoot variable at start.
     let sb = m.succeed("dmesg | grep secureboot:").unwrap();
     assert!(sb.contains("Secure boot enabled"), "{sb}");
+    // The command line is the UKI's, the dm-verity root hash in it.
     let cmdline = m.succeed("cat /proc/cmdline").unwrap();
-    assert!(cmdline.contains("pak.slot=a"), "{cmdline}");
+    assert!(
+        cmdline.contains("pak.slot=a") && cmdline.contains("pak.verity"),
+        "{cmdline}"
+    );
+    let root = m.succeed("grep ' / ' /proc/mounts").unwrap();
+    assert!(
+        root.contains("/dev/mapper/"),
+        "the root is verity-checked: {root}"
+    );
+    m.succeed("sync").unwrap();
     m.kill();
 
     flip_one_byte(&img, &uki_path);
     let mut m = Machine::start_with(
         &cfg,
-        &secure(&files.cert_pem),
+        &FirmwareMode::secure_boot(&files.cert_pem).unwrap(),
         &work.path().join("console-changed.log"),
     )
     .unwrap();
     m.wait_for("Error loading", BOOT).unwrap();
     let tail = m.tail(20);
     assert!(
-        tail.contains("pak-a-1.efi")
-            && (tail.contains("Security") || tail.contains("Access Denied")),
+        tail.contains("linux.efi") && (tail.contains("Security") || tail.contains("Access Denied")),
         "{tail}"
     );
     // Nothing else starts: no kernel ever prints.

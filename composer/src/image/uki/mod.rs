@@ -7,7 +7,13 @@
 
 pub mod pe;
 
+use anyhow::{Context, Result};
 use pe::{NewSection, Pe, PeError};
+
+use crate::image::assemble::RootTree;
+use crate::image::read_from_tree;
+use crate::sign::key::SecureBootKey;
+use crate::spec::pakfile::Pakfile;
 
 /// systemd-stub in Debian's systemd-boot-efi package.
 pub const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -34,6 +40,73 @@ pub enum UkiError {
     Stub(PeError),
     #[error("the kernel command line has a NUL byte")]
     Cmdline,
+}
+
+/// How `pak build` boots its generations when `[boot] uki` is on: from
+/// a UKI, signed with the Pakfile's Secure Boot key if it gives one (and
+/// then systemd-boot too).
+pub struct UkiBuild {
+    key: Option<SecureBootKey>,
+}
+
+impl UkiBuild {
+    /// `None` when the Pakfile boots a kernel and initrd. The key is read
+    /// and checked here, so a bad one stops the build before it writes.
+    pub fn from_pakfile(pakfile: &Pakfile) -> Result<Option<UkiBuild>> {
+        if !pakfile.boot.uki {
+            return Ok(None);
+        }
+        let key = match &pakfile.boot.secure_boot {
+            Some(sb) => Some(
+                SecureBootKey::read(
+                    &pakfile.resolve_path(&sb.key),
+                    &pakfile.resolve_path(&sb.cert),
+                )
+                .context("[boot] secure-boot")?,
+            ),
+            None => None,
+        };
+        Ok(Some(UkiBuild { key }))
+    }
+
+    /// The UKI of a generation whose root is `tree`, booting with
+    /// `cmdline` (the slot's whole command line), signed if a key is set.
+    pub fn image(
+        &self,
+        tree: &RootTree,
+        kernel: &[u8],
+        initrd: &[u8],
+        cmdline: &str,
+        uname: &str,
+    ) -> Result<Vec<u8>> {
+        let stub = read_from_tree(tree, STUB).context(
+            "[boot] uki needs systemd-stub (/usr/lib/systemd/boot/efi/linuxx64.efi.stub): add systemd-boot-efi to [packages] (the base profile has it)",
+        )?;
+        let os_release = read_from_tree(tree, "etc/os-release")
+            .or_else(|_| read_from_tree(tree, "usr/lib/os-release"))
+            .unwrap_or_default();
+        let uki = build(&UkiParts {
+            stub: &stub,
+            kernel,
+            initrd,
+            cmdline,
+            os_release: &String::from_utf8_lossy(&os_release),
+            uname: Some(uname),
+        })?;
+        self.sign(&uki)
+    }
+
+    /// The boot loader as the ESP gets it: signed if a key is set.
+    pub fn boot_loader(&self, systemd_boot: Vec<u8>) -> Result<Vec<u8>> {
+        self.sign(&systemd_boot).context("cannot sign systemd-boot")
+    }
+
+    fn sign(&self, image: &[u8]) -> Result<Vec<u8>> {
+        match &self.key {
+            Some(k) => crate::sign::authenticode::sign_pe(image, k),
+            None => Ok(image.to_vec()),
+        }
+    }
 }
 
 /// The UKI's bytes: a pure function of the parts.
@@ -81,6 +154,18 @@ pub fn build(parts: &UkiParts) -> Result<Vec<u8>, UkiError> {
     Ok(stub.into_bytes())
 }
 
+/// The command line sealed in a UKI (its `.cmdline` section), for the
+/// host side to read the root hash a UKI slot boots with.
+pub fn cmdline_of(uki: &[u8]) -> Option<String> {
+    let pe = Pe::parse(uki.to_vec()).ok()?;
+    let raw = pe.section_data(".cmdline")?;
+    Some(
+        String::from_utf8_lossy(raw)
+            .trim_end_matches('\0')
+            .to_string(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +190,7 @@ mod tests {
             [".text", ".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
         );
         assert_eq!(pe.section_data(".cmdline").unwrap(), b"pak.slot=a quiet");
+        assert_eq!(cmdline_of(pe.bytes()).as_deref(), Some("pak.slot=a quiet"));
         assert_eq!(pe.section_data(".initrd").unwrap(), b"070701initrd");
         let linux = pe.sections().pop().unwrap();
         assert_eq!(linux.virtual_size, 0x2000, "the kernel's SizeOfImage");
