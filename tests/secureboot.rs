@@ -254,3 +254,30 @@ fn key_generate_secure_boot_writes_a_key_openssl_reads() {
         .fails();
     assert!(err.contains("already exists"), "{err}");
 }
+
+#[test]
+fn qemu_secure_boot_names_an_unusable_certificate() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.raw");
+    std::fs::write(&img, b"").unwrap();
+    let missing = d.path().join("missing.crt");
+    let err = common::pak(["qemu", "--secure-boot"])
+        .arg(&missing)
+        .arg(&img)
+        .fails();
+    assert!(
+        err.contains("cannot read the Secure Boot certificate") && err.contains("missing.crt"),
+        "{err}"
+    );
+    let not_cert = d.path().join("notes.txt");
+    std::fs::write(&not_cert, "hello\n").unwrap();
+    let err = common::pak(["qemu", "--secure-boot"])
+        .arg(&not_cert)
+        .arg(&img)
+        .fails();
+    assert!(
+        err.contains("notes.txt is not an X.509 certificate")
+            && err.contains("pak key generate --secure-boot"),
+        "{err}"
+    );
+}
