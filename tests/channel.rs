@@ -227,6 +227,15 @@ fn publish_show_keep_halt_and_their_refusals() {
         pak::util::fsutil::sha256_hex(&std::fs::read(&g2.path).unwrap())
     );
     assert_eq!(c.rollout_of(1), 100, "older generations are fully out");
+    // Its chunk index is beside it, covered by the signature through its
+    // sha256, and describes the file.
+    let chunks = g.chunks.as_ref().unwrap();
+    assert_eq!(chunks.file, "test-2.chunks");
+    let index = std::fs::read(f.channel.join(&chunks.file)).unwrap();
+    assert_eq!(chunks.sha256, pak::util::fsutil::sha256_hex(&index));
+    assert_eq!(chunks.size, index.len() as u64);
+    let parsed = pak::channel::chunks::ChunkIndex::parse(&index, g.size, "i").unwrap();
+    assert!(parsed.chunks.len() > 20, "cut at squashfs blocks");
     assert!(c.expires > pak::channel::now() + 6 * 86_400);
 
     // A number the channel has, or has passed, is refused; nothing changes.
@@ -271,7 +280,9 @@ fn publish_show_keep_halt_and_their_refusals() {
     // --keep prunes the oldest file after the metadata stops naming it.
     let out = f.publish(&[&s(&g3.path), "--keep", "2"]).ok();
     assert!(out.contains("removed test-1.sqfs"), "{out}");
+    assert!(out.contains("removed test-1.chunks"), "{out}");
     assert!(!f.channel.join("test-1.sqfs").exists());
+    assert!(!f.channel.join("test-1.chunks").exists());
     let c = f.parsed();
     assert_eq!(
         c.generations.iter().map(|g| g.number).collect::<Vec<_>>(),
@@ -283,6 +294,10 @@ fn publish_show_keep_halt_and_their_refusals() {
     assert!(f.parsed().halted);
     let out = common::pak(["channel", "show", &s(&f.channel), "--key", &s(&f.public)]).ok();
     assert!(out.contains("HALTED"), "{out}");
+    assert!(
+        out.contains("test-3.sqfs + test-3.chunks (delta index)"),
+        "{out}"
+    );
     assert!(out.contains("verified, key"), "{out}");
     f.publish(&["--resume", "--rollout", "50"]).ok();
     let c = f.parsed();

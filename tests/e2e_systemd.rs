@@ -9,7 +9,13 @@ use common::{BOOT, pak_e2e, vm, workspace};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use pak::vm::qemu::Credential;
 use pak::vm::vmtest::Machine;
+
+/// The MAC address QEMU gives the first network card.
+const QEMU_MAC: &str = "52:54:00:12:34:56";
+/// An address only a provisioning seed gives the machine.
+const SEED_ADDRESS: &str = "10.0.2.77";
 
 /// Powers the guest off and waits for QEMU to exit.
 fn power_off(m: &mut Machine) {
@@ -45,6 +51,21 @@ fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() 
         .port();
     let mut cfg = vm(&img, &[]);
     cfg.forwards = vec![format!("{port}:80").parse().unwrap()];
+    // Provisioning through systemd's credentials: the host name as an
+    // SMBIOS string (read by systemd itself), a static network as a seed
+    // in fw_cfg (the address QEMU's DHCP would give, and one more).
+    let seed = work.path().join("pak-seed.toml");
+    std::fs::write(
+        &seed,
+        format!(
+            "[network.interfaces.lan]\nmac = \"{QEMU_MAC}\"\naddress = [\"10.0.2.15/24\", \"{SEED_ADDRESS}/24\"]\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n"
+        ),
+    )
+    .unwrap();
+    cfg.credentials = vec![
+        Credential::smbios("system.hostname=web-7").unwrap(),
+        Credential::fw_cfg(&format!("pak.seed={}", seed.display())).unwrap(),
+    ];
     let started = Instant::now();
     let mut m = Machine::start(&cfg, &work.path().join("console.log")).unwrap();
     m.wait_for("pak-init: switching to /sbin/init", BOOT)
@@ -89,10 +110,52 @@ fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() 
         "no page through 127.0.0.1:{port}: {body:?}"
     );
 
+    // Provisioned from systemd's credentials and fw_cfg; the seed's
+    // network is networkd's, and replaces the image's DHCP.
+    assert_eq!(m.succeed("hostname").unwrap().trim(), "web-7");
+    assert!(
+        status.contains("provisioned from fw_cfg credentials: pak.seed")
+            && status.contains("provisioned from systemd credentials: system.hostname"),
+        "{status}"
+    );
+    common::wait_for_address(&mut m, SEED_ADDRESS);
+    let networkd = m
+        .succeed("for l in /sys/class/net/*; do [ ${l##*/} = lo ] || networkctl status --no-pager --lines=0 ${l##*/}; done | grep -i 'network file'")
+        .unwrap();
+    assert!(
+        networkd.contains("/etc/systemd/network/40-pak-seed-lan.network"),
+        "{networkd}"
+    );
+
+    // Debian's 90-systemd.preset enables systemd-network-generator; pak's
+    // own keeps the getty it names off the console, and a unit no preset
+    // names (e2fsprogs' e2scrub_reap) off.
+    assert_eq!(
+        m.succeed("systemctl is-active systemd-network-generator.service")
+            .unwrap()
+            .trim(),
+        "active"
+    );
+    let (_, enabled) = m
+        .execute(
+            "systemctl is-enabled getty@tty1.service e2scrub_reap.service",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(
+        enabled.split_whitespace().collect::<Vec<_>>(),
+        ["disabled", "disabled"]
+    );
+
     let id = m.succeed("cat /etc/machine-id").unwrap().trim().to_string();
     assert_eq!(id.len(), 32, "systemd made a machine-id: {id:?}");
     m.reboot().unwrap();
     assert_eq!(system_state(&mut m), "running");
+    let status = m.succeed("pak system status").unwrap();
+    assert!(
+        status.contains("data: /dev/vda4 checked at boot, clean"),
+        "/var was left clean at the reboot: {status}"
+    );
     assert_eq!(
         m.succeed("cat /etc/machine-id").unwrap().trim(),
         id,
@@ -106,6 +169,18 @@ fn server_systemd_runs_debians_units_and_is_marked_good_through_boot_complete() 
         "the journal of the previous boot is kept: {boots}"
     );
     power_off(&mut m);
+    // /var (under the /etc overlay, and the journal's) is unmounted at the
+    // end, cleanly, at the reboot and at power-off.
+    let log = std::fs::read_to_string(work.path().join("console.log")).unwrap();
+    assert!(
+        log.contains("reboot: Power down"),
+        "the log ends before power-off"
+    );
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Failed unmounting") || l.contains("Not all file systems unmounted"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
 }
 
 /// The same server under busybox init and under systemd, each from power

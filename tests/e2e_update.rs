@@ -176,8 +176,10 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
     eprintln!("built and published in {:?}", started.elapsed());
 
     let logs = w.join("nginx");
-    // Slow enough that the download is still running when nginx dies.
-    let server = Nginx::start(&logs, &channel, port, "300k");
+    // Slow enough that the download is still running when nginx dies: a
+    // delta update fetches a few hundred KiB (after a ~60 KiB chunk
+    // index), over 4 connections.
+    let server = Nginx::start(&logs, &channel, port, "20k");
 
     let mut m = Machine::start(&vm(&img, &[]), &w.join("console.log")).unwrap();
     m.wait_for("pak: boot complete", BOOT).unwrap();
@@ -227,6 +229,25 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
         log.lines()
             .any(|l| l.contains(".sqfs") && l.contains("\" 206 ")),
         "the second download was not a Range request:\n{log}"
+    );
+    // A delta: slot a was the seed, and both runs together fetched a
+    // small part of the generation.
+    assert!(out.contains("generation 2: fetching"), "{out}");
+    let sent: u64 = log
+        .lines()
+        .filter(|l| l.contains("-2.sqfs ") || l.contains("-2.chunks "))
+        .filter_map(|l| {
+            l.split("\" ")
+                .nth(1)?
+                .split(' ')
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        sent > 0 && sent * 4 < size,
+        "generation 2 cost {sent} of its {size} bytes:\n{log}"
     );
     m.reboot().unwrap();
     let cmdline = m.succeed("cat /proc/cmdline").unwrap();

@@ -243,6 +243,11 @@ fn switch_refuses_a_changed_tree_or_data_block_and_writes_nothing() {
         assert!(err.contains(says), "{what}: {err}");
         assert_eq!(sha256_of(&img), before, "{what}: the disk was written");
     }
+    // Cut inside its tree: incomplete, not old.
+    std::fs::write(&g2.path, &pristine[..pristine.len() - 5000]).unwrap();
+    let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
+    assert!(err.contains("inside its dm-verity hash tree"), "{err}");
+    assert_eq!(sha256_of(&img), before);
     // A file from a pak before verity roots: the squashfs and seal alone.
     std::fs::write(&g2.path, &pristine[..(v.data_blocks * BLOCK) as usize]).unwrap();
     let err = common::pak(["system", "switch", "--disk", &s(&img), &s(&g2.path)]).fails();
@@ -272,6 +277,13 @@ fn verify_names_a_changed_block_in_a_slot() {
     assert!(out.contains("ok   pak-b-2+3.conf"), "{out}");
     assert!(out.contains("ok   pak-a-1.conf"), "{out}");
 
+    // A rollback writes slot a's entry again, from its description: with
+    // its root, or verify would refuse an entry that mounts the slot
+    // unchecked.
+    common::pak(["system", "rollback", "--disk", &s(&img)]).ok();
+    let out = common::pak(["system", "verify", "--disk", &s(&img)]).ok();
+    assert!(out.starts_with("ok   pak-a-1.conf"), "{out}");
+
     let slot_b = layout().partitions("test")[2].offset();
     flip(&img, slot_b + 77 * BLOCK + 1000);
     let failed = |img: &Path| {
@@ -295,4 +307,56 @@ fn verify_names_a_changed_block_in_a_slot() {
         err.contains("slot b: its dm-verity hash tree is damaged at hash block 2"),
         "{err}"
     );
+}
+
+/// A project of stand-in packages (no Debian, no network) whose kernel is
+/// `kernel`, with `image` as its [image] table.
+fn project(kernel: &common::Package, image: &str) -> common::Project {
+    let p = common::Project::new();
+    p.add(kernel);
+    p.add(&common::Package::boot_loader("boot-loader"));
+    p.index();
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\n",
+        &format!("\n[image]\n{image}"),
+    );
+    p
+}
+
+#[test]
+fn a_kernel_without_dm_verity_is_a_build_error_naming_it() {
+    let modules = "usr/lib/modules/1.0-test";
+    let kernel = common::Package::new("kernel", "1.0-1")
+        .arch("x86_64")
+        .file("boot/vmlinuz-1.0-test", "a stand-in kernel")
+        .file(
+            &format!("{modules}/kernel/drivers/misc/dummy.ko"),
+            common::fake_module(),
+        )
+        .file(
+            &format!("{modules}/modules.builtin"),
+            "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
+        );
+    let p = project(&kernel, "size = \"512MiB\"\n");
+    let err = p.fails(&["build", "-o", "disk.raw"]);
+    assert!(
+        err.contains("kernel package kernel 1.0-1")
+            && err.contains("kernel 1.0-test has no dm-verity module")
+            && err.contains("CONFIG_DM_VERITY"),
+        "{err}"
+    );
+    assert!(!p.path("disk.raw").exists());
+}
+
+#[test]
+fn a_generation_too_large_for_its_slot_with_its_tree_names_the_sizes() {
+    let p = project(&common::Package::kernel("kernel"), "slot_size = \"1MiB\"\n");
+    let err = p.fails(&["build", "-o", "disk.raw"]);
+    assert!(
+        err.contains("dm-verity hash tree")
+            && err.contains("a slot holds 1 MiB")
+            && err.contains("raise [image] slot_size"),
+        "{err}"
+    );
+    assert!(!p.path("disk.raw").exists());
 }

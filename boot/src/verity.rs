@@ -188,6 +188,11 @@ pub fn entry_cmdline(cmdline: &str, verity: Option<&Verity>) -> String {
 
 /// Device-mapper through its ioctls (`linux/dm-ioctl.h`), as much as
 /// `/init` needs: create a read-only verity device, ask its status.
+///
+/// Hand-written: the `devicemapper` crate (Stratis) speaks these ioctls,
+/// but brings nix, semver and its own error stack into the static `/init`
+/// for five calls. The layout is checked against the header's numbers in
+/// the tests below, and against the kernel by `tests/e2e_verity.rs`.
 pub mod dm {
     use std::fs;
     use std::os::fd::AsRawFd;

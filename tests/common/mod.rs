@@ -516,7 +516,7 @@ impl Package {
             )
             .file(
                 &format!("{modules}/modules.builtin"),
-                "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\n",
+                "kernel/fs/squashfs/squashfs.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/fs/ext4/ext4.ko\nkernel/drivers/md/dm-verity.ko\n",
             )
     }
 
@@ -743,4 +743,60 @@ pub fn build_shipped(image: &str, out: &Path) {
         "-o",
         out.to_str().unwrap(),
     ]);
+}
+
+/// nginx serving `root` on 127.0.0.1:`port` (QEMU guests reach it as
+/// 10.0.2.2:`port`), each connection limited to `rate` (nginx's
+/// `limit_rate`, "0" for none), with its logs and temporary files in
+/// `dir`; stopped when dropped.
+pub struct Nginx {
+    child: std::process::Child,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, root: &Path, port: u16, rate: &str) -> Nginx {
+        let conf = dir.join("nginx.conf");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    limit_rate {rate};\n  }}\n}}\n",
+                d = dir.display(),
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let nginx = ["/usr/sbin/nginx", "/sbin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed (tools/packages.txt lists it)");
+        let server = Nginx {
+            child: Command::new(nginx)
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"])
+                .spawn()
+                .unwrap(),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(server);
+        panic!(
+            "nginx did not listen on port {port}; see {}/error.log",
+            dir.display()
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

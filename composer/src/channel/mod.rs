@@ -4,6 +4,7 @@
 //! ```text
 //! CHANNEL/channel.toml          the signed metadata (below)
 //! CHANNEL/<system>-<N>.sqfs     generation N, as `pak build --generation` wrote it
+//! CHANNEL/<system>-<N>.chunks   its chunk index, for delta updates (see `chunks`)
 //! ```
 //!
 //! `channel.toml` is TOML whose first two lines are the signature, each as a
@@ -25,6 +26,8 @@
 //! generation number, so each generation picks its own share of the fleet
 //! and raising the percentage only adds hosts.
 
+pub mod chunks;
+pub mod delta;
 mod publish;
 
 use serde::{Deserialize, Serialize};
@@ -138,8 +141,23 @@ pub struct ChannelGeneration {
     pub system: String,
     pub build_id: String,
     pub kernel: String,
+    /// Its chunk index, for delta updates; absent, hosts download the
+    /// whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkFile>,
     #[serde(default, rename = "package")]
     pub packages: Vec<PackageRef>,
+}
+
+/// A generation's chunk index ([`chunks::ChunkIndex`]) in the channel:
+/// the signature over the metadata covers it through its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkFile {
+    /// Relative to the channel.
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 impl Channel {
@@ -279,6 +297,11 @@ pub fn metadata_url(base: &str) -> String {
 /// The URL of a generation of the channel at `base`.
 pub fn generation_url(base: &str, g: &ChannelGeneration) -> String {
     crate::sources::fetch::join(base, &g.file)
+}
+
+/// The URL of a generation's chunk index.
+pub fn chunks_url(base: &str, c: &ChunkFile) -> String {
+    crate::sources::fetch::join(base, &c.file)
 }
 
 /// Fetches and verifies the metadata of the channel at `base` (signature,

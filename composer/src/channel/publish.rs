@@ -19,7 +19,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Channel, ChannelError, ChannelGeneration, FORMAT, METADATA};
+use super::chunks::ChunkIndex;
+use super::{Channel, ChannelError, ChannelGeneration, ChunkFile, FORMAT, METADATA};
 use crate::sources::key::SecretKey;
 
 /// What to change in a channel.
@@ -43,7 +44,7 @@ pub struct Published {
     pub channel: Channel,
     /// The generation added, if any.
     pub added: Option<ChannelGeneration>,
-    /// Generation files removed by `keep`.
+    /// Generation files (and their chunk indexes) removed by `keep`.
     pub pruned: Vec<String>,
 }
 
@@ -98,7 +99,7 @@ pub fn publish(dir: &Path, key: &SecretKey, what: &Publish) -> Result<Published>
         pruned = channel
             .generations
             .drain(..n)
-            .map(|g| g.file)
+            .flat_map(|g| std::iter::once(g.file).chain(g.chunks.map(|c| c.file)))
             .collect::<Vec<_>>();
     }
     channel.version += 1;
@@ -193,6 +194,7 @@ fn add_generation(dir: &Path, file: &Path, newest: u64) -> Result<ChannelGenerat
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.persist(dir.join(&name))
         .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
+    let chunks = write_chunks(dir, &dir.join(&name), &meta.system, meta.number)?;
     crate::util::fsutil::sync_dir(dir)?;
     Ok(ChannelGeneration {
         number: meta.number,
@@ -202,6 +204,28 @@ fn add_generation(dir: &Path, file: &Path, newest: u64) -> Result<ChannelGenerat
         system: meta.system,
         build_id: meta.build_id,
         kernel: meta.kernel_version,
+        chunks: Some(chunks),
         packages: meta.packages,
+    })
+}
+
+/// Writes the chunk index of the generation file `file` beside it, as
+/// the generation file is written: whole or not at all.
+fn write_chunks(dir: &Path, file: &Path, system: &str, number: u64) -> Result<ChunkFile> {
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let len = f.metadata()?.len();
+    let index = ChunkIndex::of(&mut std::io::BufReader::new(&mut f), 0, len)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let bytes = index.to_bytes();
+    let name = format!("{system}-{number}.chunks");
+    crate::util::fsutil::write_atomic(&dir.join(&name), &bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    // Served to anyone, like the generation file.
+    std::fs::set_permissions(dir.join(&name), std::fs::Permissions::from_mode(0o644))?;
+    Ok(ChunkFile {
+        file: name,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
     })
 }

@@ -76,13 +76,17 @@ fn render(c: &Channel, signer: Option<&str>) -> String {
     });
     for g in c.generations.iter().rev() {
         out.push_str(&format!(
-            "  {:>4}  {}  {} MiB  kernel {}  {} packages  {}\n",
+            "  {:>4}  {}  {} MiB  kernel {}  {} packages  {}{}\n",
             g.number,
             g.system,
             g.size.div_ceil(1 << 20),
             g.kernel,
             g.packages.len(),
-            g.file
+            g.file,
+            g.chunks
+                .as_ref()
+                .map(|c| format!(" + {} (delta index)", c.file))
+                .unwrap_or_default()
         ));
     }
     out

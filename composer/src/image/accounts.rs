@@ -237,6 +237,47 @@ impl Table {
             .collect()
     }
 
+    /// The same accounts as `sysusers.d(5)` lines, for systemd images:
+    /// systemd-sysusers adds at boot whatever `/etc/passwd` and
+    /// `/etc/group` lack, with these ids. They lack accounts when the
+    /// machine's /etc holds its own copy of them (the /etc overlay keeps a
+    /// changed file across generations), and a later generation's package
+    /// brings a new account.
+    pub fn sysusers(&self) -> String {
+        let field = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else if s.contains(char::is_whitespace) || s.contains('"') {
+                format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                s.to_string()
+            }
+        };
+        let mut out = String::from(
+            "# Written by pak: the image's accounts, as /etc/passwd and /etc/group have them.\n",
+        );
+        for g in &self.groups {
+            out.push_str(&format!("g {} {}\n", g.name, g.gid));
+        }
+        for u in &self.users {
+            out.push_str(&format!(
+                "u {} {}:{} {} {} {}\n",
+                u.name,
+                u.uid,
+                u.gid,
+                field(&u.gecos),
+                field(&u.home),
+                field(&u.shell)
+            ));
+        }
+        for g in &self.groups {
+            for m in &g.members {
+                out.push_str(&format!("m {m} {}\n", g.name));
+            }
+        }
+        out
+    }
+
     pub fn group(&self) -> String {
         self.groups
             .iter()
@@ -645,6 +686,27 @@ mod tests {
         assert!(t.group().contains("sudo:x:27:alice\n"));
         assert!(t.group().contains("postgres:x:101:alice\n"));
         assert!(t.group().contains("ops:x:2000:\n"));
+        // The same accounts for systemd-sysusers: groups first, members last.
+        let su = t.sysusers();
+        assert!(
+            su.contains("\ng ops 2000\n") && su.contains("\ng postgres 101\n"),
+            "{su}"
+        );
+        assert!(
+            su.contains("\nu alice 1000:1000 alice /home/alice /bin/sh\n"),
+            "{su}"
+        );
+        assert!(
+            su.contains("\nu list 38:38 \"Mailing List Manager\" /var/list /usr/sbin/nologin\n"),
+            "{su}"
+        );
+        assert!(
+            su.contains("\nu _apt 42:65534 - /nonexistent /usr/sbin/nologin\n"),
+            "{su}"
+        );
+        assert!(su.contains("\nm alice sudo\n"), "{su}");
+        assert!(su.find("\ng ").unwrap() < su.find("\nu ").unwrap());
+        assert!(su.rfind("\nu ").unwrap() < su.find("\nm ").unwrap());
         assert_eq!(
             t.pins.users.get("bob"),
             None,

@@ -529,6 +529,11 @@ pub fn check<R: std::io::Read + std::io::Seek>(r: &mut R, used: u64) -> Result<C
     if seal[8..40] != inner.finalize()[..] {
         bail!("its content does not match the sha256 sealed into it");
     }
+    if trailer.is_err() && len > data && len < size {
+        bail!(
+            "it ends at byte {len}, inside its dm-verity hash tree (which ends at {size}): the file is incomplete"
+        );
+    }
     let trailer = trailer?;
     let built = tree.expect("a trailer gives a tree").finish()?;
     let stored = &rest[..rest.len() - 4096];

@@ -33,8 +33,11 @@ pub fn build(init: &[u8], modules_dir: &Path) -> Result<Vec<u8>> {
     let mods = Modules::open(modules_dir)?;
     if !mods.has("dm_verity") {
         bail!(
-            "the kernel in {} has no dm-verity (drivers/md/dm-verity.ko, CONFIG_DM_VERITY), which checks a pak root against the hash it was built with; use a kernel package that has it, such as linux-image-cloud-amd64",
-            modules_dir.display()
+            "kernel {} has no dm-verity module (drivers/md/dm-verity.ko, CONFIG_DM_VERITY), which checks a pak root against the hash it was built with; use a kernel package that has it, such as linux-image-cloud-amd64",
+            modules_dir.file_name().map_or_else(
+                || modules_dir.display().to_string(),
+                |v| v.to_string_lossy().into_owned()
+            )
         );
     }
     let wanted: Vec<&str> = REQUIRED

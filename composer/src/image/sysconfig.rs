@@ -62,6 +62,9 @@ pub fn render(pakfile: &Pakfile, accounts: &Table) -> Result<Vec<ConfigFile>> {
         gid: 42,
         ..text("/etc/shadow", accounts.shadow(), 0o640)
     });
+    if pakfile.system.init == crate::spec::pakfile::Init::Systemd {
+        add(text(SYSUSERS, accounts.sysusers(), 0o644));
+    }
     add(text("/etc/inittab", inittab(pakfile), 0o644));
     add(text(
         "/usr/lib/pak/rc.sysinit",
@@ -412,6 +415,11 @@ exit 0
 /// homes live on the data partition (/home is /var/home), which the image
 /// cannot fill in, so they are made at boot when missing, owned by their
 /// user, private.
+/// The image's accounts for systemd-sysusers (see [`Table::sysusers`]),
+/// read before the packages' own files so the lock's ids win over the ones
+/// systemd-sysusers would pick.
+pub const SYSUSERS: &str = "/usr/lib/sysusers.d/00-pak.conf";
+
 const HOMES_TMPFILES: &str = "/usr/lib/tmpfiles.d/pak-users.conf";
 
 fn homes(p: &Pakfile, accounts: &Table) -> Option<String> {
@@ -452,7 +460,7 @@ unset pak_envs
 export PS1='\h:\w\$ '
 "#;
 
-fn user_file(p: &Pakfile, path: &str, spec: &FileSpec) -> Result<ConfigFile> {
+pub(crate) fn user_file(p: &Pakfile, path: &str, spec: &FileSpec) -> Result<ConfigFile> {
     let (content, mode, uid, gid) = match spec {
         FileSpec::Text(t) => (t.clone().into_bytes(), 0o644, 0, 0),
         FileSpec::Full(e) => {
@@ -510,6 +518,29 @@ mod tests {
             ConfigKind::File(b) => String::from_utf8(b.clone()).unwrap(),
             ConfigKind::Symlink(t) => t.clone(),
         }
+    }
+
+    #[test]
+    fn systemd_images_get_their_accounts_as_sysusers_d_too() {
+        let systemd = render(
+            &Pakfile::parse("[system]\ninit = \"systemd\"\n[users.ops]\nlogin = false\n").unwrap(),
+        )
+        .unwrap();
+        let su = systemd
+            .iter()
+            .find(|f| f.path == SYSUSERS)
+            .expect("sysusers.d");
+        let ConfigKind::File(b) = &su.kind else {
+            panic!()
+        };
+        let text = String::from_utf8(b.clone()).unwrap();
+        assert!(
+            text.contains("\nu ops 1000:1000 ops /home/ops /bin/sh\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nu root 0:0 root /root /bin/sh\n"), "{text}");
+        let busybox = render(&Pakfile::parse("").unwrap()).unwrap();
+        assert!(busybox.iter().all(|f| f.path != SYSUSERS));
     }
 
     #[test]

@@ -21,9 +21,26 @@
 //!   boot", which would run `systemd-firstboot`'s prompts on the console
 //!   and `preset-all`, enabling units the Pakfile never named.
 //!
-//! `tmpfiles.d` and `sysusers.d` are left to systemd itself
-//! (systemd-tmpfiles-setup, systemd-sysusers); the accounts are in
-//! `/etc/passwd` already, so sysusers finds nothing to add.
+//! - presets: what `systemctl preset-all` would enable, as links: the
+//!   packages' units that a `.preset` file (Debian's `90-systemd.preset`,
+//!   any package's, the Pakfile's [files] in /etc/systemd/system-preset)
+//!   enables. pak's own presets come with it: no getty on the console
+//!   (pak gives it a root shell), and `disable *` last, so a unit nobody
+//!   names stays off (systemd's default is to enable it, and Debian enables
+//!   every unit a package ships). The Pakfile's `[services]` are enabled
+//!   whatever a preset says; a preset file in [files] named before
+//!   Debian's (`10-local.preset`) turns off what Debian's enables.
+//! - `var.mount` loses its default dependencies, so /var (which holds the
+//!   /etc overlay's changes and the journal) is unmounted by
+//!   systemd-shutdown's last pass, not by a stop that fails while /etc and
+//!   journald still use it.
+//!
+//! Packages' `tmpfiles.d` are applied by systemd-tmpfiles at every boot,
+//! and the Pakfile's home directories with them
+//! (`/usr/lib/tmpfiles.d/pak-users.conf`). The accounts are in
+//! `/etc/passwd` and also in `sysusers.d` (see
+//! [`crate::image::accounts::Table::sysusers`]), for a machine whose /etc
+//! keeps a passwd of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -152,6 +169,19 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
     if resolved {
         units.enable("systemd-resolved.service")?;
     }
+    // What `systemctl preset-all` would enable, after everything the
+    // Pakfile names: its services are enabled whatever a preset says.
+    let presets = Presets::read(pakfile, tree)?;
+    for (unit, instances) in presets.enabled(&units) {
+        if instances.is_empty() {
+            units.enable(&unit)
+        } else {
+            instances
+                .iter()
+                .try_for_each(|i| units.enable(&unit.replacen("@.", &format!("@{i}."), 1)))
+        }
+        .with_context(|| format!("{unit}, enabled by a preset"))?;
+    }
 
     for (path, body) in &units.written {
         out.insert(path.clone(), text(&format!("/{path}"), body.clone(), 0o644));
@@ -177,6 +207,10 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
             0o644,
         ),
         text("/etc/fstab", FSTAB.to_string(), 0o644),
+        text(PRESET_PAK, PRESET_PAK_TEXT.to_string(), 0o644),
+        text(PRESET_DEFAULT, PRESET_DEFAULT_TEXT.to_string(), 0o644),
+        text(VAR_TO_THE_END, VAR_TO_THE_END_TEXT.to_string(), 0o644),
+        text(SYSUSERS_EVERY_BOOT, SYSUSERS_EVERY_BOOT_TEXT.to_string(), 0o644),
     ] {
         out.insert(f.path.trim_start_matches('/').to_string(), f);
     }
@@ -377,14 +411,26 @@ echo "pak: boot complete"
 /// and the like itself. The root is read-only, so /tmp needs its own.
 const FSTAB: &str = "# Written by pak. /, /etc, /var and /home are mounted by pak's /init (see\n# /proc/mounts); systemd mounts /run and /dev/shm itself.\ntmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n";
 
-/// `[network]` as systemd-networkd reads it: one `.network` file per named
-/// interface, and DHCP on every other Ethernet link (networkd takes the
-/// first file in name order that matches a link).
-pub fn network_files(n: &Network, resolved: bool) -> Vec<ConfigFile> {
+/// Where networkd reads the administrator's `.network` files: the
+/// image's, and a provisioned machine's own (on the /etc overlay, so they
+/// stay after the one boot that provisioned it).
+pub const NETWORK_DIR: &str = "/etc/systemd/network";
+/// File name prefixes: networkd takes the first file in name order that
+/// matches a link, so a machine's seed (40, its DHCP catch-all 49) comes
+/// before the image's own (50, catch-all 90), which it replaces.
+const IMAGE_NETWORK: (&str, &str) = ("50-pak-", "90-pak-dhcp");
+const SEED_NETWORK: (&str, &str) = ("40-pak-seed-", "49-pak-seed-dhcp");
+/// What the seed's files start with, to find them again.
+pub const SEED_NETWORK_PREFIX: &str = "40-pak-seed-";
+pub const SEED_NETWORK_DHCP: &str = "49-pak-seed-dhcp.network";
+
+/// `[network]` as systemd-networkd reads it (file name, text): one
+/// `.network` file per named interface, and DHCP on every other Ethernet
+/// link. `from` says where it came from, in each file's first line.
+fn networkd_units(n: &Network, (each, dhcp): (&str, &str), from: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (name, i) in &n.interfaces {
-        let mut s =
-            format!("# Written by pak from the Pakfile's [network.interfaces.{name}].\n[Match]\n");
+        let mut s = format!("# Written by pak from {from} [network.interfaces.{name}].\n[Match]\n");
         match &i.mac {
             Some(mac) => s.push_str(&format!("MACAddress={}\n", mac.to_ascii_lowercase())),
             None => s.push_str(&format!("Name={name}\n")),
@@ -405,17 +451,29 @@ pub fn network_files(n: &Network, resolved: bool) -> Vec<ConfigFile> {
         if !i.search.is_empty() {
             s.push_str(&format!("Domains={}\n", i.search.join(" ")));
         }
-        out.push(text(
-            &format!("/etc/systemd/network/50-pak-{name}.network"),
-            s,
-            0o644,
-        ));
+        out.push((format!("{each}{name}.network"), s));
     }
-    out.push(text(
-        "/etc/systemd/network/90-pak-dhcp.network",
-        "# Written by pak: DHCP on every Ethernet interface [network] does not name.\n[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n".into(),
-        0o644,
+    out.push((
+        format!("{dhcp}.network"),
+        format!("# Written by pak: DHCP on every Ethernet interface {from} [network] does not name.\n[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"),
     ));
+    out
+}
+
+/// A provisioned machine's own `[network]` (its seed's), as networkd files
+/// for [`NETWORK_DIR`] (file name, text): they come before the image's, so
+/// they replace it.
+pub fn seed_network_files(n: &Network) -> Vec<(String, String)> {
+    networkd_units(n, SEED_NETWORK, "this machine's seed")
+}
+
+/// The image's `[network]` as systemd-networkd reads it, with
+/// `/etc/resolv.conf`.
+pub fn network_files(n: &Network, resolved: bool) -> Vec<ConfigFile> {
+    let mut out: Vec<ConfigFile> = networkd_units(n, IMAGE_NETWORK, "the Pakfile's")
+        .into_iter()
+        .map(|(name, body)| text(&format!("{NETWORK_DIR}/{name}"), body, 0o644))
+        .collect();
     // networkd hands DNS to resolved; without it, the Pakfile's DNS (or
     // none) is all there is, so resolv.conf stays where busybox images
     // keep it (nothing writes it under systemd then).
@@ -426,6 +484,196 @@ pub fn network_files(n: &Network, resolved: bool) -> Vec<ConfigFile> {
     };
     out.push(symlink("/etc/resolv.conf", resolv));
     out
+}
+
+/// pak's own presets, before Debian's `90-systemd.preset` (the first rule
+/// that matches a unit decides): the console has pak's root shell, and
+/// the gettys Debian's preset enables need util-linux's agetty, which an
+/// image has only when it asks for it (and then enables a getty by name).
+pub const PRESET_PAK: &str = "/usr/lib/systemd/system-preset/80-pak.preset";
+const PRESET_PAK_TEXT: &str = r#"# Written by pak. The console is pak-console.service's root shell; enable
+# a getty by name in the Pakfile ([services."getty@tty1"] enable = true).
+disable getty@.service
+disable serial-getty@.service
+"#;
+/// What no preset names stays disabled (systemd's own default is
+/// "enable"): an image runs what its Pakfile and its presets name, not
+/// every unit a dependency happened to ship.
+pub const PRESET_DEFAULT: &str = "/usr/lib/systemd/system-preset/99-pak-default.preset";
+const PRESET_DEFAULT_TEXT: &str =
+    "# Written by pak: units no preset and no [services] entry names stay disabled.\ndisable *\n";
+
+/// Where presets are read, most precedence first: a file of the same name
+/// in /etc replaces the packages' one.
+const PRESET_DIRS: [&str; 2] = [
+    "etc/systemd/system-preset/",
+    "usr/lib/systemd/system-preset/",
+];
+
+/// /var holds /etc's changes (the upper directory of the /etc overlay,
+/// which systemd never unmounts: /etc is among the mounts it leaves to
+/// the end) and the persistent journal, so systemd's own stop of var.mount
+/// fails at every shutdown ("Failed unmounting /var"). Without its default
+/// dependencies it is not stopped with umount.target: it stays until
+/// systemd-shutdown's last pass, which unmounts it (or remounts it
+/// read-only) once every process has ended, as it does /etc and /.
+pub const VAR_TO_THE_END: &str = "/etc/systemd/system/var.mount.d/pak.conf";
+const VAR_TO_THE_END_TEXT: &str = r#"# Written by pak: /var holds the changes of /etc (an overlay systemd leaves
+# mounted to the end) and the journal; it is unmounted by systemd-shutdown's
+# last pass, after every process has ended, not with umount.target.
+[Unit]
+DefaultDependencies=no
+"#;
+
+/// systemd-sysusers runs only when /usr is newer than /etc/.updated; a
+/// generation's /usr carries the same reproducible time stamp as the one
+/// before, so the accounts a new generation brings would never reach a
+/// machine whose /etc keeps a passwd of its own. It runs at every boot
+/// instead (adding nothing when nothing is missing). An empty condition
+/// resets the unit's conditions.
+pub const SYSUSERS_EVERY_BOOT: &str = "/etc/systemd/system/systemd-sysusers.service.d/pak.conf";
+const SYSUSERS_EVERY_BOOT_TEXT: &str = r#"# Written by pak: at every boot, since a new generation's /usr is not newer
+# than the last one's (reproducible time stamps), and its accounts must
+# still reach a /etc/passwd this machine keeps.
+[Unit]
+ConditionNeedsUpdate=
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PresetAction {
+    Enable,
+    Disable,
+    Ignore,
+}
+
+/// One line of a `.preset` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PresetRule {
+    action: PresetAction,
+    pattern: glob::Pattern,
+    /// `enable foo@.service a b`: the instances of a template to enable.
+    instances: Vec<String>,
+}
+
+/// The image's presets (systemd.preset(5)): every `.preset` file in the
+/// packages' and the Pakfile's files, pak's own included, in name order.
+#[derive(Debug, Default)]
+struct Presets {
+    rules: Vec<PresetRule>,
+}
+
+impl Presets {
+    fn read(pakfile: &Pakfile, tree: &RootTree) -> Result<Presets> {
+        // file name -> text; the first directory to have a name wins.
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        files.insert(name_of(PRESET_PAK), PRESET_PAK_TEXT.to_string());
+        files.insert(name_of(PRESET_DEFAULT), PRESET_DEFAULT_TEXT.to_string());
+        for dir in PRESET_DIRS.iter().rev() {
+            for (path, node) in tree
+                .nodes
+                .range(dir.to_string()..)
+                .take_while(|(p, _)| p.starts_with(dir))
+            {
+                let name = &path[dir.len()..];
+                if name.contains('/') || !name.ends_with(".preset") {
+                    continue;
+                }
+                if matches!(node.kind, NodeKind::File(_)) {
+                    let bytes = crate::image::read_from_tree(tree, path)?;
+                    files.insert(name.to_string(), String::from_utf8_lossy(&bytes).into());
+                }
+            }
+            for (path, spec) in &pakfile.files {
+                if let Some(name) = path.strip_prefix('/').and_then(|p| p.strip_prefix(dir))
+                    && !name.contains('/')
+                    && name.ends_with(".preset")
+                    && let ConfigKind::File(bytes) =
+                        crate::image::sysconfig::user_file(pakfile, path, spec)?.kind
+                {
+                    files.insert(name.to_string(), String::from_utf8_lossy(&bytes).into());
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        for text in files.values() {
+            rules.extend(text.lines().filter_map(preset_rule));
+        }
+        Ok(Presets { rules })
+    }
+
+    /// The first rule naming `unit` (a unit file's name), as systemd
+    /// matches it: fnmatch(3) patterns, first match wins.
+    fn rule(&self, unit: &str) -> Option<&PresetRule> {
+        self.rules.iter().find(|r| r.pattern.matches(unit))
+    }
+
+    /// The packages' units the presets enable (unit, instances of a
+    /// template; none: its DefaultInstance), in name order: those with an
+    /// `[Install]` section, as `systemctl preset-all` considers them.
+    fn enabled(&self, units: &Units) -> Vec<(String, Vec<String>)> {
+        let prefix = format!("{LIB_UNITS}/");
+        let mut out = Vec::new();
+        for (path, node) in units
+            .tree
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+        {
+            let unit = &path[prefix.len()..];
+            if unit.contains('/') || !matches!(node.kind, NodeKind::File(_)) {
+                continue;
+            }
+            let Some(rule) = self.rule(unit) else {
+                continue;
+            };
+            if rule.action != PresetAction::Enable {
+                continue;
+            }
+            let Some((_, body)) = units.find(unit) else {
+                continue;
+            };
+            let inst = install(&body);
+            let template = unit.contains("@.");
+            if inst.is_empty()
+                || (template && rule.instances.is_empty() && inst.default_instance.is_none())
+            {
+                continue;
+            }
+            out.push((unit.to_string(), rule.instances.clone()));
+        }
+        out
+    }
+}
+
+fn name_of(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// A preset line; `None` for comments, blank lines and lines systemd
+/// would also skip (an unknown verb, a bad pattern).
+fn preset_rule(line: &str) -> Option<PresetRule> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+        return None;
+    }
+    let mut words = line.split_whitespace();
+    let action = match words.next()? {
+        "enable" => PresetAction::Enable,
+        "disable" => PresetAction::Disable,
+        "ignore" => PresetAction::Ignore,
+        _ => return None,
+    };
+    let pattern = glob::Pattern::new(words.next()?).ok()?;
+    let instances = if action == PresetAction::Enable {
+        words.map(str::to_string).collect()
+    } else {
+        Vec::new()
+    };
+    Some(PresetRule {
+        action,
+        pattern,
+        instances,
+    })
 }
 
 /// The units of the image and the links enabling makes.
@@ -944,6 +1192,141 @@ mod tests {
             link(&files, "/etc/resolv.conf"),
             "../run/systemd/resolve/stub-resolv.conf"
         );
+    }
+
+    #[test]
+    fn presets_enable_what_they_name_after_the_pakfile_and_nothing_else() {
+        let mut t = tree(&[
+            NETWORKD,
+            NETWORKD_SOCKET,
+            (
+                "systemd-network-generator.service",
+                "[Install]\nWantedBy=sysinit.target\n",
+            ),
+            (
+                "getty@.service",
+                "[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+            ),
+            ("nginx.service", "[Install]\nWantedBy=multi-user.target\n"),
+            (
+                "e2scrub_reap.service",
+                "[Install]\nWantedBy=default.target\n",
+            ),
+            ("pg@.service", "[Install]\nWantedBy=multi-user.target\n"),
+            ("static.service", "[Service]\nExecStart=/x\n"),
+        ]);
+        let debian = "# Debian\nenable systemd-network-generator.service\nenable getty@.service\nenable static.service\ndisable nginx.service\nbogus line\n";
+        t.put(
+            "lib/systemd/system-preset/90-systemd.preset",
+            data(debian.as_bytes().to_vec()),
+            0o644,
+            0,
+            0,
+        );
+        t.put(
+            "usr/lib/systemd/system-preset/50-pg.preset",
+            data(b"enable pg@.service 15-main 16-main\n".to_vec()),
+            0o644,
+            0,
+            0,
+        );
+        // The Pakfile's nginx is enabled although Debian's preset says no.
+        let p = systemd_pakfile("[services.nginx]\nenable = true\n");
+        let files = render(&p, &t).unwrap();
+        let wants = |target: &str, unit: &str| {
+            files
+                .iter()
+                .any(|f| f.path == format!("/etc/systemd/system/{target}.target.wants/{unit}"))
+        };
+        assert!(wants("sysinit", "systemd-network-generator.service"));
+        assert!(wants("multi-user", "nginx.service"));
+        assert!(
+            wants("multi-user", "pg@15-main.service") && wants("multi-user", "pg@16-main.service")
+        );
+        assert_eq!(
+            link(
+                &files,
+                "/etc/systemd/system/multi-user.target.wants/pg@15-main.service"
+            ),
+            "/usr/lib/systemd/system/pg@.service"
+        );
+        // pak's own preset, before Debian's, keeps gettys off the console;
+        // no preset names e2scrub_reap, so pak's default leaves it off;
+        // a static unit has nothing to enable.
+        assert!(!wants("getty", "getty@tty1.service"));
+        assert!(!wants("default", "e2scrub_reap.service"));
+        assert!(!files.iter().any(|f| f.path.contains("static.service")));
+        assert!(body(&files, PRESET_DEFAULT).contains("disable *"));
+        assert!(body(&files, PRESET_PAK).contains("disable getty@.service"));
+
+        // A preset in the Pakfile's [files], with the name of Debian's,
+        // replaces it; one named earlier comes first.
+        let p = systemd_pakfile(
+            "[files]\n\"/etc/systemd/system-preset/90-systemd.preset\" = \"enable e2scrub_reap.service\\n\"\n\"/etc/systemd/system-preset/10-local.preset\" = \"enable getty@.service\\ndisable pg@.service\\n\"\n",
+        );
+        let files = render(&p, &t).unwrap();
+        let wants = |target: &str, unit: &str| {
+            files
+                .iter()
+                .any(|f| f.path == format!("/etc/systemd/system/{target}.target.wants/{unit}"))
+        };
+        assert!(wants("default", "e2scrub_reap.service"));
+        assert!(!wants("sysinit", "systemd-network-generator.service"));
+        assert!(wants("getty", "getty@tty1.service"));
+        assert!(!wants("multi-user", "pg@15-main.service"));
+        assert!(!wants("multi-user", "nginx.service"));
+
+        // /var stays to systemd-shutdown's last pass.
+        let files = render(&systemd_pakfile(""), &t).unwrap();
+        assert!(body(&files, VAR_TO_THE_END).ends_with("\n[Unit]\nDefaultDependencies=no\n"));
+        assert!(body(&files, SYSUSERS_EVERY_BOOT).ends_with("\n[Unit]\nConditionNeedsUpdate=\n"));
+    }
+
+    #[test]
+    fn preset_lines_are_read_as_systemd_reads_them() {
+        let r = preset_rule("enable foo@.service a b").unwrap();
+        assert_eq!(r.action, PresetAction::Enable);
+        assert_eq!(r.instances, ["a", "b"]);
+        let r = preset_rule("  disable systemd-journal-gatewayd.*").unwrap();
+        assert!(r.pattern.matches("systemd-journal-gatewayd.socket"));
+        assert_eq!(r.action, PresetAction::Disable);
+        assert!(preset_rule("# enable x").is_none());
+        assert!(preset_rule("; enable x").is_none());
+        assert!(preset_rule("frobnicate x").is_none());
+        assert!(preset_rule("enable").is_none());
+    }
+
+    #[test]
+    fn a_seed_network_comes_before_the_images() {
+        let n: Network = toml::from_str(
+            "[interfaces.eth0]\naddress = [\"10.0.2.15/24\", \"10.0.2.77/24\"]\ngateway = \"10.0.2.2\"\n",
+        )
+        .unwrap();
+        let seed = seed_network_files(&n);
+        let names: Vec<&str> = seed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["40-pak-seed-eth0.network", "49-pak-seed-dhcp.network"]
+        );
+        assert!(names[0].starts_with(SEED_NETWORK_PREFIX) && names[1] == SEED_NETWORK_DHCP);
+        assert!(
+            seed[0]
+                .1
+                .contains("Address=10.0.2.77/24\nGateway=10.0.2.2\n"),
+            "{}",
+            seed[0].1
+        );
+        assert!(
+            seed[0]
+                .1
+                .starts_with("# Written by pak from this machine's seed")
+        );
+        // In name order, every seed file is before every image file.
+        let image = network_files(&n, false);
+        for f in image.iter().filter(|f| f.path.ends_with(".network")) {
+            let name = name_of(&f.path);
+            assert!(names.iter().all(|s| *s < name.as_str()), "{name}");
+        }
     }
 
     #[test]

@@ -37,9 +37,11 @@
 //! same lock gives the same bytes, and two generations never share one.
 //!
 //! Written here rather than with a crate: the tree is a loop over sha256
-//! (which `sha2` does), and the crates that build verity trees either wrap
-//! libcryptsetup (a C library at build and run time) or write only the
-//! superblock format, which the kernel table does not read.
+//! (which `sha2` does). The Rust way to a dm-verity tree found was
+//! `libcryptsetup-rs`, bindings to the C library (a build and run time
+//! dependency, and `veritysetup` is what checks pak's output in tests);
+//! the Merkle-tree crates lay trees out otherwise (binary, unsalted, not
+//! in padded blocks).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

@@ -22,6 +22,14 @@
 //! nothing is mounted. Sources are applied in that order (volume, fw_cfg,
 //! SMBIOS), a later one replacing what an earlier one set.
 //!
+//! Under systemd, PID 1 reads the credentials itself (SMBIOS, and fw_cfg
+//! when its driver was loaded before systemd started) into
+//! `/run/credentials/@system`, and provisioning takes them from there (or
+//! from `$CREDENTIALS_DIRECTORY`, when a unit imports them), reading only
+//! fw_cfg itself too (see [`find_sources`]); a seed's
+//! `[network]` becomes systemd-networkd files in `/etc/systemd/network`,
+//! written before networkd starts, instead of busybox's network script.
+//!
 //! Everything is parsed and checked before anything is written, so a bad
 //! seed applies nothing and says which file and key are wrong; the boot goes
 //! on. What was applied is recorded in `/var/lib/pak/provision/record.toml`,
@@ -63,6 +71,10 @@ const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg";
 const FW_CFG_CREDENTIALS: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials";
 const FW_CFG_DEVICE: &str = "/sys/bus/acpi/devices/QEMU0002:00";
 const DMI_ENTRIES: &str = "/sys/firmware/dmi/entries";
+/// Exists while systemd is the init (sd_booted(3)).
+const SYSTEMD_RUNTIME: &str = "run/systemd/system";
+/// The credentials systemd (PID 1) was given, from SMBIOS and fw_cfg.
+const SYSTEMD_CREDENTIALS: &str = "/run/credentials/@system";
 
 /// `pak-seed.toml`: what one machine gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,11 +645,52 @@ fn smbios_credentials_here() -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
+/// Whether systemd is the running init: its own test (sd_booted(3)).
+fn systemd_runs(root: &Path) -> bool {
+    root.join(SYSTEMD_RUNTIME).is_dir()
+}
+
+/// The credentials systemd passed on: a service's own directory when its
+/// unit imports them ($CREDENTIALS_DIRECTORY), else the system's, which
+/// PID 1 read from SMBIOS and fw_cfg when it started.
+fn systemd_credentials() -> Result<BTreeMap<String, Vec<u8>>> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSTEMD_CREDENTIALS));
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        out.insert(e.file_name().to_string_lossy().into_owned(), bytes);
+    }
+    Ok(out)
+}
+
 /// Every source this machine has, in the order they apply.
+///
+/// Under systemd the credentials are systemd's: PID 1 reads SMBIOS and
+/// fw_cfg itself, and a machine definition that gives a systemd image a
+/// credential means what systemd makes of it. PID 1 reads fw_cfg only
+/// when its driver was loaded before it started, though (a module nothing
+/// loads that early), so pak reads fw_cfg as well, first: what systemd
+/// has wins, as SMBIOS wins over fw_cfg under busybox.
 pub fn find_sources() -> Result<Vec<Source>> {
     let mut out = seed_volumes()?;
     if let Some(s) = from_credentials("fw_cfg credentials", &fw_cfg_credentials()?)? {
         out.push(s);
+    }
+    if systemd_runs(Path::new("/")) {
+        if let Some(s) = from_credentials("systemd credentials", &systemd_credentials()?)? {
+            out.push(s);
+        }
+        return Ok(out);
     }
     if let Some(s) = from_credentials("SMBIOS credentials", &smbios_credentials_here()?)? {
         out.push(s);
@@ -765,12 +818,30 @@ pub fn apply(root: &Path, sources: &[Source], again: bool) -> Result<Outcome> {
             .insert(name.clone(), u.ssh_authorized_keys.len());
     }
     let network = root.join(NETWORK);
+    let networkd = root.join(crate::image::systemd::NETWORK_DIR.trim_start_matches('/'));
+    if again {
+        if network.exists() {
+            std::fs::remove_file(&network)?;
+        }
+        for name in seed_network_files_in(&networkd)? {
+            let path = networkd.join(name);
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
     if let Some(n) = &seed.network {
-        let script = crate::image::network::provisioned_script(n);
-        write_file(&network, script.as_bytes(), 0o755, 0, 0)?;
+        // Under systemd, networkd's own files (on /etc, which keeps them),
+        // written before systemd-networkd starts; busybox's network script
+        // runs the script.
+        if systemd_runs(root) {
+            for (name, body) in crate::image::systemd::seed_network_files(n) {
+                write_file(&networkd.join(name), body.as_bytes(), 0o644, 0, 0)?;
+            }
+        } else {
+            let script = crate::image::network::provisioned_script(n);
+            write_file(&network, script.as_bytes(), 0o755, 0, 0)?;
+        }
         record.network = true;
-    } else if again && network.exists() {
-        std::fs::remove_file(&network)?;
     }
     for (path, spec) in &seed.files {
         let rel = Path::new(path.trim_start_matches('/'));
@@ -788,6 +859,21 @@ pub fn apply(root: &Path, sources: &[Source], again: bool) -> Result<Outcome> {
         0,
     )?;
     Ok(Outcome::Applied(record))
+}
+
+/// The networkd files an earlier provisioning wrote into `dir`.
+fn seed_network_files_in(dir: &Path) -> Result<Vec<String>> {
+    use crate::image::systemd::{SEED_NETWORK_DHCP, SEED_NETWORK_PREFIX};
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(SEED_NETWORK_PREFIX) || n == SEED_NETWORK_DHCP)
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// The record of an earlier provisioning; `None` when there was none.
@@ -1061,6 +1147,43 @@ mod tests {
             apply(machine().path(), &[], false).unwrap(),
             Outcome::NoSource
         ));
+    }
+
+    #[test]
+    fn under_systemd_a_seed_network_is_networkds_own_files() {
+        let m = machine();
+        std::fs::create_dir_all(m.path().join(SYSTEMD_RUNTIME)).unwrap();
+        let vol = dir_source(&[(
+            SEED_FILE,
+            "[network.interfaces.eth0]\naddress = [\"192.0.2.10/24\"]\ngateway = \"192.0.2.1\"\n",
+        )])
+        .unwrap();
+        let Outcome::Applied(r) = apply(m.path(), std::slice::from_ref(&vol), false).unwrap()
+        else {
+            panic!("not applied")
+        };
+        assert!(r.network);
+        let dir = m.path().join("etc/systemd/network");
+        let eth0 = std::fs::read_to_string(dir.join("40-pak-seed-eth0.network")).unwrap();
+        assert!(
+            eth0.contains("Name=eth0\n")
+                && eth0.contains("Address=192.0.2.10/24\nGateway=192.0.2.1\n"),
+            "{eth0}"
+        );
+        assert!(dir.join("49-pak-seed-dhcp.network").exists());
+        assert!(
+            !m.path().join(NETWORK).exists(),
+            "no busybox script under systemd"
+        );
+        // Provisioned again without a network: the seed's files go, the
+        // image's own (and anything else there) stay.
+        std::fs::write(dir.join("50-pak-eth0.network"), "image\n").unwrap();
+        apply(m.path(), &[smbios_only()], true).unwrap();
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["50-pak-eth0.network"]);
     }
 
     fn smbios_only() -> Source {

@@ -10,7 +10,12 @@
 //!    has not already failed here (the machine fell back from it), and
 //!    whose rollout includes this host; a halted channel offers nothing;
 //! 3. download it into a cache, resuming what an interrupted run left, and
-//!    check its size and sha256 against the signed metadata;
+//!    check its size and sha256 against the signed metadata. When the
+//!    channel has a chunk index for it (see [`channel::chunks`]), only the
+//!    chunks neither slot holds are fetched ([`channel::delta`]): both
+//!    slots are seeds, every reused chunk checked against the signed
+//!    index, and the file assembled in the cache is checked whole as a
+//!    download would be;
 //! 4. [`PakDisk::switch`] to it: its seal, the slot read back, the loader
 //!    entry with tries; health checks and the fallback guard the reboot;
 //! 5. record the metadata version and the failed generations.
@@ -33,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Device, Incoming, PakDisk, SlotState, Status, Switched};
-use crate::channel::{self, Channel, ChannelGeneration};
+use crate::channel::chunks::ChunkIndex;
+use crate::channel::delta::{self, Assembly, Seed};
+use crate::channel::{self, Channel, ChannelGeneration, ChunkFile};
 use crate::sources::key::PublicKey;
 
 /// Where the image says its channel is.
@@ -227,6 +234,9 @@ pub struct UpdateReport {
     /// Newer generations whose rollout does not include this host yet.
     pub not_in_rollout: Vec<u64>,
     pub action: Action,
+    /// How a delta update got the generation's bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Assembly>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +281,7 @@ impl<D: Device> PakDisk<D> {
             skipped_failed: Vec::new(),
             not_in_rollout: Vec::new(),
             action: Action::UpToDate,
+            delta: None,
         };
         let chosen = if channel.halted {
             report.action = Action::Halted;
@@ -301,7 +312,7 @@ impl<D: Device> PakDisk<D> {
                         g.number
                     );
                 }
-                match self.install(&src.url, g, &opts.cache) {
+                match self.install(&src.url, g, &opts.cache, &mut report.delta) {
                     Ok(done) => report.action = Action::Switched(done),
                     Err(e) => install_error = Some((g, e)),
                 }
@@ -347,9 +358,23 @@ impl<D: Device> PakDisk<D> {
         Ok(report)
     }
 
-    /// Downloads generation `g` and switches to it.
-    fn install(&mut self, base: &str, g: &ChannelGeneration, cache: &Path) -> Result<Switched> {
-        let file = download(base, g, cache)?;
+    /// Downloads generation `g` (through its chunk index when the channel
+    /// has one, saying in `delta` how) and switches to it.
+    fn install(
+        &mut self,
+        base: &str,
+        g: &ChannelGeneration,
+        cache: &Path,
+        delta: &mut Option<Assembly>,
+    ) -> Result<Switched> {
+        let file = match &g.chunks {
+            Some(c) => {
+                let (file, a) = self.assemble(base, g, c, cache)?;
+                *delta = Some(a);
+                file
+            }
+            None => download(base, g, cache)?,
+        };
         let f = std::fs::File::open(&file)
             .with_context(|| format!("cannot open {}", file.display()))?;
         let name = format!("generation {} from {base}", g.number);
@@ -364,6 +389,89 @@ impl<D: Device> PakDisk<D> {
         drop(incoming);
         let _ = std::fs::remove_file(&file);
         Ok(done)
+    }
+
+    /// Assembles generation `g` in `cache` from the slots and the chunks
+    /// they lack, fetched by the chunk index `c`.
+    fn assemble(
+        &mut self,
+        base: &str,
+        g: &ChannelGeneration,
+        c: &ChunkFile,
+        cache: &Path,
+    ) -> Result<(PathBuf, Assembly)> {
+        let partial = prepare_cache(cache, g)?;
+        let url = channel::chunks_url(base, c);
+        let bytes = crate::sources::fetch::get_bytes(&url, c.size)
+            .with_context(|| format!("cannot read the chunk index {url}"))?;
+        let got = hex::encode(Sha256::digest(&bytes));
+        if bytes.len() as u64 != c.size || got != c.sha256 {
+            bail!(
+                "the chunk index {url} ({} bytes, sha256 {got}) is not the one the signed channel metadata names ({} bytes, sha256 {}): the server is corrupt or was tampered with; nothing was written",
+                bytes.len(),
+                c.size,
+                c.sha256
+            );
+        }
+        let index = ChunkIndex::parse(&bytes, g.size, &url)?;
+        let seeds = self.seeds()?;
+        let gen_url = channel::generation_url(base, g);
+        let number = g.number;
+        let mut done = delta::assemble(
+            self.esp.device(),
+            &seeds,
+            &index,
+            &gen_url,
+            &partial,
+            |p| {
+                eprintln!(
+                    "generation {number}: fetching {} of {} ({} from the slots, {} already downloaded)",
+                    delta::mib(p.to_fetch),
+                    delta::mib(p.size),
+                    delta::mib(p.from_seeds),
+                    delta::mib(p.from_cache)
+                )
+            },
+        )?;
+        done.index_bytes = bytes.len() as u64;
+        check_download(&partial, g, &gen_url)?;
+        Ok((partial, done))
+    }
+
+    /// Both slots, the booted one first, as far as a generation may fill
+    /// them: what the ESP says was written there, or what the squashfs at
+    /// its start says it spans. A slot holding neither is no seed. Its
+    /// bytes are only a hint: each chunk is checked before it is used.
+    fn seeds(&mut self) -> Result<Vec<Seed>> {
+        let status = self.status()?;
+        let first = status.booted_slot.unwrap_or(Slot::A);
+        let mut out = Vec::new();
+        for slot in [first, first.other()] {
+            let part = self.partition(slot).clone();
+            let written = self
+                .slot_meta(slot)
+                .ok()
+                .flatten()
+                .and_then(|m| m.written)
+                .map(|w| w.image_size);
+            let len = match written {
+                Some(n) => Some(n),
+                None => {
+                    let dev = self.esp.device();
+                    crate::image::squashfs::Reader::open(&mut *dev, part.offset())
+                        .ok()
+                        .map(|r| (r.bytes_used() + 40).div_ceil(4096) * 4096)
+                }
+            };
+            if let Some(len) = len {
+                out.push(Seed {
+                    name: format!("slot {slot}"),
+                    offset: part.offset(),
+                    len: len.min(part.size()),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The update side of `pak system status`: the channel configured, the
@@ -403,7 +511,12 @@ impl<D: Device> PakDisk<D> {
                 .ok()
                 .map(|m| PendingUpdate::Download {
                     generation: *generation,
-                    bytes: m.len(),
+                    // What is there: a delta update writes chunks where
+                    // they belong, leaving holes for those still missing.
+                    bytes: {
+                        use std::os::unix::fs::MetadataExt;
+                        m.len().min(m.blocks() * 512)
+                    },
                     size: *size,
                 }),
             _ => None,
@@ -630,6 +743,21 @@ fn choose<'a>(
 /// the signed metadata. Other files in the cache (older partial downloads)
 /// are removed.
 fn download(base: &str, g: &ChannelGeneration, cache: &Path) -> Result<PathBuf> {
+    let partial = prepare_cache(cache, g)?;
+    let url = channel::generation_url(base, g);
+    crate::sources::fetch::download_resumable(
+        &url,
+        &partial,
+        g.size,
+        &format!("generation {}", g.number),
+    )?;
+    check_download(&partial, g, &url)?;
+    Ok(partial)
+}
+
+/// The file in `cache` generation `g` is downloaded to, resumed from;
+/// other files there (older partial downloads) are removed.
+fn prepare_cache(cache: &Path, g: &ChannelGeneration) -> Result<PathBuf> {
     std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let name = format!("{}.partial", g.sha256);
     for e in std::fs::read_dir(cache)
@@ -640,26 +768,24 @@ fn download(base: &str, g: &ChannelGeneration, cache: &Path) -> Result<PathBuf> 
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let partial = cache.join(&name);
-    let url = channel::generation_url(base, g);
-    crate::sources::fetch::download_resumable(
-        &url,
-        &partial,
-        g.size,
-        &format!("generation {}", g.number),
-    )?;
-    let mut f = std::fs::File::open(&partial)
+    Ok(cache.join(&name))
+}
+
+/// Checks the downloaded (or assembled) `partial` against the signed
+/// metadata; a mismatch is discarded.
+fn check_download(partial: &Path, g: &ChannelGeneration, url: &str) -> Result<()> {
+    let mut f = std::fs::File::open(partial)
         .with_context(|| format!("cannot read {}", partial.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     let got = hex::encode(h.finalize());
     if got != g.sha256 {
-        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(partial);
         bail!(
             "generation {} from {url} has sha256 {got}, but the signed channel metadata says {}: the server or the download is corrupt; nothing was written to the disk's slots (the download was discarded, the next run fetches it again)",
             g.number,
             g.sha256
         );
     }
-    Ok(partial)
+    Ok(())
 }

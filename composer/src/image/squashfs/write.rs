@@ -7,6 +7,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use sha2::Digest;
 
 use super::data::{Compressor, DataWriter, FileData};
 use super::*;
@@ -161,7 +162,10 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
             .num_threads(threads)
             .build()?,
     };
-    let data = dw.write_files(&sources)?;
+    let mut data = Vec::with_capacity(sources.len());
+    for group in plan.fragment_groups() {
+        data.extend(dw.write_files(&sources[group])?);
+    }
     let fragments = std::mem::take(&mut dw.fragments);
     let mut stats = std::mem::take(&mut dw.stats);
     let pos = dw.pos;
@@ -224,6 +228,10 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
 }
 
 const SUPERBLOCK_SIZE: u64 = 96;
+/// Files per run of shared fragment blocks, on average (see
+/// `Plan::fragment_groups`): small enough that a changed run is a few
+/// blocks, large enough that tails still compress together.
+const FRAGMENT_RUN: u32 = 32;
 
 /// The tree as inodes: one node per inode (hard links are extra names of
 /// their target's node), each directory's sorted listing, and the order
@@ -369,6 +377,36 @@ impl<'a> Plan<'a> {
             }
         }
         sources
+    }
+
+    /// The regular files (numbered by [`Plan::number_files`]) cut into
+    /// runs whose tails share fragment blocks; no tail shares one with a
+    /// file outside its run. A run ends after a file whose path hashes to
+    /// a multiple of [`FRAGMENT_RUN`], so where runs end depends on the
+    /// paths alone: adding, removing or changing one file changes the
+    /// fragment blocks of its own run only, not those of every file after
+    /// it, and a delta update fetches that run's blocks, not the rest.
+    fn fragment_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut paths: Vec<(usize, &str)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.file.map(|k| (k, n.path)))
+            .collect();
+        paths.sort_unstable();
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for (k, path) in paths {
+            let h = sha2::Sha256::digest(path.as_bytes());
+            if u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) % FRAGMENT_RUN == 0 {
+                runs.push(start..k + 1);
+                start = k + 1;
+            }
+        }
+        let total = self.nodes.iter().filter(|n| n.file.is_some()).count();
+        if start < total {
+            runs.push(start..total);
+        }
+        runs
     }
 
     fn id_of(&self, v: u32) -> u16 {
