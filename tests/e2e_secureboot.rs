@@ -154,13 +154,14 @@ fn signed_uki_boots_under_secure_boot_and_a_changed_byte_is_refused() {
     )
     .unwrap();
     m.wait_for("Error loading", BOOT).unwrap();
+    // Nothing else starts: no kernel ever prints. (Waiting also lets the
+    // loader finish its error line.)
+    let refused = m.wait_for("Linux version", Duration::from_secs(20));
+    assert!(refused.is_err(), "a kernel started from a changed UKI");
     let tail = m.tail(20);
     assert!(
         tail.contains("linux.efi") && (tail.contains("Security") || tail.contains("Access Denied")),
         "{tail}"
     );
-    // Nothing else starts: no kernel ever prints.
-    let refused = m.wait_for("Linux version", Duration::from_secs(20));
-    assert!(refused.is_err(), "a kernel started from a changed UKI");
     m.kill();
 }
