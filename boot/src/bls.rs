@@ -81,14 +81,25 @@ impl fmt::Display for EntryName {
     }
 }
 
+/// The command line a generation boots with from `slot`: the Pakfile's
+/// (with its dm-verity root), `panic=10` unless the command line sets
+/// `panic=` itself (a generation whose init dies must reboot, and so use
+/// up a try, not hang), and the slot and generation `/init` reads.
+pub fn boot_options(slot: Slot, generation: u64, cmdline: &str) -> String {
+    let panic = if cmdline.split_whitespace().any(|w| w.starts_with("panic=")) {
+        ""
+    } else {
+        " panic=10"
+    };
+    format!("{cmdline}{panic} pak.slot={slot} pak.generation={generation}")
+}
+
 /// The content of an entry for `slot` holding `generation`.
 ///
 /// `priority` goes into `version`: all pak entries share one `sort-key`, so
 /// systemd-boot orders them by it, highest first, and `default pak-*` picks
 /// the first that is not bad. A switch gives the new entry the highest
 /// priority; a rollback raises the other slot's entry above the booted one.
-/// `panic=10` is added unless the command line sets `panic=` itself: a
-/// generation whose init dies must reboot (and so use up a try), not hang.
 pub fn render_entry(
     system: &str,
     slot: Slot,
@@ -96,15 +107,29 @@ pub fn render_entry(
     priority: u64,
     cmdline: &str,
 ) -> String {
-    let panic = if cmdline.split_whitespace().any(|w| w.starts_with("panic=")) {
-        ""
-    } else {
-        " panic=10"
-    };
     let (kernel, initrd) = (esp::kernel(slot), esp::initrd(slot));
     format!(
-        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nlinux /{kernel}\ninitrd /{initrd}\noptions {cmdline}{panic} pak.slot={slot} pak.generation={generation}\n"
+        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nlinux /{kernel}\ninitrd /{initrd}\noptions {}\n",
+        boot_options(slot, generation, cmdline)
     )
+}
+
+/// The entry for a slot that boots a unified kernel image: named,
+/// counted and ordered as [`render_entry`]'s, but starting the slot's
+/// UKI, whose command line is inside it (and, signed, cannot be changed:
+/// systemd-stub ignores any other under Secure Boot). The entry is not
+/// signed, which is why the priority lives here and not in the UKI: a
+/// rollback must be able to change it on a host that has no key.
+pub fn render_uki_entry(system: &str, slot: Slot, generation: u64, priority: u64) -> String {
+    format!(
+        "title {system} (generation {generation}, slot {slot})\nversion {priority}\nsort-key pak\nefi /{}\n",
+        esp::uki(slot)
+    )
+}
+
+/// Whether an entry's content starts a unified kernel image.
+pub fn is_uki_entry(content: &str) -> bool {
+    content.lines().any(|l| l.trim_start().starts_with("efi "))
 }
 
 /// The `version` of an entry's content: its boot priority.
@@ -156,5 +181,16 @@ mod tests {
         let e = render_entry("minimal", Slot::B, 2, 3, "console=ttyS0 panic=5");
         assert!(e.contains("options console=ttyS0 panic=5 pak.slot=b"));
         assert_eq!(priority("title x\n"), None);
+        let u = render_uki_entry("minimal", Slot::B, 4, 9);
+        assert!(
+            u.contains("\nefi /pak/b/linux.efi\n") && !u.contains("options"),
+            "{u}"
+        );
+        assert_eq!(priority(&u), Some(9));
+        assert!(is_uki_entry(&u) && !is_uki_entry(&e));
+        assert_eq!(
+            boot_options(Slot::B, 4, "console=ttyS0"),
+            "console=ttyS0 panic=10 pak.slot=b pak.generation=4"
+        );
     }
 }

@@ -115,6 +115,10 @@ pub mod esp {
     pub fn initrd(slot: Slot) -> String {
         format!("{PAK_DIR}/{slot}/initrd")
     }
+    /// The slot's unified kernel image, when it boots one.
+    pub fn uki(slot: Slot) -> String {
+        format!("{PAK_DIR}/{slot}/linux.efi")
+    }
     /// The slot's generation description, so the host side can report a
     /// slot without reading its squashfs.
     pub fn description(slot: Slot) -> String {
@@ -155,28 +159,52 @@ impl SlotBoot<'_> {
     }
 
     pub fn entry_text(&self) -> String {
-        bls::render_entry(
-            self.system,
-            self.slot,
-            self.generation,
-            self.priority,
-            self.cmdline,
-        )
+        self.entry_text_booting(false)
+    }
+
+    /// The entry's content; `uki`: it starts the slot's unified kernel
+    /// image rather than its kernel and initrd.
+    pub fn entry_text_booting(&self, uki: bool) -> String {
+        if uki {
+            bls::render_uki_entry(self.system, self.slot, self.generation, self.priority)
+        } else {
+            bls::render_entry(
+                self.system,
+                self.slot,
+                self.generation,
+                self.priority,
+                self.cmdline,
+            )
+        }
     }
 
     /// The files, in the order a switch must write them: the loader entry
     /// last, because its directory entry is what makes the generation boot,
     /// and everything it names must be complete before it appears.
     pub fn files(&self) -> Vec<(String, Vec<u8>)> {
-        vec![
-            (esp::kernel(self.slot), self.kernel.to_vec()),
-            (esp::initrd(self.slot), self.initrd.to_vec()),
-            (esp::description(self.slot), self.description.to_vec()),
-            (
-                esp::entry(&self.entry_name()),
-                self.entry_text().into_bytes(),
-            ),
-        ]
+        self.files_booting(None)
+    }
+
+    /// [`SlotBoot::files`] for a slot that boots `uki` (a unified kernel
+    /// image: kernel, initrd and this slot's command line in one file,
+    /// signed for Secure Boot or not) instead of its kernel and initrd.
+    pub fn files_booting(&self, uki: Option<&[u8]>) -> Vec<(String, Vec<u8>)> {
+        let boot = match uki {
+            Some(uki) => vec![(esp::uki(self.slot), uki.to_vec())],
+            None => vec![
+                (esp::kernel(self.slot), self.kernel.to_vec()),
+                (esp::initrd(self.slot), self.initrd.to_vec()),
+            ],
+        };
+        boot.into_iter()
+            .chain([
+                (esp::description(self.slot), self.description.to_vec()),
+                (
+                    esp::entry(&self.entry_name()),
+                    self.entry_text_booting(uki.is_some()).into_bytes(),
+                ),
+            ])
+            .collect()
     }
 }
 
@@ -185,7 +213,16 @@ impl SlotBoot<'_> {
 /// this order only fixes the image's bytes (the same inputs give the same
 /// image); it is the order disks have always been written in.
 pub fn new_esp(boot_loader: &[u8], boot: &SlotBoot) -> Vec<(String, Vec<u8>)> {
-    let mut slot = boot.files();
+    new_esp_booting(boot_loader, boot, None)
+}
+
+/// [`new_esp`] whose slot boots `uki` ([`SlotBoot::files_booting`]).
+pub fn new_esp_booting(
+    boot_loader: &[u8],
+    boot: &SlotBoot,
+    uki: Option<&[u8]>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut slot = boot.files_booting(uki);
     let entry = slot.pop().expect("a slot's files end with its entry");
     let mut out = vec![
         (esp::BOOT_LOADER.to_string(), boot_loader.to_vec()),
@@ -231,6 +268,24 @@ mod tests {
             initrd: b"initrd",
             description: b"number = 2\n",
         }
+    }
+
+    #[test]
+    fn a_uki_slot_puts_its_image_and_an_efi_entry_on_the_esp() {
+        let b = boot(Slot::A, Some(3));
+        let files = b.files_booting(Some(b"MZuki"));
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pak/a/linux.efi",
+                "pak/a/generation.toml",
+                "loader/entries/pak-a-2+3.conf"
+            ]
+        );
+        let entry = String::from_utf8(files[2].1.clone()).unwrap();
+        assert!(entry.contains("\nefi /pak/a/linux.efi\n"), "{entry}");
+        assert_eq!(bls::priority(&entry), Some(5));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub mod project;
 
 pub mod image;
 
+pub mod sign;
+
 pub mod disk;
 
 pub mod system;

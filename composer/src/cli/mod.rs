@@ -143,6 +143,11 @@ pub enum Command {
         /// GUEST, e.g. 8080:80; the guest's network must be up
         #[arg(long, value_name = "HOST:GUEST")]
         forward: Vec<crate::vm::qemu::Forward>,
+        /// Boot with Secure Boot on, the firmware trusting only CERT
+        /// (enrolled as PK, KEK and db), e.g. db.crt from `pak key
+        /// generate --secure-boot db`
+        #[arg(long, value_name = "CERT")]
+        secure_boot: Option<PathBuf>,
         #[command(flatten)]
         provision: ProvisionArgs,
     },
@@ -466,8 +471,15 @@ pub enum PkgCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Write NAME.key (secret) and NAME.pub
-    Generate { name: PathBuf },
+    /// Write NAME.key (secret) and NAME.pub; with --secure-boot, NAME.key
+    /// (RSA-2048) and its certificate NAME.crt (PEM) and NAME.cer (DER)
+    Generate {
+        name: PathBuf,
+        /// A Secure Boot signing key and self-signed certificate, for
+        /// `[boot] secure-boot` and `pak qemu --secure-boot`
+        #[arg(long)]
+        secure_boot: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -531,18 +543,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             mut drive,
             forward,
+            secure_boot,
             provision,
         } => {
+            let firmware = match &secure_boot {
+                Some(cert) => crate::vm::qemu::FirmwareMode::secure_boot(cert)?,
+                None => crate::vm::qemu::FirmwareMode::Standard,
+            };
             let credentials = provision.apply(&image, &mut drive)?;
-            crate::vm::qemu::run_interactive(&crate::vm::qemu::VmConfig {
-                image,
-                memory_mib: memory,
-                snapshot,
-                interactive: true,
-                drives: drive,
-                forwards: forward,
-                credentials,
-            })?
+            crate::vm::qemu::run_interactive(
+                &crate::vm::qemu::VmConfig {
+                    image,
+                    memory_mib: memory,
+                    snapshot,
+                    interactive: true,
+                    drives: drive,
+                    forwards: forward,
+                    credentials,
+                },
+                &firmware,
+            )?
         }
         Command::Test {
             image,
@@ -607,7 +627,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pkg(PkgCommand::Info { file }) => pkg::info(g, &file)?,
         Command::Pkg(PkgCommand::Verify { file }) => pkg::verify(g, &file)?,
         Command::Pkg(PkgCommand::ImportDeb { file, output }) => pkg::import_deb(g, &file, output)?,
-        Command::Key(KeyCommand::Generate { name }) => pkg::key_generate(&name)?,
+        Command::Key(KeyCommand::Generate { name, secure_boot }) => {
+            if secure_boot {
+                pkg::secure_boot_key_generate(&name)?
+            } else {
+                pkg::key_generate(&name)?
+            }
+        }
         Command::Repo(RepoCommand::Index {
             dir,
             key,

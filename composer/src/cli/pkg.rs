@@ -66,6 +66,17 @@ pub fn key_generate(name: &Path) -> Result<()> {
     Ok(())
 }
 
+pub fn secure_boot_key_generate(name: &Path) -> Result<()> {
+    let f = crate::sign::key::generate_files(name)?;
+    println!(
+        "wrote {} (RSA-2048, keep it secret), its certificate {} and the same in DER, {}, for firmware set-up menus",
+        f.key.display(),
+        f.cert_pem.display(),
+        f.cert_der.display()
+    );
+    Ok(())
+}
+
 pub fn repo_index(
     dir: &Path,
     key: &Path,

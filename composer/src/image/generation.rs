@@ -68,6 +68,10 @@ pub struct Written {
     /// `None` for a slot written before pak had verity roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<pak_boot::verity::Verity>,
+    /// The slot's unified kernel image (`[boot] uki`), which boots it in
+    /// place of the kernel and initrd above (which it contains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +92,15 @@ impl Written {
             kernel_sha256: crate::util::fsutil::sha256_hex(kernel),
             initrd_sha256: crate::util::fsutil::sha256_hex(initrd),
             verity: None,
+            uki_sha256: None,
+        }
+    }
+
+    /// The same record for a slot booted by the unified kernel image `uki`.
+    pub fn with_uki(self, uki: &[u8]) -> Written {
+        Written {
+            uki_sha256: Some(crate::util::fsutil::sha256_hex(uki)),
+            ..self
         }
     }
 

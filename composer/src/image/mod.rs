@@ -18,6 +18,7 @@ pub mod ssh;
 pub mod sysconfig;
 pub mod systemd;
 pub mod tmpfiles;
+pub mod uki;
 pub mod verify;
 pub mod verity;
 
@@ -274,7 +275,7 @@ pub fn generation_from(
 /// The ESP's files for a new disk whose slot a holds `built`: the same
 /// files a switch writes for a slot ([`pak_boot::disk::SlotBoot`]), with
 /// the boot loader and its configuration.
-pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
+pub fn esp_files(built: &Built, uki: Option<&uki::UkiBuild>) -> Result<Vec<(String, Vec<u8>)>> {
     let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
     let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
     let image = std::fs::read(&built.squashfs)
@@ -290,12 +291,27 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
         .with_verity(built.verity.clone()),
     );
     let cmdline = pak_boot::verity::entry_cmdline(&m.cmdline, Some(&built.verity));
+    let slot = pak_boot::disk::Slot::A;
+    // The UKI carries the slot's whole command line, root hash included.
+    let uki_image = match uki {
+        Some(u) => Some(u.image(
+            &built.tree,
+            &kernel,
+            &initrd,
+            &pak_boot::bls::boot_options(slot, m.number, &cmdline),
+            &m.kernel_version,
+        )?),
+        None => None,
+    };
+    if let Some(image) = &uki_image {
+        m.written = m.written.map(|w| w.with_uki(image));
+    }
     let sdboot = read_from_tree(&built.tree, SYSTEMD_BOOT).context(
         "the image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi); add systemd-boot-efi to [packages] (the base profile has it)",
     )?;
     let description = m.to_toml();
     let boot = pak_boot::disk::SlotBoot {
-        slot: pak_boot::disk::Slot::A,
+        slot,
         generation: m.number,
         system: &m.system,
         cmdline: &cmdline,
@@ -306,7 +322,12 @@ pub fn esp_files(built: &Built) -> Result<Vec<(String, Vec<u8>)>> {
         initrd: &initrd,
         description: description.as_bytes(),
     };
-    Ok(pak_boot::disk::new_esp(&sdboot, &boot))
+    Ok(match (uki, &uki_image) {
+        (Some(u), Some(image)) => {
+            pak_boot::disk::new_esp_booting(&u.boot_loader(sdboot)?, &boot, Some(image))
+        }
+        _ => pak_boot::disk::new_esp(&sdboot, &boot),
+    })
 }
 
 /// Refuses a generation that, with its hash tree, does not fit a slot,
@@ -342,6 +363,9 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Read the signing key first: a bad one stops the build before it
+    // writes anything.
+    let uki = uki::UkiBuild::from_pakfile(&project.pakfile)?;
     let gen_tmp = tempfile::Builder::new()
         .prefix(".gen-")
         .suffix(".sqfs")
@@ -355,7 +379,7 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         size(&img.slot_size)?,
     )?;
     check_fits(&built, &layout)?;
-    let files = esp_files(&built)?;
+    let files = esp_files(&built, uki.as_ref())?;
     disk::create(out, &layout, &files, gen_tmp.path(), &built.meta.build_id)?;
     Ok(built)
 }

@@ -162,6 +162,30 @@ pub struct Boot {
     /// Boot attempts a new generation gets before the loader falls back.
     #[serde(default = "default_tries")]
     pub tries: u32,
+    /// Boot each generation from one unified kernel image (systemd-stub,
+    /// kernel, initrd and command line in one PE file) rather than a
+    /// kernel and initrd the loader entry puts a command line to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uki: bool,
+    /// Sign systemd-boot and the unified kernel images for UEFI Secure
+    /// Boot with this key and certificate (paths relative to the
+    /// Pakfile); needed at build time only.
+    #[serde(
+        default,
+        rename = "secure-boot",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secure_boot: Option<SecureBootSpec>,
+}
+
+/// `[boot] secure-boot = { key = "db.key", cert = "db.crt" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSpec {
+    /// The RSA private key (PEM).
+    pub key: String,
+    /// Its X.509 certificate (PEM or DER), the one the firmware trusts.
+    pub cert: String,
 }
 
 impl Default for Boot {
@@ -169,6 +193,8 @@ impl Default for Boot {
         Boot {
             cmdline: default_cmdline(),
             tries: default_tries(),
+            uki: false,
+            secure_boot: None,
         }
     }
 }
@@ -487,6 +513,11 @@ impl Pakfile {
                 self.boot.tries
             );
         }
+        if self.boot.secure_boot.is_some() && !self.boot.uki {
+            bail!(
+                "[boot] secure-boot signs unified kernel images, so it needs `uki = true` in [boot] (a separate kernel and initrd cannot be signed as one)"
+            );
+        }
         Ok(())
     }
 
@@ -601,6 +632,34 @@ mod tests {
         assert_eq!(p.system.profiles, vec!["base"]);
         assert_eq!(p.boot.tries, 3);
         assert_eq!(p.repository[0].kind, RepoKind::Apt);
+    }
+
+    #[test]
+    fn boot_uki_and_secure_boot() {
+        let p = Pakfile::parse(
+            "[boot]\nuki = true\nsecure-boot = { key = \"db.key\", cert = \"db.crt\" }\n",
+        )
+        .unwrap();
+        assert!(p.boot.uki);
+        assert_eq!(
+            p.boot.secure_boot,
+            Some(SecureBootSpec {
+                key: "db.key".into(),
+                cert: "db.crt".into()
+            })
+        );
+        let e = format!(
+            "{:#}",
+            Pakfile::parse("[boot]\nsecure-boot = { key = \"k\", cert = \"c\" }\n").unwrap_err()
+        );
+        assert!(e.contains("uki = true"), "{e}");
+        let e = format!(
+            "{:#}",
+            Pakfile::parse("[boot]\nuki = true\nsecure-boot = { key = \"k\" }\n").unwrap_err()
+        );
+        assert!(e.contains("cert"), "{e}");
+        // Off by default, and then absent from a written Pakfile.
+        assert!(!Pakfile::parse("").unwrap().boot.uki);
     }
 
     #[test]

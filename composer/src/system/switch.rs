@@ -163,6 +163,16 @@ impl<D: Device> PakDisk<D> {
         let description = esp_meta.to_toml();
         let cmdline = verity::entry_cmdline(&meta.cmdline, Some(&incoming.verity));
         let entries = self.entries()?;
+        if let Some(e) = self.uki_entry(&entries)? {
+            // A generation file carries a kernel and initrd, not a UKI
+            // made (and signed) for the target slot; under Secure Boot an
+            // entry booting them would be refused by the firmware.
+            bail!(
+                "this disk boots unified kernel images ({} starts one; [boot] uki), and {} carries none for slot {target}: switching such a disk to a generation file is not supported yet; build a new disk image with `pak build -o`",
+                esp::entry(&e),
+                incoming.name
+            );
+        }
         let boot = SlotBoot {
             slot: target,
             generation: meta.number,
@@ -210,6 +220,17 @@ impl<D: Device> PakDisk<D> {
     }
 
     /// Creates the directories above `path` that do not exist yet.
+    /// The first loader entry that starts a unified kernel image.
+    fn uki_entry(&mut self, entries: &[Entry]) -> Result<Option<EntryName>> {
+        for e in entries {
+            let text = self.esp.read(&esp::entry(&e.name))?;
+            if bls::is_uki_entry(&String::from_utf8_lossy(&text)) {
+                return Ok(Some(e.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     fn create_parents(&mut self, path: &str) -> Result<()> {
         let mut at = 0;
         while let Some(i) = path[at..].find('/') {
@@ -339,7 +360,14 @@ impl<D: Device> PakDisk<D> {
             .find(|e| e.name.slot == other)
             .cloned()
             .context("the other slot's entry disappeared")?;
-        for f in [esp::kernel(other), esp::initrd(other)] {
+        let path = esp::entry(&target.name);
+        let uki = bls::is_uki_entry(&String::from_utf8_lossy(&self.esp.read(&path)?));
+        let boot_files = if uki {
+            vec![esp::uki(other)]
+        } else {
+            vec![esp::kernel(other), esp::initrd(other)]
+        };
+        for f in boot_files {
             if self.find(&f)?.is_none() {
                 bail!(
                     "generation {generation} in slot {other} has no {f} on the ESP; it cannot boot"
@@ -357,8 +385,14 @@ impl<D: Device> PakDisk<D> {
             .with_context(|| format!("slot {other} has no description on the ESP"))?;
         let verity = meta.written.as_ref().and_then(|w| w.verity.as_ref());
         let cmdline = verity::entry_cmdline(&meta.cmdline, verity);
-        let text = bls::render_entry(&meta.system, other, generation, top + 1, &cmdline);
-        let path = esp::entry(&target.name);
+        // An entry that starts a UKI stays one: its command line (with
+        // the root hash) is inside the UKI, signed, and only the priority,
+        // which lives in the entry, changes.
+        let text = if uki {
+            bls::render_uki_entry(&meta.system, other, generation, top + 1)
+        } else {
+            bls::render_entry(&meta.system, other, generation, top + 1, &cmdline)
+        };
         let tmp = format!("{path}.tmp");
         self.esp.reclaim_lost_clusters()?;
         if self.esp.find(&tmp)?.is_some() {

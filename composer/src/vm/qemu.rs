@@ -308,7 +308,64 @@ pub fn vars_for(image: &Path, fw: &Firmware) -> Result<PathBuf> {
     Ok(vars)
 }
 
+/// Which firmware a machine boots: OVMF as it ships, or OVMF with
+/// Secure Boot on and a certificate (DER) enrolled as PK, KEK and db.
+#[derive(Debug, Clone, Default)]
+pub enum FirmwareMode {
+    #[default]
+    Standard,
+    SecureBoot {
+        cert_der: Vec<u8>,
+    },
+}
+
+impl FirmwareMode {
+    /// Secure Boot trusting the certificate in `cert` (PEM or DER).
+    pub fn secure_boot(cert: &Path) -> Result<FirmwareMode> {
+        let cert = crate::sign::key::read_certificate(cert)?;
+        Ok(FirmwareMode::SecureBoot {
+            cert_der: der::Encode::to_der(&cert).context("cannot encode the certificate")?,
+        })
+    }
+}
+
 pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
+    command_with(cfg, &FirmwareMode::Standard)
+}
+
+/// The pflash code and variable store for `fw`, and the machine type.
+fn firmware_args(cfg: &VmConfig, fw: &FirmwareMode) -> Result<(Vec<String>, PathBuf, PathBuf)> {
+    Ok(match fw {
+        FirmwareMode::Standard => {
+            let fw = firmware()?;
+            let vars = vars_for(&cfg.image, &fw)?;
+            (vec!["-machine".into(), "q35".into()], fw.code, vars)
+        }
+        FirmwareMode::SecureBoot { cert_der } => {
+            let fw = super::ovmf::secure_boot_firmware()?;
+            let vars = super::ovmf::secure_vars_for(&cfg.image, &fw, cert_der)?;
+            // Secure Boot builds keep their variables behind SMM, so that
+            // only the firmware writes them: QEMU must emulate SMM and
+            // mark the flash secure, or the firmware stops at start.
+            (
+                [
+                    "-machine",
+                    "q35,smm=on",
+                    "-global",
+                    "driver=cfi.pflash01,property=secure,value=on",
+                    "-global",
+                    "ICH9-LPC.disable_s3=1",
+                ]
+                .map(String::from)
+                .to_vec(),
+                fw.code,
+                vars,
+            )
+        }
+    })
+}
+
+pub fn command_with(cfg: &VmConfig, fw: &FirmwareMode) -> Result<(Command, Accel)> {
     if !cfg.image.is_file() {
         bail!(
             "{} does not exist; build one with `pak build -o {}`",
@@ -316,11 +373,11 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
             cfg.image.display()
         );
     }
-    let fw = firmware()?;
+    let (machine, code, vars) = firmware_args(cfg, fw)?;
     let accel = accel()?;
-    let vars = vars_for(&cfg.image, &fw)?;
     let mut c = Command::new(qemu_binary()?);
-    c.args(["-machine", "q35", "-accel", accel.name(), "-m"])
+    c.args(machine)
+        .args(["-accel", accel.name(), "-m"])
         .arg(cfg.memory_mib.to_string())
         .args(["-nographic", "-nodefaults", "-no-user-config", "-serial"])
         .arg(if cfg.interactive {
@@ -331,7 +388,7 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
         .arg("-drive")
         .arg(format!(
             "if=pflash,format=raw,readonly=on,file={}",
-            fw.code.display()
+            code.display()
         ))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
@@ -356,12 +413,16 @@ pub fn command(cfg: &VmConfig) -> Result<(Command, Accel)> {
 }
 
 /// `pak qemu IMAGE`: boots interactively until the machine powers off.
-pub fn run_interactive(cfg: &VmConfig) -> Result<()> {
-    let (mut c, accel) = command(cfg)?;
+pub fn run_interactive(cfg: &VmConfig, fw: &FirmwareMode) -> Result<()> {
+    let (mut c, accel) = command_with(cfg, fw)?;
     eprintln!(
-        "booting {} under QEMU ({}); Ctrl-a x quits",
+        "booting {} under QEMU ({}{}); Ctrl-a x quits",
         cfg.image.display(),
-        accel.name()
+        accel.name(),
+        match fw {
+            FirmwareMode::Standard => "",
+            FirmwareMode::SecureBoot { .. } => ", Secure Boot",
+        }
     );
     let start = Instant::now();
     let status = c.status().context("cannot start QEMU")?;

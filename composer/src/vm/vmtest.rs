@@ -81,8 +81,13 @@ pub struct Machine {
 impl Machine {
     /// Boots `cfg.image`; the full console goes to `log`.
     pub fn start(cfg: &VmConfig, log: &Path) -> Result<Machine> {
+        Machine::start_with(cfg, &qemu::FirmwareMode::Standard, log)
+    }
+
+    /// Boots `cfg.image` on the firmware `fw`.
+    pub fn start_with(cfg: &VmConfig, fw: &qemu::FirmwareMode, log: &Path) -> Result<Machine> {
         let slot = Slot::take();
-        let (mut cmd, _) = qemu::command(cfg)?;
+        let (mut cmd, _) = qemu::command_with(cfg, fw)?;
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
