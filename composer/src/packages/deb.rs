@@ -94,6 +94,7 @@ fn payload_path(raw: &str) -> Option<String> {
 
 /// Converts `.deb` bytes to a `.pak` written into `out_dir`.
 pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
+    let _timed = crate::util::timings::enter(crate::util::timings::Step::Convert);
     let sha = hex::encode(Sha256::digest(bytes));
     let members = ar_members(bytes)?;
     let control = members

@@ -153,13 +153,9 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
             block_size: opts.block_size,
             cache: opts.cache.clone(),
         },
-        frag_buf: Vec::new(),
-        frag_count: 0,
         fragments: Vec::new(),
         stats: Stats::default(),
-        pool: rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?,
+        threads,
     };
     let data = dw.write_files(&sources)?;
     let fragments = std::mem::take(&mut dw.fragments);
