@@ -90,6 +90,8 @@ fn pack(tree: &Path, out: &Path) {
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
     wall: Duration,
+    /// User plus system time: less moved by other load than wall time.
+    cpu: Duration,
     rss: u64,
 }
 
@@ -124,8 +126,10 @@ fn run(cmd: &mut Command) -> Sample {
     );
     let status = std::process::ExitStatus::from_raw(status);
     assert!(status.success(), "{cmd:?}: {status}\n{err}");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Sample {
         wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         rss: usage.ru_maxrss as u64 * 1024,
     }
 }
@@ -136,6 +140,7 @@ fn pipeline(cmds: &mut [Command]) -> Sample {
     for c in cmds {
         let s = run(c);
         total.wall += s.wall;
+        total.cpu += s.cpu;
         total.rss = total.rss.max(s.rss);
     }
     total
@@ -319,8 +324,15 @@ fn hand_pipeline(debs: &[PathBuf], work: &Path) -> Sample {
     }
     let d = pipeline(&mut disk_cmds);
     s.wall += d.wall;
+    s.cpu += d.cpu;
     s.rss = s.rss.max(d.rss);
     s
+}
+
+fn median(d: impl Iterator<Item = Duration>) -> Duration {
+    let mut d: Vec<Duration> = d.collect();
+    d.sort();
+    d[d.len() / 2]
 }
 
 struct Case {
@@ -337,9 +349,11 @@ impl Case {
     }
 
     fn median(&self) -> Duration {
-        let mut w: Vec<Duration> = self.samples.iter().map(|s| s.wall).collect();
-        w.sort();
-        w[w.len() / 2]
+        median(self.samples.iter().map(|s| s.wall))
+    }
+
+    fn median_cpu(&self) -> Duration {
+        median(self.samples.iter().map(|s| s.cpu))
     }
 
     fn peak(&self) -> u64 {
@@ -438,30 +452,40 @@ fn bench(runs: usize, server: bool) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<38} {:>9} {:>10} {:>7}",
-        "case", "median s", "peak RSS", "ratio"
+        "{:<38} {:>8} {:>7} {:>10} {:>7} {:>9}",
+        "case", "wall s", "ratio", "peak RSS", "CPU s", "CPU ratio"
     );
-    let ratio = |a: &Case, b: &Case| a.median().as_secs_f64() / b.median().as_secs_f64();
+    let ratio = |a: Duration, b: Duration| format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64());
     for (i, c) in cases.iter().enumerate() {
-        let r = match i {
-            0 => format!("{:.2}x", ratio(&cases[0], &cases[1])),
-            3 => format!("{:.2}x", ratio(&cases[3], &cases[4])),
-            _ => String::new(),
+        let reference = match i {
+            0 => Some(&cases[1]),
+            3 => Some(&cases[4]),
+            _ => None,
         };
+        let (r, cr) = reference.map_or((String::new(), String::new()), |b| {
+            (
+                ratio(c.median(), b.median()),
+                ratio(c.median_cpu(), b.median_cpu()),
+            )
+        });
         println!(
-            "{:<38} {:>9.2} {:>6.0} MiB {:>7}",
+            "{:<38} {:>8.2} {:>7} {:>6.0} MiB {:>7.2} {:>9}",
             c.name,
             c.median().as_secs_f64(),
+            r,
             mib(c.peak()),
-            r
+            c.median_cpu().as_secs_f64(),
+            cr
         );
     }
     if let Some(s) = server_sample {
         println!(
-            "{:<38} {:>9.2} {:>6.0} MiB",
+            "{:<38} {:>8.2} {:>7} {:>6.0} MiB {:>7.2}",
             "pak build images/server, cold (once)",
             s.wall.as_secs_f64(),
-            mib(s.rss)
+            "",
+            mib(s.rss),
+            s.cpu.as_secs_f64()
         );
     }
     let (ps, ms) = (size(&pak_sqfs), size(&mk_sqfs));
@@ -475,7 +499,7 @@ fn bench(runs: usize, server: bool) {
         "squashfs size: pak {ps} bytes, mksquashfs {ms} bytes ({:+.2}%)",
         100.0 * (ps as f64 / ms as f64 - 1.0)
     );
-    println!("ratio: pak's median time / the reference's (below 1: pak is faster)");
+    println!("ratio: pak's median / the reference's (below 1: pak is faster); CPU: user + system");
 }
 
 fn size(p: &Path) -> u64 {
