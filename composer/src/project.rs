@@ -492,6 +492,7 @@ impl Project {
         self.check_builder(&lock)?;
         let store = Store::open(&self.root)?;
         let sources = Sources::from_pakfile(&self.pakfile)?;
+        let _timed = crate::util::timings::enter(crate::util::timings::Step::Fetch);
         let bar = crate::util::progress::items(lock.packages.len() as u64, "fetch and extract");
         let mut out = Vec::new();
         for p in &lock.packages {

@@ -117,6 +117,10 @@ pub enum Command {
         /// directory) and check both images are identical
         #[arg(long)]
         check: bool,
+        /// Print the wall time of each step (resolve, fetch, convert,
+        /// extract, assemble, initramfs, squashfs, disk)
+        #[arg(long)]
+        timings: bool,
     },
     /// List the packages of the lock
     List,
@@ -527,6 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             number,
             after,
             check,
+            timings,
         } => project::build(
             g,
             &output,
@@ -534,6 +539,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             number,
             after.as_deref(),
             check,
+            timings,
         )?,
         Command::List => project::list(g)?,
         Command::Verify { image } => return verify::run(g, &image),

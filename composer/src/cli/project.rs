@@ -8,6 +8,7 @@ use super::Global;
 use crate::project::{GenerationAfter, LockOutcome, Project, Update};
 use crate::sources::Sources;
 use crate::spec::pakfile;
+use crate::util::timings::{self, Step};
 
 /// `pak init [DIR]`: a commented starter Pakfile that builds as it is.
 pub fn init(dir: Option<PathBuf>) -> Result<()> {
@@ -166,6 +167,7 @@ pub fn build(
     number: Option<u64>,
     after: Option<&str>,
     check: bool,
+    timings: bool,
 ) -> Result<()> {
     if check && generation.is_some() {
         bail!("--check compares whole images; use it without --generation");
@@ -191,7 +193,7 @@ pub fn build(
         }
         (_, n) => n.unwrap_or(1),
     };
-    lock_if_needed(g, &p)?;
+    timings::time(Step::Resolve, || lock_if_needed(g, &p))?;
     let built = match generation {
         Some(out) => crate::image::build_generation(&p, number, out)?,
         None => crate::image::build_image(&p, output)?,
@@ -220,6 +222,10 @@ pub fn build(
     }
     report_pins(g, &p, &built);
     report_unconverted(g, &built, generation.unwrap_or(output))?;
+    if timings {
+        // Before --check, whose second build is not this one's time.
+        print!("{}", timings::render(&timings::totals(), start.elapsed()));
+    }
     if check {
         check_reproducible(g, &p, output, started)?;
     }

@@ -118,6 +118,7 @@ impl RootTree {
     /// identical files or links; anything else at the same path is a
     /// conflict, reported with both package names.
     pub fn add_package(&mut self, package: &str, entries: &[PkgEntry]) -> Result<()> {
+        let _timed = crate::util::timings::enter(crate::util::timings::Step::Assemble);
         for e in entries {
             let path = canonical(&e.path);
             if path.is_empty() {

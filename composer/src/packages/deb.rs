@@ -32,13 +32,15 @@ const SCRIPT_MAX: u64 = 1 << 20;
 /// A .deb member larger than this is refused rather than read into memory.
 const MEMBER_MAX: u64 = 2 << 30;
 
-struct Member {
+/// A member of the `ar` archive, borrowed from the `.deb`'s bytes: a
+/// kernel package's data.tar is tens of MiB, not worth a second copy.
+struct Member<'a> {
     name: String,
-    data: Vec<u8>,
+    data: &'a [u8],
 }
 
 /// Splits an `ar` archive into its members.
-fn ar_members(bytes: &[u8]) -> Result<Vec<Member>> {
+fn ar_members(bytes: &[u8]) -> Result<Vec<Member<'_>>> {
     if !bytes.starts_with(b"!<arch>\n") {
         bail!("not a Debian package (no ar archive signature)");
     }
@@ -69,7 +71,7 @@ fn ar_members(bytes: &[u8]) -> Result<Vec<Member>> {
         };
         out.push(Member {
             name,
-            data: bytes[start..end].to_vec(),
+            data: &bytes[start..end],
         });
         pos = end + (end % 2);
     }
@@ -94,6 +96,7 @@ fn payload_path(raw: &str) -> Option<String> {
 
 /// Converts `.deb` bytes to a `.pak` written into `out_dir`.
 pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
+    let _timed = crate::util::timings::enter(crate::util::timings::Step::Convert);
     let sha = hex::encode(Sha256::digest(bytes));
     let members = ar_members(bytes)?;
     let control = members
@@ -108,7 +111,7 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
     let mut control_text = None;
     let mut scripts = Vec::new();
     let mut texts = std::collections::BTreeMap::new();
-    let mut ar = tar::Archive::new(decompressor(&control.name, &control.data)?);
+    let mut ar = tar::Archive::new(decompressor(&control.name, control.data)?);
     for e in ar.entries()? {
         let mut e = e?;
         let name = e
@@ -147,7 +150,7 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
 
     let mut w = Writer::new(info);
     let mut special = Vec::new();
-    let mut ar = tar::Archive::new(decompressor(&data.name, &data.data)?);
+    let mut ar = tar::Archive::new(decompressor(&data.name, data.data)?);
     for e in ar.entries()? {
         let mut e = e?;
         let raw = e.path()?.to_string_lossy().into_owned();

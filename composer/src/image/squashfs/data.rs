@@ -12,7 +12,6 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -43,7 +42,7 @@ impl Compressor {
         {
             return (bytes, true);
         }
-        let c = zstd::bulk::compress(data, self.level).expect("zstd compresses");
+        let c = compress_zstd(data, self.level);
         let stored = if c.len() < data.len() {
             c
         } else {
@@ -55,6 +54,29 @@ impl Compressor {
         }
         (stored, false)
     }
+}
+
+thread_local! {
+    /// This thread's zstd context and the level it is set to: a context
+    /// made per block costs its allocation and table setup every time
+    /// (several percent of a pack at level 15). The output is the same,
+    /// the context being reset for every block.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
+    ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.as_ref().is_none_or(|(l, _)| *l != level) {
+            *z = Some((
+                level,
+                zstd::bulk::Compressor::new(level).expect("zstd context"),
+            ));
+        }
+        let (_, c) = z.as_mut().expect("set above");
+        c.compress(data).expect("zstd compresses")
+    })
 }
 
 /// Whether a cache entry really stores `data`. The cache is only a hint:
@@ -104,126 +126,263 @@ pub(super) struct DataWriter<'a> {
     pub(super) out: &'a mut BufWriter<File>,
     pub(super) pos: u64,
     pub(super) comp: Compressor,
-    pub(super) frag_buf: Vec<u8>,
-    /// Fragment blocks made so far (written or waiting in a batch).
-    pub(super) frag_count: u32,
     pub(super) fragments: Vec<(u64, u32)>,
     pub(super) stats: Stats,
-    pub(super) pool: rayon::ThreadPool,
+    /// Compressing threads.
+    pub(super) threads: usize,
+}
+
+/// A block on its way: its place in the output, what it is for, its bytes.
+struct Raw {
+    seq: u64,
+    job: Job,
+    data: Vec<u8>,
+}
+
+/// A block compressed: `stored` is `None` for an all-zero data block
+/// (a hole), else the bytes to write and whether the cache served them.
+struct Done {
+    seq: u64,
+    job: Job,
+    raw_len: usize,
+    stored: Option<(Vec<u8>, bool)>,
+}
+
+/// What the reading thread learns of each file: its size and fragment.
+struct Layout {
+    size: u64,
+    fragment: Option<(u32, u32)>,
 }
 
 impl DataWriter<'_> {
-    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes)?;
-        self.pos += bytes.len() as u64;
-        Ok(())
-    }
-
     /// Compresses and writes all files, in order; returns each file's data
-    /// description. Blocks of many files (and fragment blocks) are
-    /// compressed together in parallel batches, then written in the order
-    /// they were made, so the output does not depend on scheduling.
+    /// description.
+    ///
+    /// Three stages overlap: this thread's helper reads files and cuts
+    /// them into blocks (tails packed into fragment blocks), `threads`
+    /// workers compress, and this thread writes the results in the order
+    /// the blocks were cut, so the bytes never depend on scheduling. At
+    /// most [`IN_FLIGHT`] blocks per thread are between reading and
+    /// writing, which bounds memory whatever the tree's size.
     pub(super) fn write_files(&mut self, files: &[&Source]) -> Result<Vec<FileData>> {
         let bs = self.comp.block_size as usize;
-        let mut out: Vec<FileData> = Vec::with_capacity(files.len());
-        let mut batch: Vec<(Job, Vec<u8>)> = Vec::new();
-        for (f, src) in files.iter().enumerate() {
-            let (mut reader, len) = open_source(src)?;
-            out.push(FileData {
-                blocks_start: 0,
-                sizes: Vec::new(),
-                fragment: None,
-                size: len,
-            });
-            for _ in 0..len / bs as u64 {
-                let mut b = vec![0u8; bs];
-                reader
-                    .read_exact(&mut b)
-                    .context("a file changed size while being packed")?;
-                batch.push((Job::Block(f), b));
-                if batch.len() >= BATCH_BLOCKS {
-                    self.flush_batch(&mut batch, &mut out)?;
+        let threads = self.threads.max(1);
+        let limit = IN_FLIGHT * threads;
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(threads);
+        let raw_rx = std::sync::Mutex::new(raw_rx);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+        // One token per block in flight: the reader takes one per block,
+        // the writer gives it back once the block is written.
+        let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(limit);
+        for _ in 0..limit {
+            token_tx.send(()).expect("room for every token");
+        }
+        let mut token_tx = Some(token_tx);
+        let DataWriter {
+            out,
+            pos,
+            comp,
+            fragments,
+            stats,
+            ..
+        } = self;
+        let mut sink = Sink {
+            out,
+            pos,
+            fragments,
+            stats,
+        };
+        let comp = &*comp;
+        std::thread::scope(|s| -> Result<Vec<FileData>> {
+            let reader = s.spawn(move || cut(files, bs, &raw_tx, &token_rx));
+            for _ in 0..threads {
+                let (raw_rx, done_tx) = (&raw_rx, done_tx.clone());
+                s.spawn(move || {
+                    loop {
+                        let next = raw_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(raw) = next else { break };
+                        // All-zero data blocks are stored as holes.
+                        let hole =
+                            matches!(raw.job, Job::Block(_)) && raw.data.iter().all(|x| *x == 0);
+                        let stored = (!hole).then(|| comp.compress(&raw.data));
+                        let done = Done {
+                            seq: raw.seq,
+                            job: raw.job,
+                            raw_len: raw.data.len(),
+                            stored,
+                        };
+                        if done_tx.send(done).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut placed: Vec<(u64, Vec<u32>)> = Vec::with_capacity(files.len());
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut next = 0u64;
+            let mut failed = None;
+            // Ends when the reader and every worker are done (or gone).
+            for done in done_rx.iter() {
+                waiting.insert(done.seq, done);
+                while let Some(done) = waiting.remove(&next) {
+                    next += 1;
+                    if failed.is_none()
+                        && let Err(e) = sink.place(done, &mut placed)
+                    {
+                        failed = Some(e);
+                        // Stops the reader once the tokens it has run out.
+                        token_tx = None;
+                    }
+                    if let Some(tokens) = &token_tx {
+                        // The reader may be gone after its own error.
+                        let _ = tokens.send(());
+                    }
                 }
             }
-            let tail = (len % bs as u64) as usize;
-            if tail > 0 {
-                let mut t = vec![0u8; tail];
-                reader
-                    .read_exact(&mut t)
-                    .context("a file changed size while being packed")?;
-                if self.frag_buf.len() + tail > bs {
-                    let full = std::mem::take(&mut self.frag_buf);
-                    batch.push((Job::Fragment(self.frag_count), full));
-                    self.frag_count += 1;
-                }
-                out[f].fragment = Some((self.frag_count, self.frag_buf.len() as u32));
-                self.frag_buf.extend(&t);
+            let layout = reader.join().expect("the reader does not panic")?;
+            if let Some(e) = failed {
+                return Err(e);
             }
-            let mut extra = [0u8; 1];
-            if reader.read(&mut extra)? != 0 {
-                bail!("a file grew while being packed");
-            }
-        }
-        if !self.frag_buf.is_empty() {
-            let last = std::mem::take(&mut self.frag_buf);
-            batch.push((Job::Fragment(self.frag_count), last));
-            self.frag_count += 1;
-        }
-        self.flush_batch(&mut batch, &mut out)?;
-        Ok(out)
+            Ok(layout
+                .into_iter()
+                .enumerate()
+                .map(|(f, l)| {
+                    let (blocks_start, sizes) =
+                        placed.get_mut(f).map(std::mem::take).unwrap_or_default();
+                    FileData {
+                        blocks_start,
+                        sizes,
+                        fragment: l.fragment,
+                        size: l.size,
+                    }
+                })
+                .collect())
+        })
+    }
+}
+
+/// Where compressed blocks go, in order: the image and its bookkeeping.
+struct Sink<'w> {
+    out: &'w mut BufWriter<File>,
+    pos: &'w mut u64,
+    fragments: &'w mut Vec<(u64, u32)>,
+    stats: &'w mut Stats,
+}
+
+impl Sink<'_> {
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        *self.pos += bytes.len() as u64;
+        Ok(())
     }
 
-    fn flush_batch(&mut self, batch: &mut Vec<(Job, Vec<u8>)>, out: &mut [FileData]) -> Result<()> {
-        let comp = &self.comp;
-        let done: Vec<Option<(Vec<u8>, bool)>> = self.pool.install(|| {
-            batch
-                .par_iter()
-                .map(|(job, b)| {
-                    // All-zero data blocks are stored as holes.
-                    if matches!(job, Job::Block(_)) && b.iter().all(|x| *x == 0) {
-                        return None;
-                    }
-                    Some(comp.compress(b))
-                })
-                .collect()
-        });
-        for ((job, raw), res) in batch.drain(..).zip(done) {
-            let (stored, hit) = match res {
-                Some(r) => r,
-                None => {
-                    if let Job::Block(f) = job {
-                        if out[f].sizes.is_empty() {
-                            out[f].blocks_start = self.pos;
-                        }
-                        out[f].sizes.push(0);
-                    }
-                    continue;
-                }
-            };
-            let word = if stored.len() == raw.len() {
-                stored.len() as u32 | UNCOMPRESSED_BLOCK
-            } else {
-                stored.len() as u32
-            };
-            let start = self.pos;
-            self.emit(&stored)?;
-            self.stats.cached_blocks += hit as u64;
-            match job {
-                Job::Block(f) => {
-                    if out[f].sizes.is_empty() {
-                        out[f].blocks_start = start;
-                    }
-                    out[f].sizes.push(word);
-                    self.stats.data_blocks += 1;
-                }
-                Job::Fragment(i) => {
-                    debug_assert_eq!(i as usize, self.fragments.len());
-                    self.fragments.push((start, word));
-                }
+    /// Writes one compressed block where the format wants it, noting its
+    /// place in `placed` (per file: where its blocks start, their size
+    /// words) or in the fragment table.
+    fn place(&mut self, done: Done, placed: &mut Vec<(u64, Vec<u32>)>) -> Result<()> {
+        let Some((stored, hit)) = done.stored else {
+            if let Job::Block(f) = done.job {
+                file_blocks(placed, f, *self.pos).push(0);
+            }
+            return Ok(());
+        };
+        let word = if stored.len() == done.raw_len {
+            stored.len() as u32 | UNCOMPRESSED_BLOCK
+        } else {
+            stored.len() as u32
+        };
+        let start = *self.pos;
+        self.emit(&stored)?;
+        self.stats.cached_blocks += hit as u64;
+        match done.job {
+            Job::Block(f) => {
+                file_blocks(placed, f, start).push(word);
+                self.stats.data_blocks += 1;
+            }
+            Job::Fragment(i) => {
+                debug_assert_eq!(i as usize, self.fragments.len());
+                self.fragments.push((start, word));
             }
         }
         Ok(())
     }
+}
+
+/// File `f`'s block size words, its blocks starting at `pos` if this is
+/// its first.
+fn file_blocks(placed: &mut Vec<(u64, Vec<u32>)>, f: usize, pos: u64) -> &mut Vec<u32> {
+    if placed.len() <= f {
+        placed.resize_with(f + 1, Default::default);
+    }
+    let p = &mut placed[f];
+    if p.1.is_empty() {
+        p.0 = pos;
+    }
+    &mut p.1
+}
+
+/// Blocks per compressing thread between reading and writing.
+const IN_FLIGHT: usize = 8;
+
+/// The reading stage: every file's full blocks, then its tail into the
+/// current fragment block, numbered in output order and sent on `raw`,
+/// one `token` per block. Returns each file's size and fragment.
+fn cut(
+    files: &[&Source],
+    bs: usize,
+    raw: &std::sync::mpsc::SyncSender<Raw>,
+    tokens: &std::sync::mpsc::Receiver<()>,
+) -> Result<Vec<Layout>> {
+    let mut seq = 0u64;
+    let mut send = |job: Job, data: Vec<u8>| -> Result<()> {
+        // No token or no worker: the writer stopped on an error it reports.
+        tokens.recv().context("the squashfs writer stopped")?;
+        raw.send(Raw { seq, job, data })
+            .ok()
+            .context("the squashfs writer stopped")?;
+        seq += 1;
+        Ok(())
+    };
+    let mut out = Vec::with_capacity(files.len());
+    let mut frag_buf: Vec<u8> = Vec::new();
+    let mut frag_count = 0u32;
+    for (f, src) in files.iter().enumerate() {
+        let (mut reader, len) = open_source(src)?;
+        for _ in 0..len / bs as u64 {
+            let mut b = vec![0u8; bs];
+            reader
+                .read_exact(&mut b)
+                .context("a file changed size while being packed")?;
+            send(Job::Block(f), b)?;
+        }
+        let tail = (len % bs as u64) as usize;
+        let mut fragment = None;
+        if tail > 0 {
+            let mut t = vec![0u8; tail];
+            reader
+                .read_exact(&mut t)
+                .context("a file changed size while being packed")?;
+            if frag_buf.len() + tail > bs {
+                send(Job::Fragment(frag_count), std::mem::take(&mut frag_buf))?;
+                frag_count += 1;
+            }
+            fragment = Some((frag_count, frag_buf.len() as u32));
+            frag_buf.extend(&t);
+        }
+        let mut extra = [0u8; 1];
+        if reader.read(&mut extra)? != 0 {
+            bail!("a file grew while being packed");
+        }
+        out.push(Layout {
+            size: len,
+            fragment,
+        });
+    }
+    if !frag_buf.is_empty() {
+        send(Job::Fragment(frag_count), frag_buf)?;
+    }
+    Ok(out)
 }
 
 /// What a compressed block is for.
@@ -233,4 +392,109 @@ pub(super) enum Job {
     Block(usize),
     /// Fragment block `n`.
     Fragment(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files of every shape the data stage handles: empty, tails only,
+    /// several full blocks, all-zero blocks (holes), blocks that do not
+    /// compress, and enough tails to fill many fragment blocks.
+    fn tree() -> Tree {
+        let mut t = Tree::default();
+        let dir = |t: &mut Tree, p: &str| {
+            t.entries.insert(
+                p.to_string(),
+                Entry {
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    xattrs: vec![],
+                },
+            );
+        };
+        dir(&mut t, "");
+        dir(&mut t, "d");
+        let mut noise = 0x9e37_79b9u32;
+        for i in 0..200usize {
+            let len = (i * 7919) % (5 * 4096 + 13);
+            let data: Vec<u8> = (0..len)
+                .map(|k| match i % 4 {
+                    0 => 0,
+                    1 => (k % 251) as u8,
+                    _ => {
+                        noise ^= noise << 13;
+                        noise ^= noise >> 17;
+                        noise ^= noise << 5;
+                        noise as u8
+                    }
+                })
+                .collect();
+            t.entries.insert(
+                format!("d/f{i:03}"),
+                Entry {
+                    kind: Kind::File(Source::Bytes(data)),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    xattrs: vec![],
+                },
+            );
+        }
+        t
+    }
+
+    fn pack(t: &Tree, threads: usize, cache: Option<PathBuf>) -> (Vec<u8>, Stats) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.sqfs");
+        let opts = Options {
+            block_size: 4096,
+            threads,
+            cache,
+            ..Options::default()
+        };
+        let stats = super::super::write(t, &out, &opts).unwrap();
+        (std::fs::read(&out).unwrap(), stats)
+    }
+
+    #[test]
+    fn bytes_do_not_depend_on_threads_or_the_cache() {
+        let t = tree();
+        let (one, stats) = pack(&t, 1, None);
+        assert!(stats.data_blocks > 100 && stats.fragments > 10, "{stats:?}");
+        for threads in [2, 3, 8] {
+            assert!(pack(&t, threads, None).0 == one, "{threads} threads differ");
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let cold = pack(&t, 4, Some(cache.path().to_path_buf()));
+        let warm = pack(&t, 4, Some(cache.path().to_path_buf()));
+        assert!(
+            cold.0 == one && warm.0 == one,
+            "the cache changed the bytes"
+        );
+        assert_eq!(
+            warm.1.cached_blocks,
+            warm.1.data_blocks + warm.1.fragments as u64
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_fails_the_write_without_hanging() {
+        let mut t = tree();
+        t.entries.get_mut("d/f100").unwrap().kind =
+            Kind::File(Source::Path("/nonexistent/pak-test".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            block_size: 4096,
+            threads: 2,
+            ..Options::default()
+        };
+        let err = super::super::write(&t, &dir.path().join("x.sqfs"), &opts).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/pak-test"),
+            "{err:#}"
+        );
+    }
 }

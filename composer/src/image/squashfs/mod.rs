@@ -28,7 +28,13 @@ mod data;
 mod reader;
 mod write;
 pub use reader::{ReadNode, Reader};
-pub use write::write;
+
+/// Writes `tree` as a squashfs image at `out` (see [`write::write`]).
+pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
+    crate::util::timings::time(crate::util::timings::Step::Squashfs, || {
+        write::write(tree, out, opts)
+    })
+}
 
 const MAGIC: u32 = 0x7371_7368;
 const ZSTD_ID: u16 = 6;
@@ -38,9 +44,6 @@ const NO_XATTR: u32 = 0xFFFF_FFFF;
 const NONE_U64: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 const UNCOMPRESSED_BLOCK: u32 = 1 << 24;
 const FLAG_NO_XATTRS: u16 = 0x0200;
-/// Blocks compressed together before writing: bounds memory to about
-/// this many block_size-sized buffers, twice.
-const BATCH_BLOCKS: usize = 256;
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

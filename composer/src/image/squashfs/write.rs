@@ -154,13 +154,9 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
             block_size: opts.block_size,
             cache: opts.cache.clone(),
         },
-        frag_buf: Vec::new(),
-        frag_count: 0,
         fragments: Vec::new(),
         stats: Stats::default(),
-        pool: rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?,
+        threads,
     };
     let mut data = Vec::with_capacity(sources.len());
     for group in plan.fragment_groups() {
