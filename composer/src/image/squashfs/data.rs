@@ -164,7 +164,21 @@ impl DataWriter<'_> {
     /// the blocks were cut, so the bytes never depend on scheduling. At
     /// most [`IN_FLIGHT`] blocks per thread are between reading and
     /// writing, which bounds memory whatever the tree's size.
-    pub(super) fn write_files(&mut self, files: &[&Source]) -> Result<Vec<FileData>> {
+    ///
+    /// `runs` cut the files into runs whose tails share fragment blocks
+    /// (see `Plan::fragment_groups`): the fragment block open at the end
+    /// of a run is written then. One call for all runs keeps the stages
+    /// overlapping across them, and numbers fragments in one sequence.
+    pub(super) fn write_files(
+        &mut self,
+        files: &[&Source],
+        runs: &[std::ops::Range<usize>],
+    ) -> Result<Vec<FileData>> {
+        let mut run_end = vec![false; files.len()];
+        for r in runs.iter().filter(|r| !r.is_empty()) {
+            run_end[r.end - 1] = true;
+        }
+        let first_fragment = self.fragments.len() as u32;
         let bs = self.comp.block_size as usize;
         let threads = self.threads.max(1);
         let limit = IN_FLIGHT * threads;
@@ -177,7 +191,6 @@ impl DataWriter<'_> {
         for _ in 0..limit {
             token_tx.send(()).expect("room for every token");
         }
-        let mut token_tx = Some(token_tx);
         let DataWriter {
             out,
             pos,
@@ -194,7 +207,12 @@ impl DataWriter<'_> {
         };
         let comp = &*comp;
         std::thread::scope(|s| -> Result<Vec<FileData>> {
-            let reader = s.spawn(move || cut(files, bs, &raw_tx, &token_rx));
+            // Owned by this closure, so that a panic here drops it and the
+            // reader, waiting for a token, stops instead of hanging the scope.
+            let mut token_tx = Some(token_tx);
+            let run_end = &run_end;
+            let reader =
+                s.spawn(move || cut(files, run_end, first_fragment, bs, &raw_tx, &token_rx));
             for _ in 0..threads {
                 let (raw_rx, done_tx) = (&raw_rx, done_tx.clone());
                 s.spawn(move || {
@@ -326,10 +344,13 @@ fn file_blocks(placed: &mut Vec<(u64, Vec<u32>)>, f: usize, pos: u64) -> &mut Ve
 const IN_FLIGHT: usize = 8;
 
 /// The reading stage: every file's full blocks, then its tail into the
-/// current fragment block, numbered in output order and sent on `raw`,
-/// one `token` per block. Returns each file's size and fragment.
+/// current fragment block (closed early after a file that ends a run),
+/// numbered in output order and sent on `raw`, one `token` per block.
+/// Returns each file's size and fragment.
 fn cut(
     files: &[&Source],
+    run_end: &[bool],
+    first_fragment: u32,
     bs: usize,
     raw: &std::sync::mpsc::SyncSender<Raw>,
     tokens: &std::sync::mpsc::Receiver<()>,
@@ -346,7 +367,7 @@ fn cut(
     };
     let mut out = Vec::with_capacity(files.len());
     let mut frag_buf: Vec<u8> = Vec::new();
-    let mut frag_count = 0u32;
+    let mut frag_count = first_fragment;
     for (f, src) in files.iter().enumerate() {
         let (mut reader, len) = open_source(src)?;
         for _ in 0..len / bs as u64 {
@@ -378,6 +399,10 @@ fn cut(
             size: len,
             fragment,
         });
+        if run_end[f] && !frag_buf.is_empty() {
+            send(Job::Fragment(frag_count), std::mem::take(&mut frag_buf))?;
+            frag_count += 1;
+        }
     }
     if !frag_buf.is_empty() {
         send(Job::Fragment(frag_count), frag_buf)?;

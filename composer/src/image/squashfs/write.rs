@@ -158,10 +158,7 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
         stats: Stats::default(),
         threads,
     };
-    let mut data = Vec::with_capacity(sources.len());
-    for group in plan.fragment_groups() {
-        data.extend(dw.write_files(&sources[group])?);
-    }
+    let data = dw.write_files(&sources, &plan.fragment_groups())?;
     let fragments = std::mem::take(&mut dw.fragments);
     let mut stats = std::mem::take(&mut dw.stats);
     let pos = dw.pos;
