@@ -484,6 +484,22 @@ mod tests {
         (std::fs::read(&out).unwrap(), stats)
     }
 
+    /// Every file reads back as it went in: the tails of 200 files span
+    /// several fragment runs, whose fragment numbers must continue from
+    /// run to run.
+    #[test]
+    fn every_file_reads_back_across_fragment_runs() {
+        let t = tree();
+        let (bytes, stats) = pack(&t, 2, None);
+        assert!(stats.fragments > 10, "{stats:?}");
+        let mut r = super::super::Reader::open(std::io::Cursor::new(bytes), 0).unwrap();
+        for (path, e) in &t.entries {
+            if let Kind::File(Source::Bytes(data)) = &e.kind {
+                assert!(r.read(path).unwrap() == *data, "{path} reads back wrong");
+            }
+        }
+    }
+
     #[test]
     fn bytes_do_not_depend_on_threads_or_the_cache() {
         let t = tree();
