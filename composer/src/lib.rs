@@ -57,3 +57,6 @@ pub mod env;
 pub mod vm;
 
 pub mod cli;
+
+#[doc(hidden)]
+pub mod fuzzing;
