@@ -151,3 +151,49 @@ fn write_seeds() {
         std::fs::write(d.join(name), data).unwrap();
     }
 }
+
+/// The seeds are what their readers accept, so fuzzing starts past the
+/// first checks (magic, signature, checksums) instead of at them.
+#[test]
+fn seeds_are_accepted_by_their_readers() {
+    let seeds = seeds().unwrap();
+    let seed = |target: &str, name: &str| -> Vec<u8> {
+        seeds
+            .iter()
+            .find(|(t, n, _)| *t == target && n == name)
+            .unwrap_or_else(|| panic!("no seed {target}/{name}"))
+            .2
+            .clone()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let pak = dir.path().join("seed.pak");
+    std::fs::write(&pak, &seed("pak", "seed-zstd")[1..]).unwrap();
+    let verified = pak::packages::package::verify(&pak).unwrap();
+    assert!(verified.entries >= 5, "{verified:?}");
+
+    for ext in ["gz", "xz", "zst", "tar"] {
+        let out = dir.path().join(ext);
+        std::fs::create_dir_all(&out).unwrap();
+        let p = pak::packages::deb::convert(&seed("deb", &format!("seed-{ext}")), &out).unwrap();
+        pak::packages::package::verify(&p).unwrap();
+    }
+
+    let sqfs = seed("squashfs", "seed");
+    let mut r = pak::image::squashfs::Reader::open(std::io::Cursor::new(&sqfs[..]), 0).unwrap();
+    assert_eq!(r.read("usr/lib/big").unwrap().len(), 20000);
+
+    let mut esp =
+        pak::disk::fat::Volume::open(pak::fuzzing::SparseDisk::parse(&seed("fat", "seed")), 0)
+            .unwrap();
+    assert_eq!(
+        esp.read("loader/loader.conf").unwrap(),
+        pak_boot::bls::LOADER_CONF.as_bytes()
+    );
+
+    let mut disk = pak::fuzzing::SparseDisk::parse(&seed("gpt", "seed"));
+    assert_eq!(pak::disk::gpt::read(&mut disk).unwrap().len(), 2);
+
+    let modinfo = pak::image::kmod::modinfo(&seed("kmod", "seed")).unwrap();
+    assert_eq!(modinfo[1], ("depends".into(), "a,b".into()));
+}

@@ -834,6 +834,8 @@ fn tar_of(files: &[(&str, &[u8], u32)]) -> anyhow::Result<Vec<u8>> {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(*mode);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         h.set_entry_type(if name.ends_with('/') {
             tar::EntryType::Directory
