@@ -51,28 +51,16 @@ fn text(data: &[u8]) -> Option<&str> {
     std::str::from_utf8(data).ok()
 }
 
-/// A directory for targets that read files, made once per process.
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("pak-fuzz-")
-            .tempdir()
-            .expect("a temporary directory for fuzzing")
-    })
-    .path()
-}
-
 /// A fixed signing key, so a target can sign what the fuzzer made and
 /// reach the code behind the signature check.
 fn key() -> &'static SecretKey {
     static KEY: OnceLock<SecretKey> = OnceLock::new();
     KEY.get_or_init(|| {
         use base64::Engine;
-        let path = scratch().join("fuzz.key");
         let body = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        std::fs::write(&path, format!("pak secret key fuzz\n{body}\n")).expect("write key");
-        SecretKey::read(&path).expect("the fuzzing key reads back")
+        let mut f = tempfile::NamedTempFile::new().expect("a temporary file for the key");
+        write!(f, "pak secret key fuzz\n{body}\n").expect("write the key");
+        SecretKey::read(f.path()).expect("the fuzzing key reads back")
     })
 }
 
@@ -153,9 +141,8 @@ pub fn pak(data: &[u8]) {
     } else {
         rest.to_vec()
     };
-    let dir = scratch().join("pak");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path();
     let file = dir.join("in.pak");
     std::fs::write(&file, &bytes).expect("write input");
     let _ = crate::packages::package::read_info(&file);
@@ -168,7 +155,7 @@ pub fn pak(data: &[u8]) {
         let _ = entry.bom().expect("an installed BOM reads back");
         let _ = entry.info().expect("an installed .PAKINFO reads back");
     }
-    remove_tree(&dir);
+    remove_tree(dir);
 }
 
 /// Extraction keeps directory modes, some without write permission.
@@ -241,13 +228,10 @@ pub fn channel(data: &[u8]) {
 /// A `.deb`, converted to a `.pak`; what the conversion writes must then
 /// verify as any package pak fetches.
 pub fn deb(data: &[u8]) {
-    let dir = scratch().join("deb");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    if let Ok(pak) = crate::packages::deb::convert(data, &dir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    if let Ok(pak) = crate::packages::deb::convert(data, dir.path()) {
         crate::packages::package::verify(&pak).expect("a converted .deb must verify");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Debian `Packages` lists and control stanzas.
@@ -295,8 +279,9 @@ pub struct SparseDisk {
     pos: u64,
 }
 
-/// The largest disk a fuzz input may declare.
-const SPARSE_MAX: u64 = 1 << 40;
+/// The largest disk a fuzz input may declare: an ESP is far smaller, and a
+/// FAT of this size is read whole in 32 MiB at most.
+const SPARSE_MAX: u64 = 4 << 30;
 
 impl SparseDisk {
     /// `data`: the size (8 bytes, little-endian), then extents, each a
@@ -418,11 +403,41 @@ pub fn fat(data: &[u8]) {
     let _ = v.free_bytes();
 }
 
-/// A disk's partition table.
+/// A disk's partition table. Mode byte odd: the harness first makes both
+/// checksums right, so the fuzzer reaches what the header and entries say.
 pub fn gpt(data: &[u8]) {
-    let mut d = SparseDisk::parse(data);
+    let Some((m, rest)) = mode(data) else { return };
+    let mut d = SparseDisk::parse(rest);
+    if m & 1 == 1 {
+        fix_gpt_checksums(&mut d);
+    }
     let _ = crate::disk::gpt::probe(&mut d);
-    let _ = crate::disk::gpt::read(&mut d);
+    if let Ok(parts) = crate::disk::gpt::read(&mut d) {
+        for p in parts {
+            let _ = (p.offset(), p.size());
+        }
+    }
+}
+
+fn fix_gpt_checksums(d: &mut SparseDisk) {
+    let mut h = [0u8; 92];
+    if d.seek(SeekFrom::Start(512)).is_err() || d.read_exact(&mut h).is_err() {
+        return;
+    }
+    let lba = u64::from_le_bytes(h[72..80].try_into().expect("8 bytes"));
+    let n = u32::from_le_bytes(h[80..84].try_into().expect("4 bytes")) as u64;
+    let size = u32::from_le_bytes(h[84..88].try_into().expect("4 bytes")) as u64;
+    let mut entries = vec![0u8; (n * size).min(1 << 20) as usize];
+    let read = lba.checked_mul(512).is_some_and(|at| {
+        d.seek(SeekFrom::Start(at)).is_ok() && d.read_exact(&mut entries).is_ok()
+    });
+    if read {
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+    }
+    h[16..20].fill(0);
+    let crc = crc32fast::hash(&h);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    let _ = d.seek(SeekFrom::Start(512)).and_then(|_| d.write_all(&h));
 }
 
 /// Names and records the initramfs reads at boot: loader entry names and
@@ -669,7 +684,16 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         &crate::disk::gpt::derived_guid("disk"),
         &parts,
     )?;
-    out.push(("gpt", "seed".into(), disk.encode_self()));
+    out.push((
+        "gpt",
+        "seed".into(),
+        [&[0u8][..], &disk.encode_self()].concat(),
+    ));
+    out.push((
+        "gpt",
+        "seed-fixed".into(),
+        [&[1u8][..], &disk.encode_self()].concat(),
+    ));
 
     // Text files pak writes and reads back.
     out.push(("pakfile", "seed".into(), SEED_PAKFILE.as_bytes().to_vec()));
