@@ -55,8 +55,23 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         if bps != 512 || spc == 0 || fats == 0 {
             bail!("unsupported FAT32 geometry");
         }
-        let data_start = offset + (reserved + fats * fat_sectors) * bps;
-        let clusters = ((total - reserved - fats * fat_sectors) / spc) as u32;
+        // The boot sector is read from the disk: its numbers must describe
+        // a volume whose FAT covers every cluster and whose clusters lie
+        // inside it, or a corrupt ESP would index past the FAT.
+        let meta = reserved + fats * fat_sectors;
+        let corrupt =
+            || anyhow::anyhow!("the FAT32 boot sector is corrupt: its sizes do not add up");
+        let clusters = total.checked_sub(meta).ok_or_else(corrupt)? / spc;
+        let root = u32_at(44);
+        if clusters == 0
+            || clusters > 0x0FFF_FFF5
+            || (clusters + 2) * 4 > fat_sectors * bps
+            || !(2..clusters + 2).contains(&root)
+        {
+            return Err(corrupt());
+        }
+        let data_start = offset + meta * bps;
+        let clusters = clusters as u32;
         Ok(Volume {
             f,
             offset,
@@ -66,7 +81,7 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
             fat_bytes: fat_sectors * bps,
             fats,
             data_start,
-            root: u32_at(44) as u32,
+            root: root as u32,
             clusters,
         })
     }
@@ -99,6 +114,9 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         while (2..0x0FFF_FFF8).contains(&c) {
             if out.len() as u32 > self.clusters {
                 bail!("a FAT chain loops: the ESP is corrupt");
+            }
+            if c >= self.clusters + 2 {
+                bail!("a FAT chain leads past the last cluster: the ESP is corrupt");
             }
             out.push(c);
             c = self.fat_get(c)?;
