@@ -59,3 +59,6 @@ pub mod env;
 pub mod vm;
 
 pub mod cli;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -223,16 +223,33 @@ fn read_table<R: Read + Seek>(
         bail!("the GPT header is implausible");
     }
     let mut entries = vec![0u8; n * size];
-    r.seek(SeekFrom::Start(lba * SECTOR))?;
+    let at = lba
+        .checked_mul(SECTOR)
+        .context("the GPT header places its entries past the end of any disk")?;
+    r.seek(SeekFrom::Start(at))?;
     r.read_exact(&mut entries)
         .context("cannot read the GPT partition entries")?;
     if crc32fast::hash(&entries) != u32::from_le_bytes(h[88..92].try_into()?) {
         bail!("the GPT partition entries checksum is wrong: the partition table is corrupt");
     }
     let mut out = Vec::new();
-    for e in entries.chunks(size) {
+    for (i, e) in entries.chunks(size).enumerate() {
         if e[0..16].iter().all(|b| *b == 0) {
             continue;
+        }
+        let first_lba = u64::from_le_bytes(e[32..40].try_into()?);
+        let last_lba = u64::from_le_bytes(e[40..48].try_into()?);
+        // Partition::offset and size multiply these by the sector size.
+        if first_lba > last_lba
+            || last_lba
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(SECTOR))
+                .is_none()
+        {
+            bail!(
+                "GPT partition entry {} has impossible bounds: the partition table is corrupt",
+                i + 1
+            );
         }
         let name: Vec<u16> = e[56..128]
             .chunks(2)
@@ -243,8 +260,8 @@ fn read_table<R: Read + Seek>(
             label: String::from_utf16_lossy(&name),
             type_guid: guid_text(&e[0..16]),
             guid: guid_text(&e[16..32]),
-            first_lba: u64::from_le_bytes(e[32..40].try_into()?),
-            last_lba: u64::from_le_bytes(e[40..48].try_into()?),
+            first_lba,
+            last_lba,
         });
     }
     Ok(Ok(out))

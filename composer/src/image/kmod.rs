@@ -39,24 +39,31 @@ pub fn modinfo(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     let shentsize = u16_at(0x3a)? as usize;
     let shnum = u16_at(0x3c)? as usize;
     let shstrndx = u16_at(0x3e)? as usize;
+    // Offsets and sizes come from the file: a hostile one may make any
+    // sum wrap, so every sum is checked.
     let sec = |i: usize| -> Result<(u32, usize, usize)> {
-        let b = shoff + i * shentsize;
+        let b = i
+            .checked_mul(shentsize)
+            .and_then(|o| o.checked_add(shoff))
+            .filter(|b| b.checked_add(0x28).is_some())
+            .context("bad section table")?;
         Ok((
             u32_at(b)?,
             u64_at(b + 0x18)? as usize,
             u64_at(b + 0x20)? as usize,
         ))
     };
+    let range = |off: usize, size: usize| off..off.saturating_add(size);
     let (_, stroff, strsize) = sec(shstrndx)?;
     let names = bytes
-        .get(stroff..stroff + strsize)
+        .get(range(stroff, strsize))
         .context("bad section names")?;
     for i in 0..shnum {
         let (name_off, off, size) = sec(i)?;
         let name = names.get(name_off as usize..).unwrap_or_default();
         let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(0)];
         if name == b".modinfo" {
-            let data = bytes.get(off..off + size).context("bad .modinfo")?;
+            let data = bytes.get(range(off, size)).context("bad .modinfo")?;
             return Ok(data
                 .split(|b| *b == 0)
                 .filter_map(|s| std::str::from_utf8(s).ok())

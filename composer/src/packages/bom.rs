@@ -190,6 +190,8 @@ impl Bom {
     }
 
     /// Sum of declared file sizes: the most a payload may decompress to.
+    /// Saturating: a hostile BOM's sizes may add up past 2^64, and the
+    /// payload is then refused when it does not match them.
     pub fn payload_size(&self) -> u64 {
         self.entries
             .iter()
@@ -197,7 +199,7 @@ impl Bom {
                 Kind::File(FileDigest { size, .. }) => size,
                 _ => 0,
             })
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 

@@ -120,6 +120,12 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
             .trim_start_matches("./")
             .to_string();
         if name == "control" {
+            if e.size() > SCRIPT_MAX {
+                bail!(
+                    "the control file is {} bytes, beyond what pak reads",
+                    e.size()
+                );
+            }
             let mut s = String::new();
             e.read_to_string(&mut s)?;
             control_text = Some(s);
@@ -171,7 +177,9 @@ pub fn convert(bytes: &[u8], out_dir: &Path) -> Result<PathBuf> {
         let (entry, content) = match et {
             tar::EntryType::Directory => (entry(Kind::Dir), Content::None),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut buf = Vec::with_capacity(e.size() as usize);
+                // The size is the header's claim: memory follows the bytes
+                // that actually arrive.
+                let mut buf = Vec::with_capacity(e.size().min(1 << 20) as usize);
                 e.read_to_end(&mut buf)?;
                 (
                     entry(Kind::File(FileDigest {

@@ -515,7 +515,12 @@ fn walk_inner(path: &Path, sink: &mut dyn Sink) -> Result<(PakInfo, Bom)> {
     drop(second);
     // Every header block, long-name block and padding is at most a few KiB
     // per entry; file data must match the BOM exactly.
-    limit.set(limit.get() + bom.payload_size() + 8192 * (bom.entries.len() as u64 + 2));
+    limit.set(
+        limit
+            .get()
+            .saturating_add(bom.payload_size())
+            .saturating_add(8192 * (bom.entries.len() as u64 + 2)),
+    );
 
     let special: HashSet<&str> = info.special_files.iter().map(String::as_str).collect();
     let mut seen_files: HashSet<&str> = HashSet::new();

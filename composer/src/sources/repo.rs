@@ -299,21 +299,7 @@ impl Repository {
         let sig = crate::sources::fetch::get_optional(&crate::sources::fetch::join(&self.base, SIG), 4096)?.with_context(|| {
             format!("{what} has no index.sig: pak only reads signed repositories. Sign it with `pak repo index DIR --key KEY`")
         })?;
-        let sig = String::from_utf8(sig).context("index.sig is not text")?;
-        self.key
-            .verify(&data, &sig)
-            .with_context(|| format!("{what}: the index signature is bad"))?;
-        let text = std::str::from_utf8(&data)
-            .with_context(|| format!("{what}: the index is not UTF-8"))?;
-        let index: Index =
-            toml::from_str(text).with_context(|| format!("{what}: the index is malformed"))?;
-        if !(FORMAT_PAK..=FORMAT_ARTIFACTS).contains(&index.format) {
-            bail!(
-                "{what}: index format {} is newer than this pak understands; upgrade pak",
-                index.format
-            );
-        }
-        Ok(index)
+        parse_signed_index(&what, &self.key, &data, sig)
     }
 
     /// Refuses an index older than the newest seen from this repository,
@@ -338,6 +324,25 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Checks an index's signature against `key`, then parses it; `what`
+/// names the repository in errors.
+pub fn parse_signed_index(what: &str, key: &PublicKey, data: &[u8], sig: Vec<u8>) -> Result<Index> {
+    let sig = String::from_utf8(sig).context("index.sig is not text")?;
+    key.verify(data, &sig)
+        .with_context(|| format!("{what}: the index signature is bad"))?;
+    let text =
+        std::str::from_utf8(data).with_context(|| format!("{what}: the index is not UTF-8"))?;
+    let index: Index =
+        toml::from_str(text).with_context(|| format!("{what}: the index is malformed"))?;
+    if !(FORMAT_PAK..=FORMAT_ARTIFACTS).contains(&index.format) {
+        bail!(
+            "{what}: index format {} is newer than this pak understands; upgrade pak",
+            index.format
+        );
+    }
+    Ok(index)
 }
 
 /// Ranks candidates for `pak search`: exact name, prefix, substring of the

@@ -55,8 +55,29 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         if bps != 512 || spc == 0 || fats == 0 {
             bail!("unsupported FAT32 geometry");
         }
-        let data_start = offset + (reserved + fats * fat_sectors) * bps;
-        let clusters = ((total - reserved - fats * fat_sectors) / spc) as u32;
+        // The boot sector is read from the disk: its numbers must describe
+        // a volume whose FAT covers every cluster and whose clusters lie
+        // inside it, or a corrupt ESP would index past the FAT.
+        let meta = reserved + fats * fat_sectors;
+        let corrupt =
+            || anyhow::anyhow!("the FAT32 boot sector is corrupt: its sizes do not add up");
+        let clusters = total.checked_sub(meta).ok_or_else(corrupt)? / spc;
+        let root = u32_at(44);
+        if clusters == 0
+            || clusters > 0x0FFF_FFF5
+            || (clusters + 2) * 4 > fat_sectors * bps
+            || !(2..clusters + 2).contains(&root)
+        {
+            return Err(corrupt());
+        }
+        // What the volume allocates follows from its size, so its size
+        // must be the device's, not whatever the boot sector claims.
+        let end = f.seek(SeekFrom::End(0))?;
+        if offset.saturating_add(total * bps) > end {
+            bail!("the FAT32 volume claims more sectors than its device has: the ESP is corrupt");
+        }
+        let data_start = offset + meta * bps;
+        let clusters = clusters as u32;
         Ok(Volume {
             f,
             offset,
@@ -66,7 +87,7 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
             fat_bytes: fat_sectors * bps,
             fats,
             data_start,
-            root: u32_at(44) as u32,
+            root: root as u32,
             clusters,
         })
     }
@@ -99,6 +120,9 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         while (2..0x0FFF_FFF8).contains(&c) {
             if out.len() as u32 > self.clusters {
                 bail!("a FAT chain loops: the ESP is corrupt");
+            }
+            if c >= self.clusters + 2 {
+                bail!("a FAT chain leads past the last cluster: the ESP is corrupt");
             }
             out.push(c);
             c = self.fat_get(c)?;
@@ -241,8 +265,12 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         let e = self
             .find(path)?
             .with_context(|| format!("no file {path} on the ESP"))?;
-        let mut out = Vec::with_capacity(e.size as usize);
-        for c in self.chain(e.cluster)? {
+        // The entry's size is a claim; the chain holds what is there.
+        let chain = self.chain(e.cluster)?;
+        let mut out = Vec::with_capacity(
+            (e.size as u64).min(chain.len() as u64 * self.cluster_bytes) as usize,
+        );
+        for c in chain {
             let mut buf = vec![0u8; self.cluster_bytes as usize];
             self.f.seek(SeekFrom::Start(self.cluster_pos(c)))?;
             self.f.read_exact(&mut buf)?;
@@ -252,9 +280,9 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         Ok(out)
     }
 
-    /// The first FAT, whole.
+    /// The first FAT, as far as it maps clusters (a FAT may be longer).
     fn read_fat(&mut self) -> Result<Vec<u8>> {
-        let mut fat = vec![0u8; self.fat_bytes as usize];
+        let mut fat = vec![0u8; (self.clusters as usize + 2) * 4];
         self.f.seek(SeekFrom::Start(self.fat_start))?;
         self.f.read_exact(&mut fat)?;
         Ok(fat)
@@ -304,7 +332,9 @@ impl<F: std::io::Read + Write + Seek> Volume<F> {
         }
         // Grow the directory by a zeroed cluster.
         let new = self.free_clusters(1)?[0];
-        let last = *chain.last().expect("a directory has a cluster");
+        let last = *chain
+            .last()
+            .context("a directory on the ESP has no cluster: the ESP is corrupt")?;
         let pos = self.cluster_pos(new);
         self.f.seek(SeekFrom::Start(pos))?;
         self.f.write_all(&vec![0u8; self.cluster_bytes as usize])?;

@@ -123,7 +123,7 @@ impl<R: Read + Seek> Reader<R> {
         let block_size = u32_at(&b, 12);
         if !block_size.is_power_of_two()
             || !(4096..=1 << 20).contains(&block_size)
-            || 1u32 << u16_at(&b, 22) != block_size
+            || 1u32.checked_shl(u16_at(&b, 22).into()) != Some(block_size)
         {
             bail!("squashfs block size {block_size} is invalid");
         }
@@ -142,7 +142,7 @@ impl<R: Read + Seek> Reader<R> {
             export_table: u64_at(&b, 88),
         };
         let end = r.seek(SeekFrom::End(0))?;
-        if sb.bytes_used < 96 || base + sb.bytes_used > end {
+        if sb.bytes_used < 96 || base.saturating_add(sb.bytes_used) > end {
             bail!(
                 "the squashfs claims {} bytes but only {} are there: it is truncated",
                 sb.bytes_used,
