@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Each pair runs this many times: the interleavings differ every time.
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 3;
 
 fn many_files(name: &str, n: usize) -> Package {
     let mut p = Package::new(name, "1.0-1");
