@@ -15,6 +15,7 @@ mod env;
 mod pkg;
 mod project;
 mod shell;
+mod store;
 mod system;
 mod vendor;
 mod verify;
@@ -183,6 +184,9 @@ pub enum Command {
     Owns { path: String },
     /// Remove store entries that no lock, generation or environment needs
     Gc,
+    /// Check the store's entries against their BOMs, or repair them
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Copy every locked package into signed repositories under DIR and print
     /// the [[repository]] entries that build the same lock from them
     Vendor {
@@ -453,6 +457,16 @@ pub enum ChannelCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Check every entry against its BOM: extra, missing and modified
+    /// files (exit 1 when any entry is damaged)
+    Verify,
+    /// Remove damaged entries and leftovers of interrupted commands, and
+    /// extract the removed entries again from the download cache
+    Repair,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PkgCommand {
     /// DIR/.PAKINFO plus the files under DIR -> NAME-VERSION-ARCH.pak
     Create {
@@ -603,6 +617,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search { term } => project::search(g, &term)?,
         Command::Owns { path } => pkg::owns(g, &path)?,
         Command::Gc => pkg::gc(g)?,
+        Command::Store(StoreCommand::Verify) => return store::verify(g),
+        Command::Store(StoreCommand::Repair) => store::repair(g)?,
         Command::Vendor { dir, key } => vendor::run(g, &dir, key.as_deref())?,
         Command::System(cmd) => system::run(g, cmd)?,
         Command::Publish {

@@ -100,7 +100,8 @@ impl Opened {
             Target::Env(name) => (Env::open(root, name)?, false),
             Target::User { cwd_pakfile } => {
                 let env = Env::at(root, USER_ENV)?;
-                if env.pakfile_path().is_file() {
+                // An interrupted first install is started again.
+                if env.pakfile_path().is_file() && !(create_user && env.interrupted()) {
                     (env, false)
                 } else if !create_user {
                     bail!(

@@ -18,6 +18,9 @@ use crate::spec::pakfile::Pakfile;
 use crate::state::StateDir;
 use crate::store::{self, Store};
 
+/// In an environment's directory while `pak env create` makes it.
+const CREATING: &str = ".creating";
+
 /// The environment `--user` means; its `bin/` is on `PATH` in pak images.
 pub const USER_ENV: &str = "user";
 
@@ -122,6 +125,14 @@ impl Env {
     /// when any step fails.
     pub fn create(root: &StateDir, name: &str, template: &Template) -> Result<(Env, Vec<Change>)> {
         let env = Env::at(root, name)?;
+        if env.interrupted() {
+            // A create killed halfway; wait for its pak if it still runs.
+            let guard = env.lock()?;
+            if env.interrupted() {
+                env.remove()?;
+            }
+            drop(guard);
+        }
         if env.dir.exists() {
             bail!(
                 "environment {name:?} already exists at {}; use it (`pak run -e {name} -- CMD`), or `pak env remove {name}` first",
@@ -151,6 +162,12 @@ impl Env {
         // root-made one may be run by others (benchmarks run it as nobody).
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
         crate::util::fsutil::write_atomic(&staged.pakfile_path(), text.as_bytes())?;
+        // Until the environment is complete: a create killed after the
+        // rename below is finished by the next one, not refused. The lock
+        // (on the directory, which the rename keeps) tells a live creator.
+        std::fs::write(staged.dir.join(CREATING), "")?;
+        let creating = std::fs::File::open(&staged.dir)?;
+        rustix::fs::flock(&creating, rustix::fs::FlockOperation::LockExclusive)?;
         let mut changes = Vec::new();
         if !packages.is_empty() {
             let project = Project::open(&staged.pakfile_path(), root.clone())?;
@@ -177,7 +194,14 @@ impl Env {
         } else {
             env.write_wrappers()?;
         }
+        std::fs::remove_file(env.dir.join(CREATING))?;
+        drop(creating);
         Ok((env, changes))
+    }
+
+    /// Whether a `pak env create` of it was interrupted (or still runs).
+    pub fn interrupted(&self) -> bool {
+        self.dir.join(CREATING).exists()
     }
 
     /// Deletes the environment and its GC root; its packages stay in the

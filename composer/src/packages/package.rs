@@ -279,7 +279,8 @@ pub fn create_from_dir(dir: &Path, out_dir: &Path) -> Result<PathBuf> {
                 format!("{rel}/{name}")
             };
             let full = abs.join(name);
-            let md = std::fs::symlink_metadata(&full)?;
+            let md = std::fs::symlink_metadata(&full)
+                .with_context(|| format!("cannot read {path} in {}", dir.display()))?;
             let ft = md.file_type();
             let mode = md.mode() & 0o7777;
             let entry = |kind| Entry {

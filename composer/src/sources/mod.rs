@@ -137,7 +137,10 @@ impl Sources {
         let source = self.get(&p.source)?;
         let what = describe(p);
         if let Source::Builtin = source {
-            let tmp = tempfile::tempdir_in(store.dir()).context("cannot package pak itself")?;
+            // In the cache, not the store: only extractions make temporaries there.
+            std::fs::create_dir_all(root.cache_dir())?;
+            let tmp =
+                tempfile::tempdir_in(root.cache_dir()).context("cannot package pak itself")?;
             let pak = crate::sources::selfpkg::write_package(&p.sha256, tmp.path())?;
             return store.install(&pak, &key);
         }

@@ -23,6 +23,13 @@ use crate::packages::package::{self, Sink};
 use crate::packages::pakinfo::PakInfo;
 use crate::state::StateDir;
 
+mod lock;
+mod tree;
+pub mod verify;
+
+pub use lock::{Held, Mode};
+use tree::remove_tree;
+
 pub struct Store {
     dir: PathBuf,
     gcroots: PathBuf,
@@ -58,10 +65,11 @@ impl StoreEntry {
     }
 }
 
-/// An exclusive lock on the store, held while it changes.
-pub struct StoreLock {
-    _file: File,
-}
+/// Prefix of an entry being extracted (or left by an extraction that died).
+const EXTRACTING: &str = ".tmp-";
+/// Prefix of an entry being deleted: renamed first, so a `pak gc` killed
+/// halfway leaves no half entry under a key.
+const DELETING: &str = ".gc-";
 
 impl Store {
     pub fn open(root: &StateDir) -> Result<Store> {
@@ -82,20 +90,54 @@ impl Store {
         &self.dir
     }
 
-    pub fn lock(&self) -> Result<StoreLock> {
-        let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(StoreLock { _file: file })
+    /// The store-wide lock: shared to add or take entries, exclusive to
+    /// delete them. Whoever has to wait says for whom.
+    pub fn lock(&self, mode: Mode) -> Result<Held> {
+        let dir = self.dir.display().to_string();
+        lock::acquire(&self.dir.join(".lock"), mode, |pids| match mode {
+            Mode::Shared => format!("waiting for {} to finish gc on {dir}", lock::who(pids)),
+            Mode::Exclusive => format!(
+                "waiting for {} using the store {dir} to finish before deleting from it",
+                lock::who(pids)
+            ),
+        })
     }
 
+    /// Takes `key`'s lock (held while it is extracted).
+    fn lock_entry(&self, key: &str) -> Result<Held> {
+        lock::acquire(&self.entry_lock_path(key), Mode::Exclusive, |pids| {
+            format!(
+                "waiting for {} to finish adding {key} to the store {}",
+                lock::who(pids),
+                self.dir.display()
+            )
+        })
+    }
+
+    fn entry_lock_path(&self, key: &str) -> PathBuf {
+        self.dir.join(".locks").join(key_hash(key))
+    }
+
+    fn pending_dir(&self) -> PathBuf {
+        self.dir.join(".pending")
+    }
+
+    /// The entry `key`, if the store holds it. Taking it marks it as used
+    /// by this process, so `pak gc` keeps it until the process exits.
     pub fn get(&self, key: &str) -> Option<StoreEntry> {
+        let entry = self.peek(key)?;
+        // A store this process cannot lock is one it cannot change either
+        // (another user's); nobody collecting it can be told, and the
+        // entry is returned all the same.
+        if let Ok(_lock) = self.lock(Mode::Shared) {
+            lock::record_pending(&self.pending_dir(), key).ok()?;
+            return self.peek(key);
+        }
+        Some(entry)
+    }
+
+    /// The entry `key` without marking it as used.
+    fn peek(&self, key: &str) -> Option<StoreEntry> {
         let dir = self.dir.join(key);
         dir.join(package::BOM_NAME).is_file().then(|| StoreEntry {
             key: key.to_string(),
@@ -105,15 +147,20 @@ impl Store {
 
     /// Extracts a package into the store under `key`, unless it is there.
     pub fn install(&self, pak: &Path, key: &str) -> Result<StoreEntry> {
-        if key.contains('/') || key.starts_with('.') || key.is_empty() {
-            bail!("{key:?} is not a store key");
-        }
-        let _lock = self.lock()?;
-        if let Some(e) = self.get(key) {
+        check_key(key)?;
+        let _shared = self.lock(Mode::Shared)?;
+        lock::record_pending(&self.pending_dir(), key)?;
+        if let Some(e) = self.peek(key) {
             return Ok(e);
         }
+        let _entry = self.lock_entry(key)?;
+        // Another pak may have extracted it while this one waited.
+        if let Some(e) = self.peek(key) {
+            return Ok(e);
+        }
+        self.remove_leftovers_of(key)?;
         let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&format!("{EXTRACTING}{}-", key_hash(key)))
             .tempdir_in(&self.dir)
             .with_context(|| format!("cannot write in the store {}", self.dir.display()))?;
         let tree = tmp.path().join("tree");
@@ -129,6 +176,7 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o1777))?;
         }
         std::fs::write(tmp.path().join(package::INFO_NAME), info.to_toml())?;
+        // The BOM last: an entry is one once its BOM is there.
         std::fs::write(tmp.path().join(package::BOM_NAME), bom.render())?;
         rustix::fs::syncfs(File::open(tmp.path())?).context("cannot sync the store")?;
         let dest = self.dir.join(key);
@@ -145,6 +193,36 @@ impl Store {
         })
     }
 
+    /// What an extraction of `key` killed earlier left: its temporary
+    /// directory, and a directory under the key without a BOM. Only with
+    /// `key`'s lock held, so none of it is another process's work.
+    fn remove_leftovers_of(&self, key: &str) -> Result<()> {
+        let prefix = format!("{EXTRACTING}{}-", key_hash(key));
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                remove_tree(&self.dir.join(&name))?;
+            }
+        }
+        let dest = self.dir.join(key);
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            self.delete(key)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the entry (or whatever is) under `name`: renamed away first,
+    /// then removed.
+    fn delete(&self, name: &str) -> Result<()> {
+        let doomed = self.dir.join(format!("{DELETING}{}", key_hash(name)));
+        if std::fs::symlink_metadata(&doomed).is_ok() {
+            remove_tree(&doomed)?;
+        }
+        std::fs::rename(self.dir.join(name), &doomed)
+            .with_context(|| format!("cannot remove {name} from {}", self.dir.display()))?;
+        remove_tree(&doomed)
+    }
+
     /// Every entry in the store, sorted by key.
     pub fn entries(&self) -> Result<Vec<StoreEntry>> {
         let mut out = Vec::new();
@@ -153,7 +231,7 @@ impl Store {
             if name.starts_with('.') {
                 continue;
             }
-            if let Some(entry) = self.get(&name) {
+            if let Some(entry) = self.peek(&name) {
                 out.push(entry);
             }
         }
@@ -180,26 +258,39 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes entries that no GC root names; returns the removed keys.
-    /// Only for [`crate::env::gc`]: environments' roots go stale when their
-    /// locks are edited, and it registers them again before collecting.
+    /// Removes entries that no GC root and no running pak names; returns
+    /// the removed keys. Only for [`crate::env::gc`]: environments' roots
+    /// go stale when their locks are edited, and it registers them again
+    /// before collecting.
     pub(crate) fn gc(&self) -> Result<Vec<String>> {
-        let _lock = self.lock()?;
-        let live = self.live_keys()?;
+        let _lock = self.lock(Mode::Exclusive)?;
+        let mut live = self.live_keys()?;
+        live.extend(lock::live_pending(&self.pending_dir())?);
         let mut removed = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
-            if name == ".lock" {
-                continue;
-            }
-            // Leftovers of an interrupted extraction are garbage too.
-            if name.starts_with(".tmp-") || !live.contains(&name) {
+            if name.starts_with(EXTRACTING) || name.starts_with(DELETING) {
+                // Nobody extracts or deletes while this lock is held: these
+                // are leftovers of a pak that was killed.
                 remove_tree(&self.dir.join(&name))?;
+            } else if !name.starts_with('.') && !live.contains(&name) {
+                self.delete(&name)?;
                 removed.push(name);
             }
         }
+        self.remove_entry_locks()?;
+        crate::util::fsutil::sync_dir(&self.dir)?;
         removed.sort();
         Ok(removed)
+    }
+
+    /// Entry locks are only held under the shared store lock, so with the
+    /// exclusive one nobody holds (or has open) any of them.
+    fn remove_entry_locks(&self) -> Result<()> {
+        match std::fs::remove_dir_all(self.dir.join(".locks")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn live_keys(&self) -> Result<BTreeSet<String>> {
@@ -231,27 +322,24 @@ pub fn remove_root(root: &StateDir, name: &str) -> Result<()> {
     }
 }
 
+fn check_key(key: &str) -> Result<()> {
+    if key.contains('/') || key.starts_with('.') || key.is_empty() || key.len() > 255 {
+        bail!("{key:?} is not a store key");
+    }
+    Ok(())
+}
+
+/// A key as a short file name, for its lock and temporaries (keys can be
+/// as long as a file name may be).
+fn key_hash(key: &str) -> String {
+    crate::util::fsutil::sha256_hex(key.as_bytes())[..32].to_string()
+}
+
 /// Roots are named after what holds them (often a path); the file name is
 /// a hash of that, so any name maps to one flat file.
 fn root_file_name(name: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(name.as_bytes())[..16])
-}
-
-fn remove_tree(p: &Path) -> Result<()> {
-    // Read-only directories (from packages) must be made writable first.
-    if let Ok(md) = std::fs::symlink_metadata(p)
-        && md.is_dir()
-    {
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
-        for e in std::fs::read_dir(p)? {
-            remove_tree(&e?.path())?;
-        }
-        std::fs::remove_dir(p).with_context(|| format!("cannot remove {}", p.display()))?;
-    } else {
-        std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
-    }
-    Ok(())
 }
 
 /// Writes validated entries below `tree`. The walker has already refused
@@ -341,6 +429,10 @@ mod tests {
         register_root(&root, "lockA", &["t-1-abc".into()]).unwrap();
         assert!(store.gc().unwrap().is_empty());
         remove_root(&root, "lockA").unwrap();
+        // Unrooted, but this process took it: kept while it runs.
+        assert!(store.gc().unwrap().is_empty());
+        // As if this process had exited.
+        std::fs::remove_dir_all(store.pending_dir()).unwrap();
         assert_eq!(store.gc().unwrap(), vec!["t-1-abc".to_string()]);
         assert!(store.entries().unwrap().is_empty());
     }

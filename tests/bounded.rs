@@ -1,0 +1,198 @@
+//! Hostile sizes: trees thousands of directories deep, names of 255 bytes
+//! and paths past PATH_MAX, a package of thirty thousand tiny files, a
+//! repository index of hundreds of MB. pak handles each within a stated
+//! peak memory, or refuses it with an error naming it: never a stack
+//! overflow, never an out-of-memory kill.
+//!
+//! Peak memory is the child's maximum resident set, from wait4(2).
+
+mod common;
+use common::Project;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const MIB: i64 = 1024;
+
+/// Runs pak; its exit status, stderr and peak resident memory in KiB.
+// wait4 reaps the child: std's wait cannot report its resources.
+#[allow(clippy::zombie_processes)]
+fn measured(mut command: Command) -> (std::process::ExitStatus, String, i64) {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child, with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid);
+    (
+        std::process::ExitStatus::from_raw(status),
+        reader.join().unwrap(),
+        usage.ru_maxrss,
+    )
+}
+
+#[track_caller]
+fn within(p: &Project, args: &[&str], limit_kib: i64) -> i64 {
+    let (status, err, peak) = measured(p.command(args));
+    assert!(status.success(), "pak {args:?}: {status}: {err}");
+    assert!(
+        peak < limit_kib,
+        "pak {args:?} peaked at {} MiB, over {} MiB",
+        peak / MIB,
+        limit_kib / MIB
+    );
+    eprintln!("pak {args:?}: peak {} MiB", peak / MIB);
+    peak
+}
+
+#[track_caller]
+fn refused(p: &Project, args: &[&str], says: &str) -> String {
+    let (status, err, _) = measured(p.command(args));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "pak {args:?} must fail cleanly: {status}: {err}"
+    );
+    assert!(err.contains(says), "pak {args:?}: {err}");
+    err
+}
+
+/// A package source directory `src-NAME` with `.PAKINFO`.
+fn source(p: &Project, name: &str) -> std::path::PathBuf {
+    let src = p.path(format!("src-{name}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join(".PAKINFO"),
+        format!("name = \"{name}\"\nversion = \"1.0-1\"\narch = \"any\"\n"),
+    )
+    .unwrap();
+    src
+}
+
+fn create(p: &Project, src: &Path) -> Vec<String> {
+    vec![
+        "pkg".into(),
+        "create".into(),
+        src.display().to_string(),
+        "-o".into(),
+        p.repo().display().to_string(),
+    ]
+}
+
+/// Makes `depth` nested directories named `name` under `dir`, relative to
+/// one another (the whole path may be past PATH_MAX), with a file at the
+/// bottom.
+fn nest(dir: &Path, name: &str, depth: usize) {
+    let mut fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..depth {
+        rustix::fs::mkdirat(&fd, name, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            name,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+    }
+    let f = rustix::fs::openat(
+        &fd,
+        "bottom",
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    rustix::io::write(&f, b"deep\n").unwrap();
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn deep_trees_and_long_names() {
+    let p = Project::new();
+    // 1500 levels: a 3000-byte path, inside PATH_MAX with the store's
+    // prefix; deep enough to overflow a recursive walk's stack.
+    let deep = source(&p, "deep");
+    nest(&deep, "d", 1500);
+    // The longest name a file system takes, twice nested.
+    let long = "n".repeat(255);
+    std::fs::create_dir_all(deep.join(&long)).unwrap();
+    std::fs::write(deep.join(&long).join(&long), "long\n").unwrap();
+    within(&p, &args(&create(&p, &deep)), 256 * MIB);
+    p.index();
+    p.pakfile("deep = \"*\"\n");
+    within(&p, &["fetch"], 256 * MIB);
+    within(&p, &["store", "verify"], 256 * MIB);
+    within(&p, &["gc"], 256 * MIB);
+
+    // Past PATH_MAX: refused with the path's name, nothing half made.
+    let deeper = source(&p, "deeper");
+    nest(&deeper, "dd", 2100);
+    let err = refused(&p, &args(&create(&p, &deeper)), "src-deeper");
+    assert!(err.contains("too long"), "{err}");
+    assert!(!p.repo().join("deeper-1.0-1-any.pak").exists());
+}
+
+#[test]
+fn thirty_thousand_tiny_files() {
+    let p = Project::new();
+    let many = source(&p, "many");
+    // A hundred per directory. A million is the same code path but takes
+    // many minutes on CI; pak's memory grows by about 1 KiB a file (the
+    // BOM held whole), which 30k measure as well.
+    for d in 0..300 {
+        let dir = many.join(format!("usr/share/many/{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("{f:02}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    within(&p, &args(&create(&p, &many)), 128 * MIB);
+    p.index();
+    p.pakfile("many = \"*\"\n");
+    within(&p, &["fetch"], 128 * MIB);
+    within(&p, &["store", "verify"], 128 * MIB);
+}
+
+#[test]
+fn an_index_of_hundreds_of_mb_is_refused_within_its_limit() {
+    let p = Project::new();
+    p.package("a", "1.0-1", &[]);
+    p.index();
+    // Streamed to disk: the test never holds it in memory.
+    let index = p.repo().join("index");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&index).unwrap());
+    let line = format!("# {}\n", "x".repeat(1000));
+    for _ in 0..(300 << 10) {
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    p.pakfile("a = \"*\"\n");
+    let (status, err, peak) = measured(p.command(&["lock"]));
+    assert_eq!(status.code(), Some(1), "{status}: {err}");
+    assert!(err.contains("larger than"), "{err}");
+    // It reads at most its limit (256 MiB) before refusing.
+    assert!(peak < 400 * MIB, "peak {} MiB", peak / MIB);
+    eprintln!("a 300 MiB index: refused at a peak of {} MiB", peak / MIB);
+}
