@@ -750,6 +750,11 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
             build_id: "cd".repeat(32),
             kernel: "6.1.0".into(),
             packages: vec![package],
+            chunks: Some(crate::channel::ChunkFile {
+                file: "minimal-3.chunks".into(),
+                sha256: "ef".repeat(32),
+                size: 56,
+            }),
         }],
     };
     let body = channel.to_toml();
