@@ -17,6 +17,7 @@ pub mod repo;
 pub mod selfpkg;
 pub mod vendor;
 
+use crate::util::timings::{Step, time};
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
@@ -142,7 +143,7 @@ impl Sources {
             let tmp =
                 tempfile::tempdir_in(root.cache_dir()).context("cannot package pak itself")?;
             let pak = crate::sources::selfpkg::write_package(&p.sha256, tmp.path())?;
-            return store.install(&pak, &key);
+            return time(Step::Extract, || store.install(&pak, &key));
         }
         let artifact = self.artifact(p, root)?;
         let entry = match artifact.format {
@@ -155,13 +156,13 @@ impl Sources {
                         info.version
                     );
                 }
-                store.install(&artifact.path, &key)
+                time(Step::Extract, || store.install(&artifact.path, &key))
             }
             Format::Deb => {
                 let tmp =
                     tempfile::tempdir_in(root.cache_dir()).context("cannot convert the .deb")?;
                 let pak = crate::packages::deb::import(&artifact.path, tmp.path())?;
-                store.install(&pak, &key)
+                time(Step::Extract, || store.install(&pak, &key))
             }
         };
         entry.with_context(|| format!("cannot add {what} to the store"))
