@@ -385,6 +385,14 @@ impl<D: Device> PakDisk<D> {
                 incoming.meta.number
             );
         }
+        if let Some(want) = &g.root_hash
+            && &incoming.verity.root_hash != want
+        {
+            bail!(
+                "{name} has dm-verity root hash {}, but the signed channel metadata says {want}: the server is corrupt or was tampered with; nothing was written to the disk's slots",
+                incoming.verity.root_hash
+            );
+        }
         let done = self.switch(&mut incoming, false)?;
         drop(incoming);
         let _ = std::fs::remove_file(&file);
