@@ -226,6 +226,13 @@ fn publish_show_keep_halt_and_their_refusals() {
         g.sha256,
         pak::util::fsutil::sha256_hex(&std::fs::read(&g2.path).unwrap())
     );
+    let root = pak::image::verity::root_hash_of(&g2.path).unwrap();
+    assert_eq!(
+        g.root_hash.as_deref(),
+        Some(root.as_str()),
+        "the root hash is published"
+    );
+    assert!(f.metadata().contains(&format!("root_hash = \"{root}\"")));
     assert_eq!(c.rollout_of(1), 100, "older generations are fully out");
     // Its chunk index is beside it, covered by the signature through its
     // sha256, and describes the file.
@@ -294,6 +301,8 @@ fn publish_show_keep_halt_and_their_refusals() {
     assert!(f.parsed().halted);
     let out = common::pak(["channel", "show", &s(&f.channel), "--key", &s(&f.public)]).ok();
     assert!(out.contains("HALTED"), "{out}");
+    let root3 = pak::image::verity::root_hash_of(&g3.path).unwrap();
+    assert!(out.contains(&format!("root {}…", &root3[..12])), "{out}");
     assert!(
         out.contains("test-3.sqfs + test-3.chunks (delta index)"),
         "{out}"
@@ -422,6 +431,33 @@ fn update_a_disk_from_a_channel_and_refuse_what_is_not_trustworthy() {
         [f.parsed().version]
     );
     refuse(&v2, "older than version");
+
+    // Signed, but naming another root than its file's: refused before the
+    // switch writes anything (the update record on the ESP says why).
+    let g3 = generation(&f.dir, 3, &[]);
+    f.publish(&[&s(&g3.path)]).ok();
+    let mut other_root = f.parsed();
+    other_root.generations.last_mut().unwrap().root_hash = Some("00".repeat(32));
+    std::fs::write(
+        f.channel.join("channel.toml"),
+        pak::channel::seal(&other_root.to_toml(), &key),
+    )
+    .unwrap();
+    common::pak(["system", "mark-good", "--disk", &s(&img)]).ok();
+    let before = status(&img);
+    let err = f.update(&img, &url, &[]).fails();
+    assert!(
+        err.contains("generation 3") && err.contains("but the signed channel metadata says 0000"),
+        "{err}"
+    );
+    let after = status(&img);
+    assert_eq!(after["slots"], before["slots"], "a slot was written");
+    assert_eq!(after["default_entry"], "pak-b-2.conf");
+    assert_eq!(
+        snapshot(&img, &f.root).1,
+        Vec::<String>::new(),
+        "the download is discarded"
+    );
     let replay = pak::channel::verify("c", v2.as_bytes(), &key.public()).unwrap();
     assert!(replay.version < f.parsed().version);
     assert!(matches!(

@@ -2,7 +2,9 @@
 //! `secure-boot` boots on OVMF's Secure Boot firmware trusting only the
 //! key pak generated (enrolled by pak as PK, KEK and db): systemd-boot and
 //! the unified kernel image are pak's, signed; the same disk with one
-//! byte of the UKI changed is refused by the firmware.
+//! byte of the UKI changed is refused by the firmware; switched offline
+//! to generation 2, the disk boots slot b's signed UKI from the
+//! generation file.
 
 mod common;
 use common::BOOT;
@@ -145,7 +147,56 @@ fn signed_uki_boots_under_secure_boot_and_a_changed_byte_is_refused() {
     );
     m.succeed("sync").unwrap();
     m.kill();
+    drop(m);
 
+    // The firmware's refusal is checked on the disk as built; the disk
+    // itself switches to generation 2, whose file carries slot b's signed
+    // UKI, and boots it under Secure Boot.
+    let changed = work.path().join("changed.raw");
+    std::fs::copy(&img, &changed).unwrap();
+    let g2 = work.path().join("g2.sqfs");
+    common::pak([
+        "--pakfile",
+        pakfile.to_str().unwrap(),
+        "build",
+        "--number",
+        "2",
+        "--generation",
+    ])
+    .arg(&g2)
+    .root(common::e2e_store())
+    .ok();
+    common::pak(["system", "mark-good", "--disk"])
+        .arg(&img)
+        .ok();
+    let out = common::pak(["system", "switch", "--disk"])
+        .arg(&img)
+        .arg(&g2)
+        .ok();
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+    let root2 = pak::image::verity::root_hash_of(&g2).unwrap();
+    let mut m = Machine::start_with(
+        &cfg,
+        &FirmwareMode::secure_boot(&files.cert_pem).unwrap(),
+        &work.path().join("console-g2.log"),
+    )
+    .unwrap();
+    m.wait_for("pak: boot complete", BOOT).unwrap();
+    m.wait_for_shell(BOOT).unwrap();
+    let cmdline = m.succeed("cat /proc/cmdline").unwrap();
+    assert!(
+        cmdline.contains("pak.slot=b pak.generation=2")
+            && cmdline.contains(&format!("pak.verity={root2}")),
+        "{cmdline}"
+    );
+    let root = m.succeed("grep ' / ' /proc/mounts").unwrap();
+    assert!(root.contains("/dev/mapper/"), "{root}");
+    m.kill();
+    // Each machine holds one of the cores' slots until it is dropped.
+    drop(m);
+
+    let img = changed;
+    let cfg = common::vm(&img, &[]);
     flip_one_byte(&img, &uki_path);
     let mut m = Machine::start_with(
         &cfg,

@@ -281,3 +281,205 @@ fn qemu_secure_boot_names_an_unusable_certificate() {
         "{err}"
     );
 }
+
+/// A project of stand-in packages whose boot loader package ships this
+/// machine's systemd-boot and systemd-stub (real PE images, so they can
+/// be signed), booting UKIs signed with its key `db`; `boot` goes into
+/// its `[boot]` table after `uki` and `secure-boot`.
+fn uki_project(boot: &str) -> common::Project {
+    let p = common::Project::new();
+    p.add(&common::Package::kernel("kernel"));
+    p.add(
+        &common::Package::new("boot-loader", "1.0-1")
+            .arch("x86_64")
+            .file(
+                "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                host_efi("systemd-bootx64.efi"),
+            )
+            .file(
+                "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+                host_efi("linuxx64.efi.stub"),
+            ),
+    );
+    p.index();
+    p.pak(["key", "generate", "--secure-boot"])
+        .arg(p.path("db"))
+        .ok();
+    uki_pakfile(&p, true, boot);
+    p
+}
+
+fn uki_pakfile(p: &common::Project, uki: bool, boot: &str) {
+    let secure = if uki {
+        "uki = true\nsecure-boot = { key = \"db.key\", cert = \"db.crt\" }\n"
+    } else {
+        ""
+    };
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\n",
+        &format!("\n[boot]\n{secure}{boot}\n[image]\nsize = \"512MiB\"\n"),
+    );
+}
+
+fn esp_file(image: &Path, path: &str) -> Vec<u8> {
+    let mut f = std::fs::File::open(image).unwrap();
+    let parts = pak::disk::gpt::read(&mut f).unwrap();
+    let mut v = pak::disk::fat::Volume::open(f, parts[0].offset()).unwrap();
+    v.read(path).unwrap()
+}
+
+/// Where what goes to a slot ends in a generation file: the end of its
+/// dm-verity trailer, where its UKIs begin.
+fn slot_bytes(file: &Path) -> usize {
+    let v = pak::image::verity::root_of(file).unwrap();
+    (v.data_blocks * 4096 + pak::image::verity::added_size(v.data_blocks)) as usize
+}
+
+#[test]
+fn a_uki_disk_switches_to_a_uki_generation_and_verify_checks_the_uki() {
+    use pak_boot::disk::{Slot, esp};
+    let p = uki_project("");
+    p.ok(&["build", "-o", "disk.raw"]);
+    p.ok(&["build", "--generation", "g2.sqfs", "--number", "2"]);
+    let again = p.path("again.sqfs");
+    p.ok(&["build", "--generation", "again.sqfs", "--number", "2"]);
+    let g2 = std::fs::read(p.path("g2.sqfs")).unwrap();
+    assert_eq!(
+        g2,
+        std::fs::read(&again).unwrap(),
+        "same inputs, same bytes"
+    );
+    let body = slot_bytes(&p.path("g2.sqfs"));
+    assert_eq!(
+        &g2[body..body + 8],
+        b"PAKUKIS1",
+        "the UKIs follow the trailer"
+    );
+    let root2 = pak::image::verity::root_hash_of(&p.path("g2.sqfs")).unwrap();
+
+    let img = p.path("disk.raw");
+    let disk = img.to_str().unwrap();
+    p.ok(&["system", "mark-good", "--disk", disk]);
+    let out = p.ok(&["system", "switch", "--disk", disk, "g2.sqfs"]);
+    assert!(out.contains("generation 2 written to slot b"), "{out}");
+
+    // Slot b boots its own signed UKI, sealing its slot and root.
+    let uki_b = esp_file(&img, &esp::uki(Slot::B));
+    let file = p.path("uki-b.efi");
+    std::fs::write(&file, &uki_b).unwrap();
+    let (ok, said) = sbverify(&p.path("db.crt"), &file);
+    assert!(ok, "sbverify refused slot b's UKI:\n{said}");
+    let cmdline = uki::cmdline_of(&uki_b).unwrap();
+    assert!(
+        cmdline.contains("pak.slot=b pak.generation=2")
+            && cmdline.contains(&format!("pak.verity={root2}")),
+        "{cmdline}"
+    );
+    let entries: Vec<String> = {
+        let f = std::fs::File::open(&img).unwrap();
+        let mut f = f;
+        let parts = pak::disk::gpt::read(&mut f).unwrap();
+        let mut v = pak::disk::fat::Volume::open(f, parts[0].offset()).unwrap();
+        let names: Vec<String> = v
+            .list(esp::ENTRIES)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        names
+            .iter()
+            .map(|n| String::from_utf8(v.read(&format!("{}/{n}", esp::ENTRIES)).unwrap()).unwrap())
+            .collect()
+    };
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries.iter().all(|e| e.contains("efi /pak/")),
+        "{entries:?}"
+    );
+
+    let out = p.ok(&["system", "verify", "--disk", disk]);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        2,
+        "{out}"
+    );
+
+    // One byte of slot b's UKI changed on the ESP: verify names it.
+    {
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let mut f = f;
+        let parts = pak::disk::gpt::read(&mut f).unwrap();
+        let mut v = pak::disk::fat::Volume::open(f, parts[0].offset()).unwrap();
+        let mut changed = uki_b.clone();
+        let at = changed.len() / 2;
+        changed[at] ^= 1;
+        v.remove(&esp::uki(Slot::B)).unwrap();
+        v.create(&esp::uki(Slot::B), &changed).unwrap();
+    }
+    let out = p.pak(["system", "verify", "--disk", disk]).run();
+    let text = out.text();
+    assert!(!out.success(), "{text}");
+    assert!(
+        text.contains("BAD  pak-b-2") && text.contains("pak/b/linux.efi does not match its sha256"),
+        "{text}"
+    );
+    assert!(text.contains("ok   pak-a-1"), "{text}");
+}
+
+#[test]
+fn a_generation_whose_uki_names_another_root_or_none_is_refused() {
+    let p = uki_project("");
+    p.ok(&["build", "-o", "disk.raw"]);
+    let img = p.path("disk.raw");
+    let disk = img.to_str().unwrap();
+    p.ok(&["system", "mark-good", "--disk", disk]);
+    p.ok(&["build", "--generation", "g2.sqfs", "--number", "2"]);
+    // The same generation with another command line: another root.
+    uki_pakfile(&p, true, "cmdline = \"quiet\"\n");
+    p.ok(&["build", "--generation", "other.sqfs", "--number", "2"]);
+    let g2 = std::fs::read(p.path("g2.sqfs")).unwrap();
+    let other = std::fs::read(p.path("other.sqfs")).unwrap();
+    let (b2, bo) = (
+        slot_bytes(&p.path("g2.sqfs")),
+        slot_bytes(&p.path("other.sqfs")),
+    );
+    let mut spliced = g2[..b2].to_vec();
+    spliced.extend_from_slice(&other[bo..]);
+    std::fs::write(p.path("spliced.sqfs"), &spliced).unwrap();
+    // Without the Pakfile's [boot] uki: no UKIs at all.
+    uki_pakfile(&p, false, "");
+    p.ok(&["build", "--generation", "plain.sqfs", "--number", "2"]);
+    let plain = std::fs::read(p.path("plain.sqfs")).unwrap();
+    assert_eq!(
+        plain.len(),
+        slot_bytes(&p.path("plain.sqfs")),
+        "nothing follows the trailer"
+    );
+
+    let before = std::fs::read(&img).unwrap();
+    let err = p.fails(&["system", "switch", "--disk", disk, "spliced.sqfs"]);
+    assert!(
+        err.contains("its UKI for slot a")
+            && err.contains("but the file's hash tree has root")
+            && err.contains("not made for this generation"),
+        "{err}"
+    );
+    let err = p.fails(&["system", "switch", "--disk", disk, "plain.sqfs"]);
+    assert!(
+        err.contains("carries none for slot b") && err.contains("[boot] uki = true"),
+        "{err}"
+    );
+    let mut cut = g2.clone();
+    cut.truncate(g2.len() - 10);
+    std::fs::write(p.path("cut.sqfs"), &cut).unwrap();
+    let err = p.fails(&["system", "switch", "--disk", disk, "cut.sqfs"]);
+    assert!(err.contains("incomplete"), "{err}");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the disk is unchanged"
+    );
+}

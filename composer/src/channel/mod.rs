@@ -141,6 +141,11 @@ pub struct ChannelGeneration {
     pub system: String,
     pub build_id: String,
     pub kernel: String,
+    /// Its dm-verity root hash (hex), from its trailer: a host refuses a
+    /// file whose root differs, whatever its sha256 (a delta assembles the
+    /// file from its own slots). Absent in channels published before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_hash: Option<String>,
     /// Its chunk index, for delta updates; absent, hosts download the
     /// whole file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

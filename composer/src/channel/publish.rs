@@ -154,6 +154,8 @@ fn add_generation(dir: &Path, file: &Path, newest: u64) -> Result<ChannelGenerat
     // refused here, not by every host of the fleet.
     let incoming = crate::system::Incoming::read(f, &file.display().to_string())?;
     let meta = incoming.meta.clone();
+    // Checked against the tree just now, as every host checks it again.
+    let root_hash = incoming.verity.root_hash.clone();
     drop(incoming);
     if meta.number <= newest {
         return Err(ChannelError::NotNewer {
@@ -204,6 +206,7 @@ fn add_generation(dir: &Path, file: &Path, newest: u64) -> Result<ChannelGenerat
         system: meta.system,
         build_id: meta.build_id,
         kernel: meta.kernel_version,
+        root_hash: Some(root_hash),
         chunks: Some(chunks),
         packages: meta.packages,
     })

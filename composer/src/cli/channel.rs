@@ -76,12 +76,16 @@ fn render(c: &Channel, signer: Option<&str>) -> String {
     });
     for g in c.generations.iter().rev() {
         out.push_str(&format!(
-            "  {:>4}  {}  {} MiB  kernel {}  {} packages  {}{}\n",
+            "  {:>4}  {}  {} MiB  kernel {}  {} packages  {}{}{}\n",
             g.number,
             g.system,
             g.size.div_ceil(1 << 20),
             g.kernel,
             g.packages.len(),
+            g.root_hash
+                .as_ref()
+                .map(|r| format!("root {}…  ", r.chars().take(12).collect::<String>()))
+                .unwrap_or_default(),
             g.file,
             g.chunks
                 .as_ref()

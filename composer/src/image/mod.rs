@@ -188,13 +188,53 @@ fn pin(project: &Project, mut built: Built) -> Result<Built> {
     Ok(built)
 }
 
-/// Builds generation `number` of the project from `inputs` into `out`.
+/// Builds generation `number` of the project from `inputs` into `out`:
+/// with `[boot] uki`, followed by its signed UKI for each slot
+/// ([`uki::appendix`]), which a switch to it installs.
 pub fn generation_from(
     project: &Project,
     inputs: &Inputs,
     number: u64,
     out: &Path,
 ) -> Result<Built> {
+    // A bad signing key stops the build before it writes anything.
+    let uki = uki::UkiBuild::from_pakfile(&project.pakfile)?;
+    let built = sealed_generation(project, inputs, number, out)?;
+    if let Some(u) = &uki {
+        let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
+        let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
+        let [a, b] = pak_boot::disk::Slot::ALL;
+        let ukis = uki::appendix::SlotUkis {
+            a: slot_uki(u, &built, &kernel, &initrd, a)?,
+            b: slot_uki(u, &built, &kernel, &initrd, b)?,
+        };
+        uki::appendix::append(out, &ukis)?;
+    }
+    Ok(built)
+}
+
+/// The UKI that boots `built` from `slot`: its kernel and initrd with the
+/// slot's whole command line, root hash included, signed if a key is set.
+fn slot_uki(
+    u: &uki::UkiBuild,
+    built: &Built,
+    kernel: &[u8],
+    initrd: &[u8],
+    slot: pak_boot::disk::Slot,
+) -> Result<Vec<u8>> {
+    let cmdline = pak_boot::verity::entry_cmdline(&built.meta.cmdline, Some(&built.verity));
+    u.image(
+        &built.tree,
+        kernel,
+        initrd,
+        &pak_boot::bls::boot_options(slot, built.meta.number, &cmdline),
+        &built.meta.kernel_version,
+    )
+}
+
+/// The generation as a slot holds it: squashfs, seal, dm-verity tree and
+/// trailer.
+fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path) -> Result<Built> {
     let (lock, fetched, mtime) = (&inputs.lock, &inputs.fetched, inputs.mtime);
     let mut inputs = Vec::new();
     for (locked, e) in fetched {
@@ -292,15 +332,8 @@ pub fn esp_files(built: &Built, uki: Option<&uki::UkiBuild>) -> Result<Vec<(Stri
     );
     let cmdline = pak_boot::verity::entry_cmdline(&m.cmdline, Some(&built.verity));
     let slot = pak_boot::disk::Slot::A;
-    // The UKI carries the slot's whole command line, root hash included.
     let uki_image = match uki {
-        Some(u) => Some(u.image(
-            &built.tree,
-            &kernel,
-            &initrd,
-            &pak_boot::bls::boot_options(slot, m.number, &cmdline),
-            &m.kernel_version,
-        )?),
+        Some(u) => Some(slot_uki(u, built, &kernel, &initrd, slot)?),
         None => None,
     };
     if let Some(image) = &uki_image {
@@ -370,7 +403,8 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         .prefix(".gen-")
         .suffix(".sqfs")
         .tempfile_in(dir)?;
-    let built = generation_from(project, inputs, 1, gen_tmp.path())?;
+    // Slot a gets the generation; the ESP its UKI.
+    let built = sealed_generation(project, inputs, 1, gen_tmp.path())?;
     let img = &project.pakfile.image;
     let size = |s: &Option<String>| s.as_deref().map(disk::parse_size).transpose();
     let layout = Layout::new(

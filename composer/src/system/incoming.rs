@@ -5,6 +5,10 @@
 //! with the advice to rebuild it: written to a slot it would boot
 //! unverified, and a rebuild from its lock gives the same root plus the
 //! tree.
+//!
+//! A generation of a `[boot] uki` Pakfile carries, behind its trailer, a
+//! signed UKI for each slot ([`crate::image::uki::appendix`]); each is
+//! checked to boot its slot with the file's own dm-verity root, here too.
 
 use std::io::{Read, Seek};
 
@@ -12,6 +16,7 @@ use anyhow::{Context, Result};
 
 use crate::image::generation::{self, GenerationMeta};
 use crate::image::squashfs::Reader;
+use crate::image::uki::appendix::{self, SlotUkis};
 
 /// A generation read from a generation file, checked, ready to write.
 pub struct Incoming<S> {
@@ -26,13 +31,17 @@ pub struct Incoming<S> {
     pub(super) image_sha256: String,
     /// Its dm-verity root, for the loader entry.
     pub verity: pak_boot::verity::Verity,
+    /// Its UKI for each slot (`[boot] uki`), each sealing that slot's
+    /// command line with `verity`.
+    pub(super) ukis: Option<SlotUkis>,
 }
 
 impl<S: Read + Seek> Incoming<S> {
     /// Reads the description, kernel and initrd of the generation file
     /// `source` and checks its seal (the sha256 `pak build` put behind the
     /// squashfs) and its hash tree, so a corrupt file is refused before the
-    /// disk is touched.
+    /// disk is touched; and, if it carries UKIs, that each boots its slot
+    /// with the root the file's trailer gives.
     pub fn read(mut source: S, name: &str) -> Result<Self> {
         let not_gen = || {
             format!(
@@ -54,6 +63,12 @@ impl<S: Read + Seek> Incoming<S> {
         };
         let checked = generation::check(&mut source, used)
             .with_context(|| format!("{name} is corrupt or incomplete"))?;
+        let ukis = appendix::read(&mut source, checked.size)
+            .with_context(|| format!("{name} is corrupt or incomplete"))?;
+        if let Some(u) = &ukis {
+            u.check(meta.number, &checked.verity)
+                .with_context(|| format!("{name} is refused"))?;
+        }
         Ok(Incoming {
             source,
             name: name.to_string(),
@@ -63,6 +78,7 @@ impl<S: Read + Seek> Incoming<S> {
             image_size: checked.size,
             image_sha256: checked.sha256,
             verity: checked.verity,
+            ukis,
         })
     }
 }

@@ -107,12 +107,13 @@ impl<D: Device> PakDisk<D> {
     /// 3. write the generation (squashfs, seal, dm-verity tree, trailer) to
     ///    the slot's partition, sync, drop the cache and read it back: its
     ///    sha256 must be the generation's;
-    /// 4. kernel, initrd and description to `pak/<slot>/` on the ESP, each
-    ///    data first and its directory entry last;
+    /// 4. kernel and initrd (or the generation's UKI for the slot) and
+    ///    description to `pak/<slot>/` on the ESP, each data first and its
+    ///    directory entry last;
     /// 5. the new loader entry, with the highest priority and the slot's
     ///    root hash: the one write that makes the new generation boot.
     ///
-    /// 4 and 5 are [`SlotBoot::files`], in its order. A cut before 5 leaves
+    /// 4 and 5 are [`SlotBoot::files_booting`], in its order. A cut before 5 leaves
     /// the booted generation the only entry; after 5 the new one boots with
     /// tries, and falls back to the old one if it never gets marked good.
     pub fn switch<S: Read + Seek>(
@@ -160,19 +161,30 @@ impl<D: Device> PakDisk<D> {
             )
             .with_verity(incoming.verity.clone()),
         );
-        let description = esp_meta.to_toml();
         let cmdline = verity::entry_cmdline(&meta.cmdline, Some(&incoming.verity));
         let entries = self.entries()?;
-        if let Some(e) = self.uki_entry(&entries)? {
-            // A generation file carries a kernel and initrd, not a UKI
-            // made (and signed) for the target slot; under Secure Boot an
-            // entry booting them would be refused by the firmware.
+        let uki = incoming.ukis.as_ref().map(|u| u.get(target));
+        if uki.is_none()
+            && let Some(e) = self.uki_entry(&entries)?
+        {
+            // Under Secure Boot the firmware starts only signed images, and
+            // a kernel and initrd booted through an entry are not: the slot
+            // needs a UKI made (and signed) for it, which only the build
+            // that has the key can make.
             bail!(
-                "this disk boots unified kernel images ({} starts one; [boot] uki), and {} carries none for slot {target}: switching such a disk to a generation file is not supported yet; build a new disk image with `pak build -o`",
+                "this disk boots unified kernel images ({} starts one; [boot] uki), and {} carries none for slot {target}: build the generation from a Pakfile with `[boot] uki = true` (`pak build --generation`), or a new disk image with `pak build -o`",
                 esp::entry(&e),
                 incoming.name
             );
         }
+        // A UKI generation on a disk that boots kernels is taken: the UKI
+        // holds the same kernel, initrd and command line the entry would
+        // name, systemd-boot starts it as it starts a kernel, and the other
+        // slot's entry, rollback and mark-good work per entry either way.
+        if let Some(u) = uki {
+            esp_meta.written = esp_meta.written.map(|w| w.with_uki(u));
+        }
+        let description = esp_meta.to_toml();
         let boot = SlotBoot {
             slot: target,
             generation: meta.number,
@@ -185,7 +197,7 @@ impl<D: Device> PakDisk<D> {
             description: description.as_bytes(),
         };
         let entry = boot.entry_name();
-        let files = boot.files();
+        let files = boot.files_booting(uki);
         self.check_esp_room(target, &entries, &files)?;
 
         // 1.

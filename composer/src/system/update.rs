@@ -385,6 +385,18 @@ impl<D: Device> PakDisk<D> {
                 incoming.meta.number
             );
         }
+        // The sha256 already binds the file; this binds what the slot will
+        // boot to what the publisher checked, whatever assembled the file.
+        if let Some(want) = &g.root_hash
+            && &incoming.verity.root_hash != want
+        {
+            let found = incoming.verity.root_hash.clone();
+            drop(incoming);
+            let _ = std::fs::remove_file(&file);
+            bail!(
+                "{name} has dm-verity root hash {found}, but the signed channel metadata says {want}: the channel is inconsistent or was tampered with; nothing was written to the disk's slots (the download was discarded)"
+            );
+        }
         let done = self.switch(&mut incoming, false)?;
         drop(incoming);
         let _ = std::fs::remove_file(&file);

@@ -5,6 +5,7 @@
 //! order, alignment, a kernel section as large in memory as the kernel
 //! asks), so systemd-stub and systemd-boot treat pak's UKIs as theirs.
 
+pub mod appendix;
 pub mod pe;
 
 use anyhow::{Context, Result};
