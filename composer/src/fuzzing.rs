@@ -755,6 +755,7 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
                 sha256: "ef".repeat(32),
                 size: 56,
             }),
+            root_hash: Some("12".repeat(32)),
         }],
     };
     let body = channel.to_toml();

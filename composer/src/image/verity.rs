@@ -25,6 +25,9 @@
 //!                 112  zeros up to 4096
 //! ```
 //!
+//! With `[boot] uki`, the signed UKIs for both slots follow the trailer
+//! ([`crate::image::uki::appendix`]); nothing of them reaches a slot.
+//!
 //! `veritysetup verify --no-superblock --hash-offset=D --data-blocks=N
 //! --salt=SALT FILE FILE ROOT` accepts the file (tests/verity.rs runs it).
 //! The trailer only says where things are: what a slot must match is the
