@@ -22,6 +22,7 @@ pub mod uki;
 pub mod verify;
 pub mod verity;
 
+use crate::util::timings::{Step, time};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -250,7 +251,9 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
         meta,
         lock: pinned,
         unconverted,
-    } = generation::assemble(&project.pakfile, lock, &inputs, number)?;
+    } = time(Step::Assemble, || {
+        generation::assemble(&project.pakfile, lock, &inputs, number)
+    })?;
 
     // The initramfs: pak itself as /init, the modules from the kernel's
     // store tree (the files, not the assembled description).
@@ -274,6 +277,7 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
     let init = read_from_tree(&tree, "usr/bin/pak").context(
         "pak itself is an image's initramfs /init: add `pak = \"*\"` to [packages] (the base profile has it)",
     )?;
+    let _initramfs = crate::util::timings::enter(Step::Initramfs);
     let initrd = crate::image::initramfs::build(&init, &modules_dir).with_context(|| {
         format!(
             "cannot make the initramfs from kernel package {} {}",
@@ -291,6 +295,7 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
         );
     }
     generation::add_initrd(&mut tree, initrd);
+    drop(_initramfs);
 
     let opts = squashfs::Options {
         mtime,
@@ -298,7 +303,7 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
         ..squashfs::Options::default()
     };
     let stats = squashfs::write(&to_squashfs(&tree), out, &opts)?;
-    let verity = generation::seal(out)?;
+    let verity = time(Step::Squashfs, || generation::seal(out))?;
     Ok(Built {
         meta,
         tree,
@@ -413,6 +418,7 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         size(&img.slot_size)?,
     )?;
     check_fits(&built, &layout)?;
+    let _disk = crate::util::timings::enter(Step::Disk);
     let files = esp_files(&built, uki.as_ref())?;
     disk::create(out, &layout, &files, gen_tmp.path(), &built.meta.build_id)?;
     Ok(built)
