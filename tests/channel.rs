@@ -5,29 +5,18 @@
 
 mod common;
 
+use common::{StandInGen as Gen, patterned};
+
 use std::path::{Path, PathBuf};
 
 use common::{Package, Project};
 
 use pak::channel::{Channel, ChannelError};
-use pak::image::generation::{self, GenerationMeta, PackageRef, Written};
+use pak::image::generation::{self, GenerationMeta, PackageRef};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak::sources::key::SecretKey;
-use pak_boot::disk::{Slot, SlotBoot};
 
 const MIB: u64 = 1 << 20;
-
-fn patterned(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn entry(kind: Kind, mode: u32) -> Entry {
     Entry {
@@ -37,13 +26,6 @@ fn entry(kind: Kind, mode: u32) -> Entry {
         gid: 0,
         xattrs: vec![],
     }
-}
-
-struct Gen {
-    meta: GenerationMeta,
-    kernel: Vec<u8>,
-    initrd: Vec<u8>,
-    path: PathBuf,
 }
 
 /// A small sealed generation with a fake kernel and initrd (copied, never
@@ -106,33 +88,10 @@ fn generation(dir: &Path, number: u64, etc_files: &[(&str, &str)]) -> Gen {
     }
 }
 
-/// A disk image whose slot a holds `g`, marked good, as `pak build` makes.
+/// A disk image whose slot a holds `g`, marked good; slot b is empty.
 fn disk_with(dir: &Path, g: &Gen) -> PathBuf {
     let layout = pak::disk::Layout::new(Some(120 * MIB), Some(40 * MIB), Some(4 * MIB)).unwrap();
-    let bytes = std::fs::read(&g.path).unwrap();
-    let mut m = g.meta.clone();
-    m.written = Some(Written::of(
-        &pak::util::fsutil::sha256_hex(&bytes),
-        bytes.len() as u64,
-        &g.kernel,
-        &g.initrd,
-    ));
-    let description = m.to_toml();
-    let boot = SlotBoot {
-        slot: Slot::A,
-        generation: g.meta.number,
-        system: "test",
-        cmdline: "console=ttyS0",
-        tries: None,
-        priority: 1,
-        kernel: &g.kernel,
-        initrd: &g.initrd,
-        description: description.as_bytes(),
-    };
-    let files = pak_boot::disk::new_esp(b"MZ loader", &boot);
-    let img = dir.join("disk.raw");
-    pak::disk::create(&img, &layout, &files, &g.path, "test").unwrap();
-    img
+    common::stand_in_disk(dir, g, &layout)
 }
 
 fn s(p: &Path) -> String {

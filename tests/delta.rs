@@ -13,31 +13,21 @@
 
 mod common;
 
+use common::{StandInGen as Gen, patterned};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use pak::channel::chunks::ChunkIndex;
-use pak::image::generation::{self, GenerationMeta, PackageRef, Written};
+use pak::image::generation::{self, GenerationMeta, PackageRef};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
-use pak_boot::disk::{Slot, SlotBoot};
+use pak_boot::disk::Slot;
 
 const MIB: u64 = 1 << 20;
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
-}
-
-fn patterned(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn entry(kind: Kind, mode: u32) -> Entry {
@@ -48,13 +38,6 @@ fn entry(kind: Kind, mode: u32) -> Entry {
         gid: 0,
         xattrs: vec![],
     }
-}
-
-struct Gen {
-    meta: GenerationMeta,
-    kernel: Vec<u8>,
-    initrd: Vec<u8>,
-    path: PathBuf,
 }
 
 /// A sealed generation shaped like a real one: 24 large files (many
@@ -125,30 +108,7 @@ fn generation(dir: &Path, number: u64, change: Option<usize>, extra: bool) -> Ge
 /// A disk image whose slot a holds `g`, marked good; slot b is empty.
 fn disk_with(dir: &Path, g: &Gen) -> PathBuf {
     let layout = pak::disk::Layout::new(Some(200 * MIB), Some(40 * MIB), Some(16 * MIB)).unwrap();
-    let bytes = std::fs::read(&g.path).unwrap();
-    let mut m = g.meta.clone();
-    m.written = Some(Written::of(
-        &pak::util::fsutil::sha256_hex(&bytes),
-        bytes.len() as u64,
-        &g.kernel,
-        &g.initrd,
-    ));
-    let description = m.to_toml();
-    let boot = SlotBoot {
-        slot: Slot::A,
-        generation: g.meta.number,
-        system: "test",
-        cmdline: "console=ttyS0",
-        tries: None,
-        priority: 1,
-        kernel: &g.kernel,
-        initrd: &g.initrd,
-        description: description.as_bytes(),
-    };
-    let files = pak_boot::disk::new_esp(b"MZ loader", &boot);
-    let img = dir.join("disk.raw");
-    pak::disk::create(&img, &layout, &files, &g.path, "test").unwrap();
-    img
+    common::stand_in_disk(dir, g, &layout)
 }
 
 /// Debian's nginx serving `root` on 127.0.0.1, logging every request

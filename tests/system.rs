@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::patterned;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,18 +100,6 @@ impl std::io::Seek for CowDisk {
 }
 
 impl pak::system::Device for CowDisk {}
-
-fn patterned(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Gen {
     meta: GenerationMeta,

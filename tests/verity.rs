@@ -7,28 +7,17 @@
 
 mod common;
 
+use common::{StandInGen as Gen, patterned};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pak::image::generation::{self, GenerationMeta, Written};
+use pak::image::generation::{self, GenerationMeta};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak::image::verity;
-use pak_boot::disk::{Slot, SlotBoot};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
-
-fn patterned(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn entry(kind: Kind) -> Entry {
     Entry {
@@ -38,13 +27,6 @@ fn entry(kind: Kind) -> Entry {
         gid: 0,
         xattrs: vec![],
     }
-}
-
-struct Gen {
-    meta: GenerationMeta,
-    kernel: Vec<u8>,
-    initrd: Vec<u8>,
-    path: PathBuf,
 }
 
 /// A generation whose squashfs is large enough (over 128 data blocks) for
@@ -99,35 +81,7 @@ fn layout() -> pak::disk::Layout {
 /// A disk whose slot a holds `g`, its entry marked good, as `pak build`
 /// writes it: the root hash in the entry and the description.
 fn disk_with(dir: &Path, g: &Gen) -> PathBuf {
-    let file = std::fs::read(&g.path).unwrap();
-    let v = verity::root_of(&g.path).unwrap();
-    let mut m = g.meta.clone();
-    m.written = Some(
-        Written::of(
-            &pak::util::fsutil::sha256_hex(&file),
-            file.len() as u64,
-            &g.kernel,
-            &g.initrd,
-        )
-        .with_verity(v.clone()),
-    );
-    let description = m.to_toml();
-    let cmdline = pak_boot::verity::entry_cmdline("console=ttyS0", Some(&v));
-    let boot = SlotBoot {
-        slot: Slot::A,
-        generation: g.meta.number,
-        system: "test",
-        cmdline: &cmdline,
-        tries: None,
-        priority: 1,
-        kernel: &g.kernel,
-        initrd: &g.initrd,
-        description: description.as_bytes(),
-    };
-    let files = pak_boot::disk::new_esp(b"MZ loader", &boot);
-    let img = dir.join("disk.raw");
-    pak::disk::create(&img, &layout(), &files, &g.path, "test").unwrap();
-    img
+    common::stand_in_disk(dir, g, &layout())
 }
 
 fn s(p: &Path) -> String {

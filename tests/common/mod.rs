@@ -800,3 +800,61 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Bytes that do not compress (xorshift from `seed`): stand-in kernels,
+/// initrds and file contents that fill real squashfs blocks.
+pub fn patterned(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A sealed stand-in generation file and what its description names.
+pub struct StandInGen {
+    pub meta: pak::image::generation::GenerationMeta,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+    pub path: PathBuf,
+}
+
+/// A disk image in `dir` whose slot a holds `g`, its entry marked good,
+/// as `pak build` writes it: the dm-verity root hash in the entry and the
+/// ESP's description. Slot b is empty.
+pub fn stand_in_disk(dir: &Path, g: &StandInGen, layout: &pak::disk::Layout) -> PathBuf {
+    use pak_boot::disk::{Slot, SlotBoot};
+    let file = std::fs::read(&g.path).unwrap();
+    let v = pak::image::verity::root_of(&g.path).unwrap();
+    let mut m = g.meta.clone();
+    m.written = Some(
+        pak::image::generation::Written::of(
+            &pak::util::fsutil::sha256_hex(&file),
+            file.len() as u64,
+            &g.kernel,
+            &g.initrd,
+        )
+        .with_verity(v.clone()),
+    );
+    let description = m.to_toml();
+    let cmdline = pak_boot::verity::entry_cmdline("console=ttyS0", Some(&v));
+    let boot = SlotBoot {
+        slot: Slot::A,
+        generation: g.meta.number,
+        system: "test",
+        cmdline: &cmdline,
+        tries: None,
+        priority: 1,
+        kernel: &g.kernel,
+        initrd: &g.initrd,
+        description: description.as_bytes(),
+    };
+    let files = pak_boot::disk::new_esp(b"MZ loader", &boot);
+    let img = dir.join("disk.raw");
+    pak::disk::create(&img, layout, &files, &g.path, "test").unwrap();
+    img
+}
