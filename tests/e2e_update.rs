@@ -16,10 +16,9 @@
 //! after the newest pak built from that Pakfile.
 
 mod common;
-use common::{BOOT, free_port, pak_e2e, vm, workspace};
+use common::{BOOT, Nginx, free_port, pak_e2e, vm, workspace};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use pak::vm::vmtest::Machine;
@@ -28,62 +27,6 @@ const NET: Duration = Duration::from_secs(300);
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// nginx serving `root` on 127.0.0.1:`port`, each connection limited to
-/// `rate` (nginx's `limit_rate`, 0 for none), logging to `dir/access.log`.
-struct Nginx {
-    child: Child,
-}
-
-impl Nginx {
-    fn start(dir: &Path, root: &Path, port: u16, rate: &str) -> Nginx {
-        let conf = dir.join("nginx.conf");
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        std::fs::write(
-            &conf,
-            format!(
-                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    limit_rate {rate};\n  }}\n}}\n",
-                d = dir.display(),
-                root = root.display(),
-            ),
-        )
-        .unwrap();
-        let nginx = ["/usr/sbin/nginx", "/sbin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx is not installed (tools/packages.txt lists it)");
-        let server = Nginx {
-            child: Command::new(nginx)
-                .args(["-p", s(dir), "-c", s(&conf), "-g", "daemon off;"])
-                .spawn()
-                .unwrap(),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        drop(server);
-        panic!(
-            "nginx did not listen on port {port}; see {}/error.log",
-            dir.display()
-        );
-    }
-
-    /// Gone at once, as a crashed server or a cut cable (one process:
-    /// `master_process off`, so SIGKILL to it ends all serving).
-    fn kill(self) {
-        drop(self);
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -200,7 +143,9 @@ fn a_machine_updates_itself_from_a_channel_served_by_nginx() {
     m.succeed("(PAK_NO_PROGRESS=1 pak system update > /tmp/update.log 2>&1; echo exit $? >> /tmp/update.log) & true")
         .unwrap();
     std::thread::sleep(Duration::from_secs(6));
-    server.kill();
+    // Gone at once, as a crashed server or a cut cable (one process:
+    // `master_process off`, so SIGKILL to it ends all serving).
+    drop(server);
     let (_, out) = m
         .execute(
             "i=0; while [ $i -lt 600 ] && ! grep -q '^exit' /tmp/update.log; do i=$((i+1)); sleep 0.2; done; cat /tmp/update.log; ls -l /var/cache/pak/update",
