@@ -296,22 +296,52 @@ fn list_file_name(uri: &str) -> String {
     out
 }
 
+/// The most a `Packages` list may hold once decompressed. Debian's
+/// largest (bookworm main, amd64) is about 90 MiB; a list many times that
+/// is damage or a decompression bomb, refused before it is held in memory.
+const LIST_LIMIT: u64 = 512 << 20;
+
 fn read_list(path: &Path) -> Result<String> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let mut text = String::new();
-    let res = match ext {
-        "lz4" => lz4_flex::frame::FrameDecoder::new(&raw[..]).read_to_string(&mut text),
-        "gz" => flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut text),
-        "xz" => xz2::read::XzDecoder::new(&raw[..]).read_to_string(&mut text),
-        "zst" => zstd::Decoder::new(&raw[..])?.read_to_string(&mut text),
-        _ => {
-            text = String::from_utf8(raw).map_err(|_| std::io::Error::other("not UTF-8"))?;
-            Ok(0)
-        }
+    read_list_within(path, LIST_LIMIT)
+}
+
+fn read_list_within(path: &Path, limit: u64) -> Result<String> {
+    let too_large = || {
+        anyhow::anyhow!(
+            "{} holds more than {} MiB once decompressed, more than any Debian package list: it is damaged or not a list; run `apt-get update`",
+            path.display(),
+            limit >> 20
+        )
     };
-    res.with_context(|| format!("{} is corrupt; run `apt-get update`", path.display()))?;
-    Ok(text)
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if file.metadata()?.len() > limit {
+        return Err(too_large());
+    }
+    let raw = std::io::BufReader::new(file);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let decoder: Box<dyn Read> = match ext {
+        "lz4" => Box::new(lz4_flex::frame::FrameDecoder::new(raw)),
+        "gz" => Box::new(flate2::read::GzDecoder::new(raw)),
+        "xz" => Box::new(xz2::read::XzDecoder::new(raw)),
+        "zst" => Box::new(zstd::Decoder::new(raw)?),
+        _ => Box::new(raw),
+    };
+    // One byte past the limit tells a list at the limit from a larger one.
+    let mut bytes = Vec::new();
+    decoder
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{} is corrupt; run `apt-get update`", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is corrupt (not UTF-8); run `apt-get update`",
+            path.display()
+        )
+    })
 }
 
 /// Parses one `Packages` index into candidates. Only the fields pak uses
@@ -625,6 +655,27 @@ pub fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_that_decompresses_past_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x_Packages.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        // 64 MiB of zeros: a few hundred KiB compressed.
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            std::io::Write::write_all(&mut gz, &zeros).unwrap();
+        }
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let err = read_list_within(&path, 8 << 20).unwrap_err().to_string();
+        assert!(err.contains("more than 8 MiB once decompressed"), "{err}");
+        let ok = dir.path().join("y_Packages");
+        std::fs::write(&ok, "Package: a\nVersion: 1\n").unwrap();
+        assert_eq!(
+            read_list_within(&ok, 8 << 20).unwrap(),
+            "Package: a\nVersion: 1\n"
+        );
+    }
 
     #[test]
     fn sources_both_syntaxes() {
