@@ -65,20 +65,23 @@ fn ids_split_by_rollout() -> (String, String, u32) {
 /// The publisher's copy to the server, as the README has it: the
 /// generations first, then `channel.toml` that names them, and only then
 /// are generations `--keep` pruned removed; a host never reads metadata
-/// naming a file the server does not have.
+/// naming a file the server does not have. `channel.toml` is copied with
+/// `--ignore-times`: two publishes in one second can leave it the same
+/// size and time, which rsync's quick check takes for unchanged.
 fn rsync(from: &Path, to: &Path) {
-    let from = format!("{}/", from.display());
+    let dir = format!("{}/", from.display());
+    let metadata = from.join("channel.toml").display().to_string();
+    let to_dir = format!("{}/", to.display());
     for args in [
-        &["-a", "--exclude", "channel.toml"][..],
-        &["-a", "--delete-after"][..],
+        vec!["-a", "--exclude", "channel.toml", &dir, &to_dir],
+        vec!["-a", "--ignore-times", &metadata, &to_dir],
+        vec!["-a", "--delete-after", &dir, &to_dir],
     ] {
         let status = Command::new("rsync")
-            .args(args)
-            .arg(&from)
-            .arg(to)
+            .args(&args)
             .status()
             .expect("rsync is not installed (tools/packages.txt lists it)");
-        assert!(status.success(), "rsync {args:?} {from} {}", to.display());
+        assert!(status.success(), "rsync {args:?}");
     }
 }
 
