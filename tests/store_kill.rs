@@ -189,7 +189,20 @@ impl Killer {
             self.kills += killed as usize;
             killed_here += killed as usize;
             self.after_kill(&root, &before, &what);
-            if killed || case.name != "env create" {
+            // A create killed after it finished (between its last write and
+            // its exit) made the environment whole: run again, it must say
+            // so, not build a second one.
+            let created = case.name == "env create"
+                && root.join("envs/dev/Pakfile").is_file()
+                && !root.join("envs/dev/.creating").exists();
+            if created {
+                let again = self.command(case, &root).output().unwrap();
+                let stderr = String::from_utf8_lossy(&again.stderr);
+                assert!(
+                    !again.status.success() && stderr.contains("already exists"),
+                    "{what}: a finished create run again: {stderr}"
+                );
+            } else if killed || case.name != "env create" {
                 let again = self.command(case, &root).output().unwrap();
                 assert!(
                     again.status.success(),
