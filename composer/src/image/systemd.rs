@@ -122,17 +122,29 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
 
     // Units pak writes itself come first, so enabling can find them.
     for (name, svc) in &pakfile.services {
-        if svc.enable {
+        if svc.enable.is_some() {
             continue;
         }
         let exec = svc.exec.as_deref().expect("validated: exec or enable");
         units.own(&unit_name(name), exec_unit(name, svc, exec));
     }
+    // `enable = false`: off whatever a preset says, and an error if pak
+    // itself would need it on.
+    for (name, _) in pakfile.services.iter().filter(|(_, s)| s.disabled()) {
+        let unit = unit_name(name);
+        if units.find(&unit).is_none() && units.by_alias(&unit).is_none() {
+            bail!(
+                "[services.{name}] says `enable = false`, but no package ships the unit {unit} (looked in /usr/lib/systemd/system and /etc/systemd/system): check the name, or remove the entry"
+            );
+        }
+        units.kept_off.insert(unit);
+    }
+    let running = pakfile.services.iter().filter(|(_, s)| !s.disabled());
     let console = console_tty(&pakfile.boot.cmdline);
     units.own("pak-console.service", console_unit(&console));
     units.own("pak-first-boot.service", FIRST_BOOT_UNIT.to_string());
     units.own("pak-coldplug.service", COLDPLUG_UNIT.to_string());
-    let required: Vec<String> = pakfile.services.keys().map(|n| unit_name(n)).collect();
+    let required: Vec<String> = running.clone().map(|(n, _)| unit_name(n)).collect();
     units.own(HEALTH_UNIT, health_unit(&required));
     units.own(MARK_GOOD_UNIT, MARK_GOOD_UNIT_TEXT.to_string());
 
@@ -144,7 +156,7 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
         "/dev/null".into(),
     );
 
-    for name in pakfile.services.keys() {
+    for (name, _) in running {
         let unit = unit_name(name);
         units
             .enable(&unit)
@@ -173,6 +185,9 @@ pub fn render(pakfile: &Pakfile, tree: &RootTree) -> Result<Vec<ConfigFile>> {
     // Pakfile names: its services are enabled whatever a preset says.
     let presets = Presets::read(pakfile, tree)?;
     for (unit, instances) in presets.enabled(&units) {
+        if units.kept_off.contains(&unit) {
+            continue;
+        }
         if instances.is_empty() {
             units.enable(&unit)
         } else {
@@ -684,6 +699,8 @@ struct Units<'a> {
     /// Canonical link path → target.
     links: BTreeMap<String, String>,
     enabled: BTreeSet<String>,
+    /// The Pakfile's `enable = false` units.
+    kept_off: BTreeSet<String>,
 }
 
 impl<'a> Units<'a> {
@@ -693,6 +710,7 @@ impl<'a> Units<'a> {
             written: BTreeMap::new(),
             links: BTreeMap::new(),
             enabled: BTreeSet::new(),
+            kept_off: BTreeSet::new(),
         }
     }
 
@@ -749,6 +767,12 @@ impl<'a> Units<'a> {
 
     /// The links `systemctl enable UNIT` makes, from its `[Install]`.
     fn enable(&mut self, unit: &str) -> Result<()> {
+        if self.kept_off.contains(unit) {
+            bail!(
+                "{unit} is kept off by `[services.{}] enable = false`, but the image needs it on; remove that entry",
+                unit.strip_suffix(".service").unwrap_or(unit)
+            );
+        }
         if !self.enabled.insert(unit.to_string()) {
             return Ok(());
         }
@@ -1151,7 +1175,7 @@ mod tests {
             "ssh".into(),
             Service {
                 exec: None,
-                enable: true,
+                enable: Some(true),
                 health: None,
                 user: None,
             },
@@ -1275,6 +1299,31 @@ mod tests {
         assert!(wants("getty", "getty@tty1.service"));
         assert!(!wants("multi-user", "pg@15-main.service"));
         assert!(!wants("multi-user", "nginx.service"));
+
+        // `enable = false` keeps off what a preset enables; a unit no
+        // package ships, or one pak needs, cannot be kept off.
+        let p = systemd_pakfile("[services.systemd-network-generator]\nenable = false\n");
+        let files = render(&p, &t).unwrap();
+        assert!(!files.iter().any(|f| {
+            f.path
+                .ends_with("sysinit.target.wants/systemd-network-generator.service")
+        }));
+        let health = body(&files, &format!("/etc/systemd/system/{HEALTH_UNIT}"));
+        assert!(!health.contains("systemd-network-generator"), "{health}");
+        let e = render(&systemd_pakfile("[services.nope]\nenable = false\n"), &t).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no package ships the unit nope.service"),
+            "{e:#}"
+        );
+        let e = render(
+            &systemd_pakfile("[services.systemd-networkd]\nenable = false\n"),
+            &t,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("kept off by `[services.systemd-networkd] enable = false`"),
+            "{e:#}"
+        );
 
         // /var stays to systemd-shutdown's last pass.
         let files = render(&systemd_pakfile(""), &t).unwrap();

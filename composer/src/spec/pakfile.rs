@@ -301,9 +301,10 @@ pub struct Service {
     /// service's name (`nginx` → `nginx.service`, or a full unit name such
     /// as `ssh.socket`), as `systemctl enable` would. busybox init has no
     /// units and runs `exec`, so a service may carry both and work under
-    /// either init.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub enable: bool,
+    /// either init. `enable = false` (alone) keeps a package's unit off
+    /// even where a preset would enable it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
     /// A command that exits 0 once the service is healthy; the system is
     /// marked good only when every service's check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +313,18 @@ pub struct Service {
     /// or one a package creates (`postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+impl Service {
+    /// `enable = true`: a package's unit, not a command of pak's.
+    pub fn uses_package_unit(&self) -> bool {
+        self.enable == Some(true)
+    }
+
+    /// `enable = false`: a package's unit kept off.
+    pub fn disabled(&self) -> bool {
+        self.enable == Some(false)
+    }
 }
 
 /// A user name as useradd accepts it (and short enough for utmp).
@@ -389,7 +402,7 @@ impl Pakfile {
                 .entry(crate::spec::update::SERVICE.into())
                 .or_insert_with(|| Service {
                     exec: Some(crate::spec::update::EXEC.into()),
-                    enable: false,
+                    enable: None,
                     health: None,
                     user: None,
                 });
@@ -491,9 +504,26 @@ impl Pakfile {
                     "[services.{name:?}]: a service is named like a systemd unit (letters, digits, `:-_.@`), e.g. `nginx` or `ssh.socket`"
                 );
             }
-            if svc.exec.is_none() && !svc.enable {
+            if svc.exec.is_none() && svc.enable.is_none() {
                 bail!(
                     "[services.{name}] has neither `exec` (a command pak runs and restarts) nor `enable = true` (the unit a package ships, with init = \"systemd\"); give one"
+                );
+            }
+            let running = [
+                ("exec", svc.exec.is_some()),
+                ("health", svc.health.is_some()),
+                ("user", svc.user.is_some()),
+            ];
+            if svc.disabled()
+                && let Some((field, _)) = running.iter().find(|(_, given)| *given)
+            {
+                bail!(
+                    "[services.{name}] says `enable = false`, which keeps a package's unit off, but also gives `{field}`, which is for a service that runs: remove one of them"
+                );
+            }
+            if svc.disabled() && self.system.init == Init::Busybox {
+                bail!(
+                    "[services.{name}] says `enable = false`, but busybox init has no units to keep off: it runs only the Pakfile's `exec` services. Remove the entry, or set [system] init = \"systemd\""
                 );
             }
             if svc.exec.is_none() && self.system.init == Init::Busybox {
@@ -501,7 +531,7 @@ impl Pakfile {
                     "[services.{name}] enables a package's unit, but busybox init has no units: set [system] init = \"systemd\" (and add the systemd profile), or give the command to run as `exec`"
                 );
             }
-            if svc.enable && svc.user.is_some() && self.system.init == Init::Systemd {
+            if svc.enable.is_some() && svc.user.is_some() && self.system.init == Init::Systemd {
                 bail!(
                     "[services.{name}] enables a package's own unit, which says which user it runs as; `user` applies to `exec` only (change the unit's user with a drop-in in [files], /etc/systemd/system/{name}.service.d/user.conf)"
                 );
@@ -624,6 +654,35 @@ mod tests {
         assert!(e.contains("password-hash") && e.contains("crypt"), "{e}");
         let e = err("[users.Alice]\nlogin = false\n");
         assert!(e.contains("not a valid user name"), "{e}");
+    }
+
+    #[test]
+    fn a_service_kept_off_is_only_that() {
+        let systemd = "[system]\nname = \"x\"\narch = \"x86_64\"\ninit = \"systemd\"\n";
+        let p = Pakfile::parse(&format!(
+            "{systemd}[services.e2scrub_reap]\nenable = false\n"
+        ))
+        .unwrap();
+        assert!(p.services["e2scrub_reap"].disabled());
+        for (extra, field) in [
+            ("exec = \"/bin/x\"", "exec"),
+            ("health = \"true\"", "health"),
+            ("user = \"www\"", "user"),
+        ] {
+            let e = Pakfile::parse(&format!(
+                "{systemd}[services.nginx]\nenable = false\n{extra}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                format!("{e:#}").contains(&format!("also gives `{field}`")),
+                "{e:#}"
+            );
+        }
+        let e = Pakfile::parse("[services.nginx]\nenable = false\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("busybox init has no units to keep off"),
+            "{e:#}"
+        );
     }
 
     #[test]
