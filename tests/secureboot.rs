@@ -473,6 +473,30 @@ fn a_generation_whose_uki_names_another_root_or_none_is_refused() {
         err.contains("carries none for slot b") && err.contains("[boot] uki = true"),
         "{err}"
     );
+    // Signed with another key, or not signed: the firmware would refuse
+    // it, so the switch does.
+    p.pak(["key", "generate", "--secure-boot"])
+        .arg(p.path("other"))
+        .ok();
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\n",
+        "\n[boot]\nuki = true\nsecure-boot = { key = \"other.key\", cert = \"other.crt\" }\n\n[image]\nsize = \"512MiB\"\n",
+    );
+    p.ok(&["build", "--generation", "foreign.sqfs", "--number", "2"]);
+    let err = p.fails(&["system", "switch", "--disk", disk, "foreign.sqfs"]);
+    assert!(
+        err.contains("UKI for slot b is signed by CN=other")
+            && err.contains("boot loader (EFI/BOOT/BOOTX64.EFI) is signed by CN=")
+            && err.contains("the firmware would refuse to start it"),
+        "{err}"
+    );
+    p.pakfile_with(
+        "pak = \"*\"\nkernel = \"*\"\nboot-loader = \"*\"\n",
+        "\n[boot]\nuki = true\n\n[image]\nsize = \"512MiB\"\n",
+    );
+    p.ok(&["build", "--generation", "unsigned.sqfs", "--number", "2"]);
+    let err = p.fails(&["system", "switch", "--disk", disk, "unsigned.sqfs"]);
+    assert!(err.contains("UKI for slot b is unsigned"), "{err}");
     let mut cut = g2.clone();
     cut.truncate(g2.len() - 10);
     std::fs::write(p.path("cut.sqfs"), &cut).unwrap();

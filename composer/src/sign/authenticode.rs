@@ -18,7 +18,7 @@ use der::asn1::{Any, ObjectIdentifier, OctetString, SetOfVec};
 use der::{Decode, Encode};
 use rsa::pkcs1v15::SigningKey;
 use rsa::sha2::{Digest, Sha256};
-use rsa::signature::Signer;
+use rsa::signature::Signer as _;
 use x509_cert::attr::Attribute;
 use x509_cert::spki::AlgorithmIdentifierOwned;
 
@@ -176,4 +176,88 @@ pub fn sign_pe(image: &[u8], key: &SecureBootKey) -> Result<Vec<u8>> {
     let pkcs7 = signed_data(&digest, key)?;
     pe.append_signature(&pkcs7)?;
     Ok(pe.into_bytes())
+}
+
+/// Who signed an image: a signer's certificate, as embedded in the image's
+/// Authenticode signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, as [`SecureBootKey::fingerprint`].
+    pub fingerprint: String,
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (certificate SHA-256 {})",
+            self.subject, self.fingerprint
+        )
+    }
+}
+
+/// The signers of a PE image: for each signature, the embedded certificate
+/// its signer info names. Empty for an unsigned image. The signatures are
+/// not checked here (the firmware does that against its `db`); this says
+/// whose they claim to be, so a switch can refuse an image the disk's
+/// loader's key did not sign before the firmware refuses to start it.
+pub fn signers(image: &[u8]) -> Result<Vec<Signer>> {
+    let pe = Pe::parse(image.to_vec())?;
+    let mut out = Vec::new();
+    for blob in pe.signatures() {
+        let info = ContentInfo::from_der(blob).context("a signature is not PKCS#7 DER")?;
+        if info.content_type != ID_SIGNED_DATA {
+            anyhow::bail!("a signature is not PKCS#7 SignedData");
+        }
+        let signed: SignedData = info
+            .content
+            .decode_as()
+            .context("a signature's SignedData is malformed")?;
+        let certs: Vec<&x509_cert::Certificate> = signed
+            .certificates
+            .iter()
+            .flat_map(|set| set.0.iter())
+            .filter_map(|c| match c {
+                cms::cert::CertificateChoices::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for si in signed.signer_infos.0.iter() {
+            let SignerIdentifier::IssuerAndSerialNumber(id) = &si.sid else {
+                continue;
+            };
+            let Some(cert) = certs.iter().find(|c| {
+                c.tbs_certificate().issuer() == &id.issuer
+                    && c.tbs_certificate().serial_number() == &id.serial_number
+            }) else {
+                continue;
+            };
+            out.push(Signer {
+                subject: cert.tbs_certificate().subject().to_string(),
+                fingerprint: hex::encode(Sha256::digest(cert.to_der()?)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signers_name_the_key_that_signed() {
+        let image = crate::image::uki::pe::tests::tiny_pe();
+        assert!(signers(&image).unwrap().is_empty());
+        let key = crate::sign::key::generate("pak test db").unwrap();
+        let signed = sign_pe(&image, &key).unwrap();
+        assert_eq!(
+            signers(&signed).unwrap(),
+            vec![Signer {
+                subject: key.subject(),
+                fingerprint: key.fingerprint(),
+            }]
+        );
+    }
 }

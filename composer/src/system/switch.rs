@@ -182,6 +182,7 @@ impl<D: Device> PakDisk<D> {
         // name, systemd-boot starts it as it starts a kernel, and the other
         // slot's entry, rollback and mark-good work per entry either way.
         if let Some(u) = uki {
+            self.check_signer(u, target, &incoming.name)?;
             esp_meta.written = esp_meta.written.map(|w| w.with_uki(u));
         }
         let description = esp_meta.to_toml();
@@ -229,6 +230,43 @@ impl<D: Device> PakDisk<D> {
             image_size: incoming.image_size,
             root_hash: incoming.verity.root_hash.clone(),
         })
+    }
+
+    /// Refuses a UKI the disk's loader's key did not sign, when the loader
+    /// is signed: under Secure Boot the firmware would refuse to start it,
+    /// and the slot would be lost to a boot that can only fall back.
+    fn check_signer(&mut self, uki: &[u8], target: Slot, name: &str) -> Result<()> {
+        use crate::sign::authenticode::signers;
+        if self.esp.find(esp::BOOT_LOADER)?.is_none() {
+            return Ok(());
+        }
+        let loader = signers(&self.esp.read(esp::BOOT_LOADER)?)
+            .with_context(|| format!("cannot read the signature of {}", esp::BOOT_LOADER))?;
+        if loader.is_empty() {
+            return Ok(());
+        }
+        let ours = signers(uki).with_context(|| {
+            format!("cannot read the signature of {name}'s UKI for slot {target}")
+        })?;
+        if ours.iter().any(|s| loader.contains(s)) {
+            return Ok(());
+        }
+        let by = |s: &[crate::sign::authenticode::Signer]| match s {
+            [] => "unsigned".to_string(),
+            s => format!(
+                "signed by {}",
+                s.iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        bail!(
+            "{name}'s UKI for slot {target} is {}, but this disk's boot loader ({}) is {}: under Secure Boot the firmware would refuse to start it. Build the generation with the disk's key ([boot] secure-boot = {{ key, cert }} of that certificate)",
+            by(&ours),
+            esp::BOOT_LOADER,
+            by(&loader)
+        )
     }
 
     /// Creates the directories above `path` that do not exist yet.
