@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use common::{Package, Project};
 
 use pak::channel::{Channel, ChannelError};
-use pak::image::generation::{self, GenerationMeta, PackageRef};
+use pak::image::generation::{self, PackageRef};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak::sources::key::SecretKey;
 
@@ -33,22 +33,14 @@ fn entry(kind: Kind, mode: u32) -> Entry {
 fn generation(dir: &Path, number: u64, etc_files: &[(&str, &str)]) -> Gen {
     let kernel = patterned(20_000 + number as usize * 512, number);
     let initrd = patterned(30_000 + number as usize * 256, number + 100);
-    let meta = GenerationMeta {
+    let meta = common::stand_in_meta(
         number,
-        build_id: format!("{number:064}"),
-        system: "test".into(),
-        cmdline: "console=ttyS0".into(),
-        tries: 3,
-        kernel: "boot/vmlinuz-6.1".into(),
-        kernel_version: "6.1".into(),
-        initrd: generation::INITRD_FILE.into(),
-        written: None,
-        packages: vec![PackageRef {
+        vec![PackageRef {
             name: "base".into(),
             version: format!("{number}.0"),
             sha256: "00".repeat(32),
         }],
-    };
+    );
     let mut t = Tree::default();
     for d in [
         "",

@@ -13,14 +13,12 @@
 
 mod common;
 
-use common::{StandInGen as Gen, patterned};
+use common::{Nginx, StandInGen as Gen, patterned};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use pak::channel::chunks::ChunkIndex;
-use pak::image::generation::{self, GenerationMeta, PackageRef};
+use pak::image::generation::{self, PackageRef};
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak_boot::disk::Slot;
 
@@ -47,22 +45,14 @@ fn entry(kind: Kind, mode: u32) -> Entry {
 fn generation(dir: &Path, number: u64, change: Option<usize>, extra: bool) -> Gen {
     let kernel = patterned(20_000, 1);
     let initrd = patterned(30_000, 2);
-    let meta = GenerationMeta {
+    let meta = common::stand_in_meta(
         number,
-        build_id: format!("{number:064}"),
-        system: "test".into(),
-        cmdline: "console=ttyS0".into(),
-        tries: 3,
-        kernel: "boot/vmlinuz-6.1".into(),
-        kernel_version: "6.1".into(),
-        initrd: generation::INITRD_FILE.into(),
-        written: None,
-        packages: vec![PackageRef {
+        vec![PackageRef {
             name: "base".into(),
             version: format!("{number}.0"),
             sha256: "00".repeat(32),
         }],
-    };
+    );
     let mut t = Tree::default();
     for d in ["", "boot", "usr", "usr/lib", "usr/lib/pak", "usr/share"] {
         t.entries.insert(d.into(), entry(Kind::Dir, 0o755));
@@ -109,74 +99,6 @@ fn generation(dir: &Path, number: u64, change: Option<usize>, extra: bool) -> Ge
 fn disk_with(dir: &Path, g: &Gen) -> PathBuf {
     let layout = pak::disk::Layout::new(Some(200 * MIB), Some(40 * MIB), Some(16 * MIB)).unwrap();
     common::stand_in_disk(dir, g, &layout)
-}
-
-/// Debian's nginx serving `root` on 127.0.0.1, logging every request
-/// with the bytes of its body.
-struct Nginx {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Nginx {
-    fn start(dir: &Path, root: &Path) -> Nginx {
-        let port = common::free_port();
-        let conf = dir.join("nginx.conf");
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        std::fs::write(
-            &conf,
-            format!(
-                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format bytes '$request_uri $status $body_bytes_sent';\n  access_log {d}/access.log bytes;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
-                d = dir.display(),
-                root = root.display(),
-            ),
-        )
-        .unwrap();
-        let nginx = ["/usr/sbin/nginx", "/sbin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx is not installed (tools/packages.txt lists it)");
-        let server = Nginx {
-            child: Command::new(nginx)
-                .args(["-p", &s(dir), "-c", &s(&conf), "-g", "daemon off;"])
-                .spawn()
-                .unwrap(),
-            port,
-            log: dir.join("access.log"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nginx did not listen on port {port}; see {}", dir.display());
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Body bytes sent since the log was last taken, and the requests.
-    fn take(&self) -> (u64, Vec<String>) {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let _ = std::fs::write(&self.log, "");
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let bytes = lines
-            .iter()
-            .filter(|l| !l.starts_with("/channel.toml "))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum();
-        (bytes, lines)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Fixture {
@@ -270,7 +192,7 @@ fn an_update_fetches_what_the_plan_predicted() {
     let img = disk_with(&f.dir, &g1);
     f.publish(&g1);
     f.publish(&g2);
-    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel);
+    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel, common::free_port(), "0");
 
     // An index the signed metadata does not name is refused first.
     let index = f.channel.join("test-2.chunks");
@@ -326,7 +248,7 @@ fn a_flipped_byte_in_a_served_chunk_is_refused() {
     let img = disk_with(&f.dir, &g1);
     f.publish(&g1);
     f.publish(&g2);
-    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel);
+    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel, common::free_port(), "0");
 
     // Flip a byte of a chunk the host must fetch: inside the changed file.
     let served = f.channel.join("test-2.sqfs");
@@ -390,7 +312,7 @@ fn a_host_with_corrupt_slots_still_converges() {
     let img = disk_with(&f.dir, &g1);
     f.publish(&g1);
     f.publish(&g2);
-    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel);
+    let nginx = Nginx::start(&f.dir.join("nginx"), &f.channel, common::free_port(), "0");
     // Slot b is empty: slot a is the only seed.
     let r = json(&f.update(&img, &nginx.url()).ok());
     let clean = planned(&r);

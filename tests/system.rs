@@ -146,18 +146,7 @@ fn generation(dir: &Path, number: u64, extra: &[&str]) -> Gen {
             sha256: format!("{number:02}").repeat(32),
         });
     }
-    let meta = GenerationMeta {
-        number,
-        build_id: format!("{number:064}"),
-        system: "test".into(),
-        cmdline: "console=ttyS0".into(),
-        tries: 3,
-        kernel: "boot/vmlinuz-6.1".into(),
-        kernel_version: "6.1".into(),
-        initrd: generation::INITRD_FILE.into(),
-        written: None,
-        packages,
-    };
+    let meta = common::stand_in_meta(number, packages);
     let mut t = Tree::default();
     for d in ["", "boot", "usr", "usr/lib", "usr/lib/pak", "etc"] {
         t.entries.insert(d.into(), dir_entry());

@@ -12,7 +12,7 @@ use common::{StandInGen as Gen, patterned};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pak::image::generation::{self, GenerationMeta};
+use pak::image::generation;
 use pak::image::squashfs::{self, Entry, Kind, Source, Tree};
 use pak::image::verity;
 
@@ -34,18 +34,7 @@ fn entry(kind: Kind) -> Entry {
 fn generation(dir: &Path, number: u64) -> Gen {
     let kernel = patterned(20_000, number);
     let initrd = patterned(30_000, number + 100);
-    let meta = GenerationMeta {
-        number,
-        build_id: format!("{number:064}"),
-        system: "test".into(),
-        cmdline: "console=ttyS0".into(),
-        tries: 3,
-        kernel: "boot/vmlinuz-6.1".into(),
-        kernel_version: "6.1".into(),
-        initrd: generation::INITRD_FILE.into(),
-        written: None,
-        packages: vec![],
-    };
+    let meta = common::stand_in_meta(number, vec![]);
     let mut t = Tree::default();
     for d in ["", "boot", "usr", "usr/lib", "usr/lib/pak", "srv"] {
         let mut e = entry(Kind::Dir);

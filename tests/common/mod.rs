@@ -748,9 +748,12 @@ pub fn build_shipped(image: &str, out: &Path) {
 /// nginx serving `root` on 127.0.0.1:`port` (QEMU guests reach it as
 /// 10.0.2.2:`port`), each connection limited to `rate` (nginx's
 /// `limit_rate`, "0" for none), with its logs and temporary files in
-/// `dir`; stopped when dropped.
+/// `dir`; stopped when dropped. Besides nginx's usual `access.log`,
+/// `bytes.log` has a line `URI STATUS BODY_BYTES` per request.
 pub struct Nginx {
     child: std::process::Child,
+    port: u16,
+    bytes_log: PathBuf,
 }
 
 impl Nginx {
@@ -760,7 +763,7 @@ impl Nginx {
         std::fs::write(
             &conf,
             format!(
-                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    limit_rate {rate};\n  }}\n}}\n",
+                "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format bytes '$request_uri $status $body_bytes_sent';\n  access_log {d}/access.log;\n  access_log {d}/bytes.log bytes;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    limit_rate {rate};\n  }}\n}}\n",
                 d = dir.display(),
                 root = root.display(),
             ),
@@ -779,6 +782,8 @@ impl Nginx {
                 .args(["-g", "daemon off;"])
                 .spawn()
                 .unwrap(),
+            port,
+            bytes_log: dir.join("bytes.log"),
         };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -791,6 +796,24 @@ impl Nginx {
             "nginx did not listen on port {port}; see {}/error.log",
             dir.display()
         );
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The body bytes sent since the log was last taken, except for the
+    /// channel's metadata, and the requests (`URI STATUS BYTES`).
+    pub fn take(&self) -> (u64, Vec<String>) {
+        let text = std::fs::read_to_string(&self.bytes_log).unwrap_or_default();
+        let _ = std::fs::write(&self.bytes_log, "");
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let bytes = lines
+            .iter()
+            .filter(|l| !l.starts_with("/channel.toml "))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        (bytes, lines)
     }
 }
 
@@ -813,6 +836,26 @@ pub fn patterned(n: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The description of stand-in generation `number`: system "test", a
+/// 6.1 kernel at boot/vmlinuz-6.1, pak's initrd path.
+pub fn stand_in_meta(
+    number: u64,
+    packages: Vec<pak::image::generation::PackageRef>,
+) -> pak::image::generation::GenerationMeta {
+    pak::image::generation::GenerationMeta {
+        number,
+        build_id: format!("{number:064}"),
+        system: "test".into(),
+        cmdline: "console=ttyS0".into(),
+        tries: 3,
+        kernel: "boot/vmlinuz-6.1".into(),
+        kernel_version: "6.1".into(),
+        initrd: pak::image::generation::INITRD_FILE.into(),
+        written: None,
+        packages,
+    }
 }
 
 /// A sealed stand-in generation file and what its description names.
