@@ -97,7 +97,15 @@ pub(super) fn store_cached(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // A temporary file of its own for every writer: blocks are compressed
     // on many threads at once, and several processes may share a cache.
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    // Held while written: `pak gc` collects only a dead writer's.
+    let (mut tmp, _held) = crate::util::leftovers::held(
+        || {
+            tempfile::Builder::new()
+                .prefix(crate::util::leftovers::Temporary::CacheBlock.prefix())
+                .tempfile_in(dir)
+        },
+        |t| Ok((t.as_file().try_clone()?, t.path().to_path_buf())),
+    )?;
     tmp.write_all(bytes)?;
     tmp.persist(p).map_err(|e| e.error)?;
     Ok(())

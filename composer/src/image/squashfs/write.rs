@@ -11,6 +11,7 @@ use sha2::Digest;
 
 use super::data::{Compressor, DataWriter, FileData};
 use super::*;
+use crate::util::leftovers::{self, Temporary};
 
 /// Writes metadata (inodes, directories, tables) in 8 KiB blocks.
 pub(super) struct MetaWriter {
@@ -133,10 +134,16 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".sqfs-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    // Held while written, so `pak gc` takes it only from a dead pak.
+    let (tmp, held) = leftovers::held(
+        || {
+            tempfile::Builder::new()
+                .prefix(Temporary::Squashfs.prefix())
+                .tempfile_in(dir)
+        },
+        |t| Ok((t.as_file().try_clone()?, t.path().to_path_buf())),
+    )
+    .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?);
     w.write_all(&[0u8; SUPERBLOCK_SIZE as usize])?;
     let threads = if opts.threads == 0 {
@@ -214,6 +221,11 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
     tmp.as_file().set_permissions(perms)?;
     tmp.persist(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
+    if leftovers::is_temporary(out) {
+        // A temporary itself (a build's `.gen-*`): still ours after this
+        // returns, though the caller never opened this inode.
+        leftovers::keep_until_exit(held);
+    }
     stats.bytes = padded;
     stats.inodes = inode_count;
     stats.fragments = fragments.len() as u32;
@@ -582,27 +594,30 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Post-order: children before parents, in sorted-name order.
+/// Post-order: children before parents, in sorted-name order. Iterative
+/// (an explicit stack of (directory, next child)), so a tree thousands of
+/// directories deep costs heap, not the thread's stack.
 fn post_order(root: usize, listing: &HashMap<usize, Vec<(&str, usize)>>, n: usize) -> Vec<usize> {
-    fn post(
-        i: usize,
-        listing: &HashMap<usize, Vec<(&str, usize)>>,
-        visited: &mut [bool],
-        order: &mut Vec<usize>,
-    ) {
-        visited[i] = true;
-        if let Some(children) = listing.get(&i) {
-            for (_, c) in children {
-                if !visited[*c] {
-                    post(*c, listing, visited, order);
-                }
-            }
-        }
-        order.push(i);
-    }
     let mut order = Vec::with_capacity(n);
     let mut visited = vec![false; n];
-    post(root, listing, &mut visited, &mut order);
+    visited[root] = true;
+    let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+    while let Some((i, next)) = stack.last_mut() {
+        let children = listing.get(i).map(Vec::as_slice).unwrap_or_default();
+        // A hard link lists its target again; each inode is placed once.
+        match children[*next..].iter().position(|(_, c)| !visited[*c]) {
+            Some(k) => {
+                let c = children[*next + k].1;
+                *next += k + 1;
+                visited[c] = true;
+                stack.push((c, 0));
+            }
+            None => {
+                order.push(*i);
+                stack.pop();
+            }
+        }
+    }
     order
 }
 
