@@ -65,7 +65,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
+pub(super) fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
         if z.as_ref().is_none_or(|(l, _)| *l != level) {

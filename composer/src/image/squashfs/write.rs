@@ -1,6 +1,20 @@
 //! The squashfs writer: reproducible, parallel, with a content-addressed
 //! cache of compressed blocks. `write` is the step list; each table has a
 //! function of its own.
+//!
+//! Bounds. Nothing here recurses over the tree: the post-order is an
+//! explicit stack, so a tree thousands of directories deep costs heap, not
+//! stack (unit test: 5000 levels on a 256 KiB thread). Memory grows with
+//! the number of inodes, never with file sizes (data streams through
+//! [`super::data`]): per inode the plan holds a `Node` (~80 bytes), its
+//! entries in the name index and its parent's listing (~60 bytes), ~60
+//! bytes of `FileData` for a regular file, and its share of the inode and
+//! directory tables, kept compressed in memory until written (~20 bytes):
+//! about 250 bytes. A whole `pak build --generation` of 300k tiny files
+//! peaked at 1.5 KiB a file over the same build without them
+//! (tests/bounded_generation.rs: 556 MiB against 126 MiB); the rest is the
+//! assembled tree and its squashfs description, which hold store paths
+//! and checksums.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -9,7 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use sha2::Digest;
 
-use super::data::{Compressor, DataWriter, FileData};
+use super::data::{Compressor, DataWriter, FileData, compress_zstd};
 use super::*;
 use crate::util::leftovers::{self, Temporary};
 
@@ -50,7 +64,7 @@ impl MetaWriter {
         if self.buf.is_empty() {
             return;
         }
-        let c = zstd::bulk::compress(&self.buf, self.level).expect("zstd compresses");
+        let c = compress_zstd(&self.buf, self.level);
         if c.len() < self.buf.len() {
             self.out.extend((c.len() as u16).to_le_bytes());
             self.out.extend(&c);
@@ -214,7 +228,10 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<Stats> {
     let mut f = w.into_inner().map_err(|e| e.into_error())?;
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&sb)?;
-    f.sync_all()?;
+    // Not synced here: the build that keeps it seals it next, and the
+    // seal syncs the whole file (`generation::seal`); a file never sealed
+    // is refused as one (`seal_intact`). A sync of its own cost the pack
+    // seconds of wall time waiting for the disk.
     let mut perms = tmp.as_file().metadata()?.permissions();
     // Readable like any file the user writes, whatever the temp file had.
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
