@@ -118,7 +118,9 @@ pub fn gc(g: &Global) -> Result<()> {
     let removed = crate::env::gc(&g.root())?;
     if !g.quiet {
         for l in &leftovers {
-            println!("removed {} ({})", l.path.display(), l.kind.what());
+            // `./.gen-1.sqfs` reads better as `.gen-1.sqfs`.
+            let shown = l.path.strip_prefix(".").unwrap_or(&l.path);
+            println!("removed {} ({})", shown.display(), l.kind.what());
         }
         if !leftovers.is_empty() {
             println!("{} leftover temporaries removed", leftovers.len());
