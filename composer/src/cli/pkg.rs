@@ -112,12 +112,41 @@ pub fn owns(g: &Global, path: &str) -> Result<()> {
 }
 
 pub fn gc(g: &Global) -> Result<()> {
+    // Leftovers first: a broken environment lock stops the store's
+    // collection, and should not keep a dead download's bytes around.
+    let leftovers = crate::util::leftovers::collect_root(&g.root(), &build_dirs(g))?;
     let removed = crate::env::gc(&g.root())?;
     if !g.quiet {
+        for l in &leftovers {
+            // `./.gen-1.sqfs` reads better as `.gen-1.sqfs`.
+            let shown = l.path.strip_prefix(".").unwrap_or(&l.path);
+            println!("removed {} ({})", shown.display(), l.kind.what());
+        }
+        if !leftovers.is_empty() {
+            println!("{} leftover temporaries removed", leftovers.len());
+        }
         for r in &removed {
             println!("removed {r}");
         }
         println!("{} store entries removed", removed.len());
     }
     Ok(())
+}
+
+/// Where `pak build` puts its output and its temporaries unless told
+/// otherwise: the working directory (`-o image.raw`) and the Pakfile's.
+/// Only with a Pakfile: elsewhere no build ran.
+fn build_dirs(g: &Global) -> Vec<PathBuf> {
+    if !g.pakfile.is_file() {
+        return Vec::new();
+    }
+    let mut dirs = vec![PathBuf::from(".")];
+    let own = g.pakfile.parent().unwrap_or(Path::new(""));
+    if !own.as_os_str().is_empty() {
+        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        if !same(own, Path::new(".")) {
+            dirs.push(own.to_path_buf());
+        }
+    }
+    dirs
 }

@@ -17,6 +17,7 @@ use crate::project::{LockPolicy, Project, Update};
 use crate::spec::pakfile::Pakfile;
 use crate::state::StateDir;
 use crate::store::{self, Store};
+use crate::util::leftovers::{self, Temporary};
 
 /// In an environment's directory while `pak env create` makes it.
 const CREATING: &str = ".creating";
@@ -149,10 +150,19 @@ impl Env {
         })?;
         // Built beside its final place and renamed in: a failed lock leaves
         // no half environment, and a concurrent create of the same name loses.
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".create-{name}-"))
-            .tempdir_in(root.envs_dir())
-            .with_context(|| format!("cannot write in {}", root.envs_dir().display()))?;
+        // Locked from the start and for the whole create (the lock is on the
+        // directory, which the rename below keeps): a live creator's
+        // `.create-*` is never taken by `pak gc`, a dead one's is, and
+        // another create of this name waits for it (see `interrupted`).
+        let (tmp, creating) = leftovers::held(
+            || {
+                tempfile::Builder::new()
+                    .prefix(&format!("{}{name}-", Temporary::EnvCreate.prefix()))
+                    .tempdir_in(root.envs_dir())
+            },
+            |t| Ok((std::fs::File::open(t.path())?, t.path().to_path_buf())),
+        )
+        .with_context(|| format!("cannot write in {}", root.envs_dir().display()))?;
         let staged = Env {
             name: name.to_string(),
             dir: tmp.path().to_path_buf(),
@@ -164,10 +174,8 @@ impl Env {
         crate::util::fsutil::write_atomic(&staged.pakfile_path(), text.as_bytes())?;
         // Until the environment is complete: a create killed after the
         // rename below is finished by the next one, not refused. The lock
-        // (on the directory, which the rename keeps) tells a live creator.
+        // taken above tells a live creator.
         std::fs::write(staged.dir.join(CREATING), "")?;
-        let creating = std::fs::File::open(&staged.dir)?;
-        rustix::fs::flock(&creating, rustix::fs::FlockOperation::LockExclusive)?;
         let mut changes = Vec::new();
         if !packages.is_empty() {
             let project = Project::open(&staged.pakfile_path(), root.clone())?;

@@ -172,25 +172,29 @@ impl RootTree {
         );
     }
 
-    /// Creates missing parent directories (root-owned, 0755).
+    /// Creates missing parent directories (root-owned, 0755). It climbs
+    /// from the nearest parent and stops at the first one present, so a
+    /// path whose parents exist (the usual case: a BOM lists directories
+    /// first) costs one lookup, not one per level; a tree thousands of
+    /// levels deep stays linear, not quadratic, in its path lengths.
     fn ensure_parents(&mut self, path: &str, owner: &str) {
-        let mut cur = String::new();
-        let mut comps = path.split('/').peekable();
-        while let Some(c) = comps.next() {
-            if comps.peek().is_none() {
-                break;
-            }
-            if !cur.is_empty() {
-                cur.push('/');
-            }
-            cur.push_str(c);
-            self.nodes.entry(cur.clone()).or_insert_with(|| Node {
-                kind: NodeKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                owner: owner.to_string(),
-            });
+        let mut missing = Vec::new();
+        let mut cur = parent(path);
+        while !cur.is_empty() && !self.nodes.contains_key(cur) {
+            missing.push(cur);
+            cur = parent(cur);
+        }
+        for dir in missing.into_iter().rev() {
+            self.nodes.insert(
+                dir.to_string(),
+                Node {
+                    kind: NodeKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    owner: owner.to_string(),
+                },
+            );
         }
     }
 
@@ -385,6 +389,42 @@ mod tests {
         );
         t.add_package("d", &[file("bin/busybox", "44")]).unwrap();
         assert_eq!(t.resolve("/bin/sh").unwrap().0, "usr/bin/busybox");
+    }
+
+    #[test]
+    fn a_tree_thousands_deep_assembles_in_linear_time_on_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let mut entries = Vec::new();
+                let mut path = String::from("usr/share/deep");
+                for _ in 0..5000 {
+                    path.push_str("/d");
+                    entries.push(PkgEntry {
+                        path: path.clone(),
+                        kind: NodeKind::Dir,
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    });
+                }
+                // Only the bottom file: every parent is made for it.
+                let mut t = RootTree::default();
+                t.add_package("deep", &[file(&format!("{path}/bottom"), "1")])
+                    .unwrap();
+                assert_eq!(t.nodes.len(), 5000 + 4);
+                let mut u = RootTree::default();
+                u.add_package("deep", &entries).unwrap();
+                u.add_package("deep", &[file(&format!("{path}/bottom"), "1")])
+                    .unwrap();
+                assert_eq!(
+                    u.nodes.keys().collect::<Vec<_>>(),
+                    t.nodes.keys().collect::<Vec<_>>()
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

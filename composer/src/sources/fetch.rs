@@ -3,7 +3,9 @@
 //! Downloads stream into a temporary file beside the destination while
 //! hashing, and are renamed into place only when size and sha256 agree with
 //! what a signed index (or apt's verified index) promised: a corrupt or
-//! hostile download never lands.
+//! hostile download never lands. The temporary (`.dl-*`) is flock-held
+//! while it is written, so `pak gc` removes it only once its pak is dead
+//! (`util::leftovers`).
 //!
 //! Every byte pak takes from the network passes through [`open`], so this is
 //! where `--offline` is enforced: with [`Network::Offline`] set, an
@@ -25,6 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
+
+use crate::util::leftovers::{self, Temporary};
 
 /// Whether pak may use the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,7 +165,16 @@ pub fn download_verified(
     let (mut r, len) = open(url).with_context(|| format!("cannot download {what}"))?;
     let dir = dest.parent().context("destination has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new().prefix(".dl-").tempfile_in(dir)?;
+    // Held for its life: `pak gc` removes a `.dl-*` only when its pak died.
+    let (mut tmp, _held) = leftovers::held(
+        || {
+            tempfile::Builder::new()
+                .prefix(Temporary::Download.prefix())
+                .tempfile_in(dir)
+        },
+        |t| Ok((t.as_file().try_clone()?, t.path().to_path_buf())),
+    )
+    .with_context(|| format!("cannot write in {}", dir.display()))?;
     let bar = crate::util::progress::bytes(len.unwrap_or(size), &format!("fetch {}", short(url)));
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

@@ -65,7 +65,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
+pub(super) fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
         if z.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -97,7 +97,15 @@ pub(super) fn store_cached(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     // A temporary file of its own for every writer: blocks are compressed
     // on many threads at once, and several processes may share a cache.
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    // Held while written: `pak gc` collects only a dead writer's.
+    let (mut tmp, _held) = crate::util::leftovers::held(
+        || {
+            tempfile::Builder::new()
+                .prefix(crate::util::leftovers::Temporary::CacheBlock.prefix())
+                .tempfile_in(dir)
+        },
+        |t| Ok((t.as_file().try_clone()?, t.path().to_path_buf())),
+    )?;
     tmp.write_all(bytes)?;
     tmp.persist(p).map_err(|e| e.error)?;
     Ok(())
@@ -110,12 +118,42 @@ pub(super) struct FileData {
     pub(super) size: u64,
 }
 
+/// Opens `path` for reading, even past PATH_MAX (a store tree nested
+/// thousands deep): such a path is opened one directory at a time, each
+/// relative to the last (openat), since the kernel refuses it whole.
+fn open_long(path: &Path) -> std::io::Result<File> {
+    match File::open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+        other => return other,
+    }
+    use rustix::fs::{Mode, OFlags};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => (parent, name),
+        _ => return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)),
+    };
+    let mut dir = rustix::fs::open(
+        if path.is_absolute() { "/" } else { "." },
+        dir_flags,
+        Mode::empty(),
+    )?;
+    for comp in parent.components() {
+        if let std::path::Component::Normal(c) = comp {
+            dir = rustix::fs::openat(&dir, c, dir_flags, Mode::empty())?;
+        } else if comp == std::path::Component::ParentDir {
+            dir = rustix::fs::openat(&dir, "..", dir_flags, Mode::empty())?;
+        }
+    }
+    let fd = rustix::fs::openat(&dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
 /// A reader over a file's bytes, whatever their source.
 pub(super) fn open_source(src: &Source) -> Result<(Box<dyn Read + '_>, u64)> {
     Ok(match src {
         Source::Bytes(b) => (Box::new(&b[..]), b.len() as u64),
         Source::Path(p) => {
-            let f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let f = open_long(p).with_context(|| format!("cannot read {}", p.display()))?;
             let len = f.metadata()?.len();
             (Box::new(f), len)
         }

@@ -62,10 +62,6 @@ pub type Fields = Vec<(&'static str, String)>;
 /// why they cannot be read.
 pub type Walked = (String, std::result::Result<Fields, String>);
 
-/// Directories deeper than this end a walk: only a corrupt image (a
-/// directory listing one of its ancestors) nests this deep.
-const MAX_DEPTH: usize = 512;
-
 /// What a path names inside the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadNode {
@@ -655,59 +651,62 @@ impl<R: Read + Seek> Reader<R> {
     /// names in byte order, each with its [`Fields`]. A part of a corrupt
     /// image that cannot be read is an entry with the reason, and the walk
     /// goes on with the rest.
+    ///
+    /// Iterative, with no depth limit: a package may nest directories
+    /// thousands deep, and the walk holds one pending entry per sibling of
+    /// the path it is in, on the heap. A corrupt image whose listings loop
+    /// ends because every directory is entered once.
     pub fn walk(&mut self) -> Vec<Walked> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        self.walk_from(String::new(), self.sb.root, 0, &mut seen, &mut out);
-        out
-    }
-
-    fn walk_from(
-        &mut self,
-        path: String,
-        reference: u64,
-        depth: usize,
-        seen: &mut HashSet<u64>,
-        out: &mut Vec<Walked>,
-    ) {
-        let shown = if path.is_empty() {
-            "/".to_string()
-        } else {
-            path.clone()
-        };
-        let inode = match self.inode(reference) {
-            Ok(i) => i,
-            Err(e) => return out.push((shown, Err(format!("its inode cannot be read ({e:#})")))),
-        };
-        let fields = self
-            .fields(reference, &inode, &shown)
-            .map_err(|e| format!("its inode cannot be read ({e:#})"));
-        let Inode::Dir {
-            start,
-            offset,
-            size,
-        } = inode
-        else {
-            return out.push((shown, fields));
-        };
-        if depth > MAX_DEPTH || !seen.insert(reference) {
-            return out.push((
-                shown,
-                Err("its directory is its own ancestor (corrupt image)".into()),
-            ));
-        }
-        match self.listing(start, offset, size) {
-            Ok(list) => {
-                out.push((shown, fields));
-                for (name, child) in list {
-                    self.walk_from(format!("{path}/{name}"), child, depth + 1, seen, out);
+        let mut stack = vec![(String::new(), self.sb.root)];
+        while let Some((path, reference)) = stack.pop() {
+            let shown = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path.clone()
+            };
+            let inode = match self.inode(reference) {
+                Ok(i) => i,
+                Err(e) => {
+                    out.push((shown, Err(format!("its inode cannot be read ({e:#})"))));
+                    continue;
                 }
+            };
+            let fields = self
+                .fields(reference, &inode, &shown)
+                .map_err(|e| format!("its inode cannot be read ({e:#})"));
+            let Inode::Dir {
+                start,
+                offset,
+                size,
+            } = inode
+            else {
+                out.push((shown, fields));
+                continue;
+            };
+            if !seen.insert(reference) {
+                out.push((
+                    shown,
+                    Err("its directory is its own ancestor (corrupt image)".into()),
+                ));
+                continue;
             }
-            Err(e) => out.push((
-                shown,
-                Err(format!("its directory listing cannot be read ({e:#})")),
-            )),
+            match self.listing(start, offset, size) {
+                Ok(list) => {
+                    out.push((shown, fields));
+                    // Reversed onto the stack, so names come off in order.
+                    for (name, child) in list.into_iter().rev() {
+                        stack.push((format!("{path}/{name}"), child));
+                    }
+                }
+                Err(e) => out.push((
+                    shown,
+                    Err(format!("its directory listing cannot be read ({e:#})")),
+                )),
+            }
         }
+        out
     }
 
     /// What lies at byte `at` of the image: a file's data, a fragment
@@ -762,9 +761,9 @@ impl<R: Read + Seek> Reader<R> {
     /// The file (or fragment block) whose stored bytes cover `at`.
     fn data_owner(&mut self, at: u64) -> String {
         let mut tails: HashMap<u32, Vec<String>> = HashMap::new();
-        let mut stack = vec![(String::new(), self.sb.root, 0usize)];
+        let mut stack = vec![(String::new(), self.sb.root)];
         let mut seen = HashSet::new();
-        while let Some((path, reference, depth)) = stack.pop() {
+        while let Some((path, reference)) = stack.pop() {
             let Ok(inode) = self.inode(reference) else {
                 continue;
             };
@@ -773,10 +772,10 @@ impl<R: Read + Seek> Reader<R> {
                     start,
                     offset,
                     size,
-                } if depth <= MAX_DEPTH && seen.insert(reference) => {
+                } if seen.insert(reference) => {
                     if let Ok(list) = self.listing(start, offset, size) {
                         for (name, child) in list.into_iter().rev() {
-                            stack.push((format!("{path}/{name}"), child, depth + 1));
+                            stack.push((format!("{path}/{name}"), child));
                         }
                     }
                 }
@@ -936,6 +935,59 @@ mod tests {
         let err = r.read("etc").unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
         assert!(r.read("etc/hostname/x").is_err());
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: a recursion per level
+    /// of a tree thousands deep would overflow it.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_tree_thousands_deep_is_written_and_walked_on_a_small_stack() {
+        on_small_stack(|| {
+            const DEPTH: usize = 5000;
+            let mut t = Tree::default();
+            t.entries.insert(String::new(), entry(Kind::Dir, 0o755));
+            let mut path = String::new();
+            for level in 0..DEPTH {
+                if !path.is_empty() {
+                    path.push('/');
+                }
+                // One level with the longest name a file system takes.
+                if level == DEPTH / 2 {
+                    path.push_str(&"n".repeat(255));
+                } else {
+                    path.push('d');
+                }
+                t.entries.insert(path.clone(), entry(Kind::Dir, 0o755));
+            }
+            let bottom = format!("{path}/bottom");
+            t.entries.insert(
+                bottom.clone(),
+                entry(Kind::File(Source::Bytes(b"deep\n".to_vec())), 0o644),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("deep.sqfs");
+            let opts = Options {
+                level: 1,
+                ..Options::default()
+            };
+            write(&t, &img, &opts).unwrap();
+            let mut r = Reader::open(std::fs::File::open(&img).unwrap(), 0).unwrap();
+            assert_eq!(r.read(&bottom).unwrap(), b"deep\n");
+            let walk = r.walk();
+            assert_eq!(walk.len(), DEPTH + 2);
+            for (p, f) in &walk {
+                assert!(f.is_ok(), "{}: {f:?}", &p[..p.len().min(80)]);
+            }
+            assert_eq!(walk.last().unwrap().0, format!("/{bottom}"));
+        });
     }
 
     #[test]
