@@ -182,7 +182,8 @@ pub enum Command {
     Search { term: String },
     /// Which package in the store ships PATH
     Owns { path: String },
-    /// Remove store entries that no lock, generation or environment needs
+    /// Remove store entries that no lock, generation or environment needs,
+    /// and temporaries left by a pak that was killed
     Gc,
     /// Check the store's entries against their BOMs, or repair them
     #[command(subcommand)]
