@@ -339,6 +339,92 @@ mod tests {
     }
 
     #[test]
+    fn every_input_of_the_writer_is_in_the_generation_key() {
+        use squashfs::{Entry, Kind, Source, Tree};
+        let entry = |kind: Kind| Entry {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            xattrs: vec![],
+        };
+        let mut base = Tree::default();
+        base.entries.insert(String::new(), entry(Kind::Dir));
+        base.entries.insert(
+            "bin".into(),
+            entry(Kind::File(Source::Path("/store/x/tree/bin".into()))),
+        );
+        base.entries.insert(
+            "etc".into(),
+            entry(Kind::File(Source::Bytes(b"a".to_vec()))),
+        );
+        base.entries
+            .insert("sh".into(), entry(Kind::Symlink("bin".into())));
+        let opts = squashfs::Options::default();
+        let digest = |_: &Path| Some("d1".to_string());
+        let k = |t: &Tree, o: &squashfs::Options, d: &dyn Fn(&Path) -> Option<String>| {
+            generation_key(t, o, d).unwrap()
+        };
+        let same = k(&base, &opts, &digest);
+        assert_eq!(k(&base.clone(), &opts, &digest), same);
+        // Settings that do not shape the bytes do not change the key.
+        let other_cache = squashfs::Options {
+            cache: Some("/elsewhere".into()),
+            threads: 7,
+            ..opts.clone()
+        };
+        assert_eq!(k(&base, &other_cache, &digest), same);
+
+        let mut changed: Vec<Key> = Vec::new();
+        let edit = |f: &dyn Fn(&mut Tree)| {
+            let mut t = base.clone();
+            f(&mut t);
+            k(&t, &opts, &digest)
+        };
+        changed.push(k(&base, &opts, &|_: &Path| Some("d2".to_string())));
+        changed.push(edit(&|t| {
+            t.entries.get_mut("etc").unwrap().kind = Kind::File(Source::Bytes(b"b".to_vec()))
+        }));
+        changed.push(edit(&|t| t.entries.get_mut("bin").unwrap().mode = 0o755));
+        changed.push(edit(&|t| t.entries.get_mut("bin").unwrap().uid = 1));
+        changed.push(edit(&|t| t.entries.get_mut("bin").unwrap().gid = 1));
+        changed.push(edit(&|t| {
+            t.entries.get_mut("bin").unwrap().xattrs = vec![("user.a".into(), vec![1])]
+        }));
+        changed.push(edit(&|t| {
+            t.entries.get_mut("sh").unwrap().kind = Kind::Symlink("etc".into())
+        }));
+        changed.push(edit(&|t| {
+            t.entries.get_mut("sh").unwrap().kind = Kind::HardLink("bin".into())
+        }));
+        changed.push(edit(&|t| {
+            let e = t.entries.remove("sh").unwrap();
+            t.entries.insert("sh2".into(), e);
+        }));
+        for o in [
+            squashfs::Options {
+                mtime: 1,
+                ..opts.clone()
+            },
+            squashfs::Options {
+                level: 3,
+                ..opts.clone()
+            },
+            squashfs::Options {
+                block_size: 4096,
+                ..opts.clone()
+            },
+        ] {
+            changed.push(k(&base, &o, &digest));
+        }
+        for (i, c) in changed.iter().enumerate() {
+            assert_ne!(*c, same, "change {i} kept the key");
+        }
+        // A stored file whose sha256 is unknown: nothing is remembered.
+        assert!(generation_key(&base, &opts, |_| None).is_none());
+    }
+
+    #[test]
     fn boot_files_round_trip_and_damage_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let memo = Memo::new(dir.path());
