@@ -100,6 +100,23 @@ impl Layout {
     }
 }
 
+/// Asks the kernel to start writing `len` bytes at `at` of `f` to disk,
+/// without waiting: only a head start for a later sync, so a kernel that
+/// refuses costs nothing.
+fn start_writeback(f: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor this function borrows; it
+    // reads no memory of this process.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Copies the first `len` bytes of `from` to byte `at` of `to`, in the
 /// kernel (`copy_file_range`: no pass through this process, and a shared
 /// extent where the file system can), by reads and writes where it cannot.
@@ -196,6 +213,11 @@ pub fn create_from(
         )
     })?;
     let parts = layout.partitions(seed);
+    // The slot first, its write-back started at once: the disk writes it
+    // while the ESP is laid out, and the sync below has less to wait for.
+    copy_at(slot_a, tmp.as_file(), parts[1].offset(), gen_size)
+        .context("cannot write the image (disk full?)")?;
+    start_writeback(tmp.as_file(), parts[1].offset(), gen_size);
     let mut w = BufWriter::with_capacity(4 * MIB as usize, tmp.as_file().try_clone()?);
     gpt::write(
         &mut w,
@@ -206,8 +228,6 @@ pub fn create_from(
     crate::disk::fat::write(&mut w, parts[0].offset(), parts[0].size(), "ESP", esp_files)?;
     w.flush()?;
     drop(w);
-    copy_at(slot_a, tmp.as_file(), parts[1].offset(), gen_size)
-        .context("cannot write the image (disk full?)")?;
     tmp.as_file().sync_all()?;
     let mut perms = tmp.as_file().metadata()?.permissions();
     // Readable like any file the user writes, whatever the temp file had.
