@@ -9,7 +9,7 @@ pub mod fat;
 pub mod gpt;
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -100,8 +100,73 @@ impl Layout {
     }
 }
 
+/// Asks the kernel to start writing `len` bytes at `at` of `f` to disk,
+/// without waiting: only a head start for a later sync, so a kernel that
+/// refuses costs nothing.
+fn start_writeback(f: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor this function borrows; it
+    // reads no memory of this process.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Copies the first `len` bytes of `from` to byte `at` of `to`, in the
+/// kernel (`copy_file_range`: no pass through this process, and a shared
+/// extent where the file system can), by reads and writes where it cannot.
+fn copy_at(from: &File, to: &File, at: u64, len: u64) -> std::io::Result<()> {
+    let bar = crate::util::progress::bytes(len, &format!("write {}", Slot::A.label()));
+    let (mut src, mut dst) = (0u64, at);
+    while src < len {
+        let want = (len - src).min(1 << 30) as usize;
+        let n = match rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), want) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the generation ended early",
+                ));
+            }
+            Ok(n) => n,
+            // Across file systems on older kernels, or where it is not offered.
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+                copy_by_reads(from, to, &mut src, &mut dst, len)?;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn copy_by_reads(
+    from: &File,
+    to: &File,
+    src: &mut u64,
+    dst: &mut u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    while *src < len {
+        let n = ((len - *src) as usize).min(buf.len());
+        from.read_exact_at(&mut buf[..n], *src)?;
+        to.write_all_at(&buf[..n], *dst)?;
+        *src += n as u64;
+        *dst += n as u64;
+    }
+    Ok(())
+}
+
 /// Writes a new disk image at `out` (atomically): the GPT, the ESP with
-/// `esp_files`, and the generation `slot_a` in root-a.
+/// `esp_files`, and the generation file `slot_a` in root-a.
 pub fn create(
     out: &Path,
     layout: &Layout,
@@ -109,8 +174,21 @@ pub fn create(
     slot_a: &Path,
     seed: &str,
 ) -> Result<()> {
-    let gen_size = std::fs::metadata(slot_a)
-        .with_context(|| format!("cannot read {}", slot_a.display()))?
+    let f = File::open(slot_a).with_context(|| format!("cannot read {}", slot_a.display()))?;
+    create_from(out, layout, esp_files, &f, seed)
+}
+
+/// [`create`] with the generation file open (all of it goes to root-a).
+pub fn create_from(
+    out: &Path,
+    layout: &Layout,
+    esp_files: &[(String, Vec<u8>)],
+    slot_a: &File,
+    seed: &str,
+) -> Result<()> {
+    let gen_size = slot_a
+        .metadata()
+        .context("cannot read the generation")?
         .len();
     if gen_size > layout.slot {
         bail!(
@@ -135,6 +213,11 @@ pub fn create(
         )
     })?;
     let parts = layout.partitions(seed);
+    // The slot first, its write-back started at once: the disk writes it
+    // while the ESP is laid out, and the sync below has less to wait for.
+    copy_at(slot_a, tmp.as_file(), parts[1].offset(), gen_size)
+        .context("cannot write the image (disk full?)")?;
+    start_writeback(tmp.as_file(), parts[1].offset(), gen_size);
     let mut w = BufWriter::with_capacity(4 * MIB as usize, tmp.as_file().try_clone()?);
     gpt::write(
         &mut w,
@@ -143,20 +226,6 @@ pub fn create(
         &parts,
     )?;
     crate::disk::fat::write(&mut w, parts[0].offset(), parts[0].size(), "ESP", esp_files)?;
-    w.seek(SeekFrom::Start(parts[1].offset()))?;
-    let mut f = File::open(slot_a)?;
-    let bar = crate::util::progress::bytes(gen_size, &format!("write {}", Slot::A.label()));
-    let mut buf = vec![0u8; 4 * MIB as usize];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        w.write_all(&buf[..n])
-            .context("cannot write the image (disk full?)")?;
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
     w.flush()?;
     drop(w);
     tmp.as_file().sync_all()?;

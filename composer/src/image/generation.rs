@@ -423,6 +423,13 @@ pub fn sealed_size(used: u64) -> u64 {
 /// left it) and appends its dm-verity hash tree and trailer. Returns the
 /// root the loader entry passes to `/init`.
 pub fn seal(path: &Path) -> Result<pak_boot::verity::Verity> {
+    Ok(seal_hashed(path, true)?.0)
+}
+
+/// [`seal`], also giving the sha256 and size of the whole generation file
+/// (taken while it is written), and syncing it only when `durable` (a
+/// temporary that goes into a disk image need not be).
+pub fn seal_hashed(path: &Path, durable: bool) -> Result<(pak_boot::verity::Verity, String, u64)> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::File::options()
         .read(true)
@@ -440,9 +447,11 @@ pub fn seal(path: &Path) -> Result<pak_boot::verity::Verity> {
     f.seek(SeekFrom::Start(used))?;
     f.write_all(SEAL_MAGIC)?;
     f.write_all(&sha)?;
-    f.sync_all()?;
     drop(f);
-    crate::image::verity::append(path, sealed_size(used), &sha)
+    let data = sealed_size(used);
+    let (verity, whole) = crate::image::verity::append_hashed(path, data, &sha, durable)?;
+    let size = data + crate::image::verity::added_size(verity.data_blocks);
+    Ok((verity, hex::encode(whole), size))
 }
 
 /// Whether the generation at byte `base` of `f` (a generation file, or a

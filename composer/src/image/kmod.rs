@@ -4,9 +4,18 @@
 //! maintainer script), so dependencies come from each module's own
 //! `.modinfo` ELF section (`depends=a,b`). Modules listed in
 //! `modules.builtin` are part of the kernel and need no file.
+//!
+//! Only the pieces of a module that lead to `.modinfo` are read (its ELF
+//! header, section table and section names): a kernel has a thousand
+//! modules and 90 MiB of them, of which depmod needs a few hundred KiB.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
 
@@ -15,55 +24,109 @@ fn norm(name: &str) -> String {
     name.replace('-', "_")
 }
 
+/// Bytes of an ELF file by offset: in memory, or read from the file.
+trait Elf {
+    fn len(&self) -> u64;
+    fn read(&self, off: u64, len: usize) -> Result<Cow<'_, [u8]>>;
+
+    /// `len` bytes at `off`, which an offset or size from a hostile file
+    /// may place anywhere: every sum is checked against the file's length.
+    fn get(&self, off: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        match off.checked_add(len as u64) {
+            Some(end) if end <= self.len() => self.read(off, len),
+            _ => bail!("truncated ELF"),
+        }
+    }
+}
+
+impl Elf for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn read(&self, off: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self[off as usize..off as usize + len]))
+    }
+}
+
+struct ElfFile {
+    file: File,
+    len: u64,
+}
+
+impl Elf for ElfFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, off: u64, len: usize) -> Result<Cow<'_, [u8]>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, off)?;
+        Ok(Cow::Owned(buf))
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> Result<u16> {
+    Ok(u16::from_le_bytes(
+        b.get(o..o + 2).context("truncated ELF")?.try_into()?,
+    ))
+}
+
+fn u32_at(b: &[u8], o: usize) -> Result<u32> {
+    Ok(u32::from_le_bytes(
+        b.get(o..o + 4).context("truncated ELF")?.try_into()?,
+    ))
+}
+
+fn u64_at(b: &[u8], o: usize) -> Result<u64> {
+    Ok(u64::from_le_bytes(
+        b.get(o..o + 8).context("truncated ELF")?.try_into()?,
+    ))
+}
+
 /// Reads the `.modinfo` section of an ELF64 module: `key=value` strings.
 pub fn modinfo(bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    let u16_at = |o: usize| -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            bytes.get(o..o + 2).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            bytes.get(o..o + 4).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    let u64_at = |o: usize| -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            bytes.get(o..o + 8).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+    modinfo_of(bytes)
+}
+
+/// The `.modinfo` of the module file at `path`, reading only what leads to it.
+pub fn modinfo_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    modinfo_of(&ElfFile { file, len })
+}
+
+fn modinfo_of<E: Elf + ?Sized>(elf: &E) -> Result<Vec<(String, String)>> {
+    let header = elf.get(0, 64.min(elf.len() as usize))?;
+    if header.get(..5) != Some(b"\x7fELF\x02") {
         bail!("not an ELF64 module (compressed modules are not supported yet)");
     }
-    let shoff = u64_at(0x28)? as usize;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    // Offsets and sizes come from the file: a hostile one may make any
-    // sum wrap, so every sum is checked.
-    let sec = |i: usize| -> Result<(u32, usize, usize)> {
-        let b = i
-            .checked_mul(shentsize)
-            .and_then(|o| o.checked_add(shoff))
-            .filter(|b| b.checked_add(0x28).is_some())
+    let shoff = u64_at(&header, 0x28)?;
+    let shentsize = u16_at(&header, 0x3a)? as usize;
+    let shnum = u16_at(&header, 0x3c)? as usize;
+    let shstrndx = u16_at(&header, 0x3e)? as usize;
+    if shentsize < 0x28 {
+        bail!("bad section table");
+    }
+    // At most 65535 entries of at most 65535 bytes: the product fits.
+    let table = elf
+        .get(shoff, shnum * shentsize)
+        .context("bad section table")?;
+    let sec = |i: usize| -> Result<(u32, u64, u64)> {
+        let b = table
+            .get(i * shentsize..(i + 1) * shentsize)
             .context("bad section table")?;
-        Ok((
-            u32_at(b)?,
-            u64_at(b + 0x18)? as usize,
-            u64_at(b + 0x20)? as usize,
-        ))
+        Ok((u32_at(b, 0)?, u64_at(b, 0x18)?, u64_at(b, 0x20)?))
     };
-    let range = |off: usize, size: usize| off..off.saturating_add(size);
+    let size = |s: u64| usize::try_from(s).context("bad section size");
     let (_, stroff, strsize) = sec(shstrndx)?;
-    let names = bytes
-        .get(range(stroff, strsize))
+    let names = elf
+        .get(stroff, size(strsize)?)
         .context("bad section names")?;
     for i in 0..shnum {
-        let (name_off, off, size) = sec(i)?;
+        let (name_off, off, len) = sec(i)?;
         let name = names.get(name_off as usize..).unwrap_or_default();
         let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(0)];
         if name == b".modinfo" {
-            let data = bytes.get(range(off, size)).context("bad .modinfo")?;
+            let data = elf.get(off, size(len)?).context("bad .modinfo")?;
             return Ok(data
                 .split(|b| *b == 0)
                 .filter_map(|s| std::str::from_utf8(s).ok())
@@ -75,12 +138,23 @@ pub fn modinfo(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     Ok(Vec::new())
 }
 
+/// What depmod and the initramfs need of one module's `.modinfo`.
+struct Info {
+    /// Normalised names of the modules it needs.
+    depends: Vec<String>,
+    /// The device ids it claims.
+    aliases: Vec<String>,
+}
+
 /// The modules of a kernel tree (`.../lib/modules/<version>`).
 pub struct Modules {
     /// name → path relative to the modules directory.
     files: BTreeMap<String, String>,
     builtin: BTreeSet<String>,
     dir: PathBuf,
+    /// Each module's info, read once: depmod asks for the closure of
+    /// every module, and closures share most of their members.
+    info: RefCell<BTreeMap<String, Rc<Info>>>,
 }
 
 impl Modules {
@@ -123,6 +197,7 @@ impl Modules {
             files,
             builtin,
             dir: dir.to_path_buf(),
+            info: RefCell::default(),
         })
     }
 
@@ -133,6 +208,31 @@ impl Modules {
 
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtin.contains(&norm(name))
+    }
+
+    /// The info of module `name`, whose file is `rel`.
+    fn info(&self, name: &str, rel: &str) -> Result<Rc<Info>> {
+        if let Some(i) = self.info.borrow().get(name) {
+            return Ok(i.clone());
+        }
+        let mut info = Info {
+            depends: Vec::new(),
+            aliases: Vec::new(),
+        };
+        for (k, v) in modinfo_file(&self.dir.join(rel)).with_context(|| format!("module {rel}"))? {
+            match k.as_str() {
+                "depends" => info
+                    .depends
+                    .extend(v.split(',').filter(|s| !s.is_empty()).map(norm)),
+                "alias" => info.aliases.push(v),
+                _ => {}
+            }
+        }
+        let info = Rc::new(info);
+        self.info
+            .borrow_mut()
+            .insert(name.to_string(), info.clone());
+        Ok(info)
     }
 
     /// The wanted modules and everything they depend on, dependencies
@@ -164,22 +264,10 @@ impl Modules {
         let rel = self.files.get(name).with_context(|| {
             format!("kernel module {name} is neither built in nor shipped by the kernel package")
         })?;
-        let bytes =
-            std::fs::read(self.dir.join(rel)).with_context(|| format!("cannot read {rel}"))?;
-        let deps: Vec<String> = modinfo(&bytes)
-            .with_context(|| format!("module {rel}"))?
-            .into_iter()
-            .filter(|(k, _)| k == "depends")
-            .flat_map(|(_, v)| {
-                v.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(norm)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let info = self.info(name, rel)?;
         stack.push(name.to_string());
-        for d in deps {
-            self.visit(&d, seen, order, stack)?;
+        for d in &info.depends {
+            self.visit(d, seen, order, stack)?;
         }
         stack.pop();
         seen.insert(name.to_string());
@@ -196,11 +284,8 @@ pub fn depmod(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut dep = String::new();
     let mut alias = String::from("# Aliases extracted from modules themselves.\n");
     for (name, rel) in &mods.files {
-        let bytes = std::fs::read(dir.join(rel)).with_context(|| format!("cannot read {rel}"))?;
-        for (k, v) in modinfo(&bytes).with_context(|| format!("module {rel}"))? {
-            if k == "alias" {
-                alias.push_str(&format!("alias {v} {name}\n"));
-            }
+        for a in &mods.info(name, rel)?.aliases {
+            alias.push_str(&format!("alias {a} {name}\n"));
         }
         // A module whose dependencies are missing is still listed, alone:
         // loading it will report what is missing, as on any system.
@@ -220,4 +305,105 @@ pub fn depmod(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         ("modules.dep".into(), dep.into_bytes()),
         ("modules.alias".into(), alias.into_bytes()),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 module: a header, the section names, `.modinfo`,
+    /// and a large section before the table that depmod must not need.
+    fn module(modinfo: &str) -> Vec<u8> {
+        let names = b"\0.shstrtab\0.modinfo\0.text\0";
+        let mut out = vec![0u8; 64];
+        out[..5].copy_from_slice(b"\x7fELF\x02");
+        let names_at = out.len();
+        out.extend_from_slice(names);
+        let info_at = out.len();
+        out.extend_from_slice(modinfo.as_bytes());
+        let text_at = out.len();
+        out.resize(text_at + (1 << 20), 0x90);
+        let shoff = out.len();
+        out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        out[0x3c..0x3e].copy_from_slice(&4u16.to_le_bytes());
+        out[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        for (name, at, len) in [
+            (0u32, 0, 0),
+            (1, names_at, names.len()),
+            (11, info_at, modinfo.len()),
+            (20, text_at, 1 << 20),
+        ] {
+            let mut sh = [0u8; 64];
+            sh[..4].copy_from_slice(&name.to_le_bytes());
+            sh[0x18..0x20].copy_from_slice(&(at as u64).to_le_bytes());
+            sh[0x20..0x28].copy_from_slice(&(len as u64).to_le_bytes());
+            out.extend_from_slice(&sh);
+        }
+        out
+    }
+
+    #[test]
+    fn the_file_reader_finds_what_the_whole_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = module("license=GPL\0depends=a,b\0alias=pci:v1d*\0");
+        let p = dir.path().join("m.ko");
+        std::fs::write(&p, &bytes).unwrap();
+        let whole = modinfo(&bytes).unwrap();
+        assert_eq!(whole[1], ("depends".into(), "a,b".into()));
+        assert_eq!(modinfo_file(&p).unwrap(), whole);
+        // Cut before its section table: refused, not read past the end.
+        std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(modinfo_file(&p).is_err());
+        assert!(modinfo(&bytes[..bytes.len() - 10]).is_err());
+    }
+
+    #[test]
+    fn depmod_lists_each_module_with_its_closure() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("kernel/drivers");
+        std::fs::create_dir_all(&k).unwrap();
+        for (name, info) in [
+            (
+                "dm-verity",
+                "depends=dm-bufio,dm_mod\0alias=dm-target-verity\0",
+            ),
+            ("dm-bufio", "depends=dm-mod\0"),
+            ("dm-mod", "depends=\0alias=devname:mapper/control\0"),
+            ("lonely", "depends=missing\0"),
+        ] {
+            std::fs::write(k.join(format!("{name}.ko")), module(info)).unwrap();
+        }
+        std::fs::write(dir.path().join("modules.builtin"), "kernel/fs/ext4.ko\n").unwrap();
+        let out: BTreeMap<String, String> = depmod(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, b)| (n, String::from_utf8(b).unwrap()))
+            .collect();
+        assert_eq!(
+            out["modules.dep"],
+            "kernel/drivers/dm-bufio.ko: kernel/drivers/dm-mod.ko\n\
+             kernel/drivers/dm-mod.ko:\n\
+             kernel/drivers/dm-verity.ko: kernel/drivers/dm-bufio.ko kernel/drivers/dm-mod.ko\n\
+             kernel/drivers/lonely.ko:\n"
+        );
+        assert_eq!(
+            out["modules.alias"],
+            "# Aliases extracted from modules themselves.\n\
+             alias devname:mapper/control dm_mod\n\
+             alias dm-target-verity dm_verity\n"
+        );
+        let mods = Modules::open(dir.path()).unwrap();
+        assert!(mods.has("ext4") && mods.is_builtin("ext4"));
+        assert_eq!(
+            mods.closure(&["dm-verity", "ext4"]).unwrap(),
+            [
+                "kernel/drivers/dm-mod.ko",
+                "kernel/drivers/dm-bufio.ko",
+                "kernel/drivers/dm-verity.ko"
+            ]
+        );
+        let e = mods.closure(&["lonely"]).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
 }

@@ -12,6 +12,7 @@ pub mod generation;
 pub mod initramfs;
 pub mod kmod;
 pub mod ldcache;
+pub mod memo;
 pub mod network;
 pub mod squashfs;
 pub mod ssh;
@@ -41,8 +42,15 @@ pub const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub struct Built {
     pub meta: GenerationMeta,
     pub tree: RootTree,
-    /// The generation file: squashfs, seal, dm-verity tree and trailer.
+    /// The generation file: squashfs, seal, dm-verity tree and trailer
+    /// (for a disk image, maybe the one remembered in the cache).
     pub squashfs: PathBuf,
+    /// That file, open: what a disk image's slot is copied from.
+    pub file: std::fs::File,
+    /// The sha256 and size of that file as written (before any UKIs are
+    /// appended), so it need not be read again for them.
+    pub sha256: String,
+    pub size: u64,
     pub stats: squashfs::Stats,
     /// Its dm-verity root, which its loader entry carries.
     pub verity: pak_boot::verity::Verity,
@@ -96,6 +104,8 @@ pub struct Inputs {
     pub lock: Lock,
     pub fetched: Vec<(LockedPackage, StoreEntry)>,
     pub mtime: u32,
+    /// Whether products remembered in the cache may serve ([`memo`]).
+    pub memo: bool,
 }
 
 impl Inputs {
@@ -107,6 +117,7 @@ impl Inputs {
             lock,
             fetched,
             mtime: mtime(),
+            memo: true,
         })
     }
 
@@ -128,6 +139,9 @@ impl Inputs {
             lock,
             fetched,
             mtime,
+            // A rebuild that checks an image makes everything afresh: a
+            // remembered product would prove nothing.
+            memo: false,
         })
     }
 }
@@ -200,7 +214,7 @@ pub fn generation_from(
 ) -> Result<Built> {
     // A bad signing key stops the build before it writes anything.
     let uki = uki::UkiBuild::from_pakfile(&project.pakfile)?;
-    let built = sealed_generation(project, inputs, number, out)?;
+    let built = sealed_generation(project, inputs, number, out, true)?;
     if let Some(u) = &uki {
         let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
         let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
@@ -234,13 +248,23 @@ fn slot_uki(
 }
 
 /// The generation as a slot holds it: squashfs, seal, dm-verity tree and
-/// trailer.
-fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path) -> Result<Built> {
+/// trailer. With `keep`, written to `out` and synced; else maybe only
+/// found in the cache (and `out` a temporary for when it is not).
+fn sealed_generation(
+    project: &Project,
+    inputs: &Inputs,
+    number: u64,
+    out: &Path,
+    keep: bool,
+) -> Result<Built> {
     let (lock, fetched, mtime) = (&inputs.lock, &inputs.fetched, inputs.mtime);
-    let mut inputs = Vec::new();
+    let memo = inputs
+        .memo
+        .then(|| memo::Memo::new(&project.root.cache_dir()));
+    let mut packages = Vec::new();
     for (locked, e) in fetched {
         let scripts = e.info()?.origin.map(|o| o.scripts).unwrap_or_default();
-        inputs.push(PackageInput {
+        packages.push(PackageInput {
             locked,
             entries: package_entries(e)?,
             scripts,
@@ -252,40 +276,14 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
         lock: pinned,
         unconverted,
     } = time(Step::Assemble, || {
-        generation::assemble(&project.pakfile, lock, &inputs, number)
+        generation::assemble(&project.pakfile, lock, &packages, number)
     })?;
+    drop(packages);
 
-    // The initramfs: pak itself as /init, the modules from the kernel's
-    // store tree (the files, not the assembled description).
-    let (kernel_pkg, modules_dir) = fetched
-        .iter()
-        .flat_map(|(p, e)| {
-            let t = e.tree();
-            [
-                t.join("lib/modules").join(&meta.kernel_version),
-                t.join("usr/lib/modules").join(&meta.kernel_version),
-            ]
-            .map(|d| (p, d))
-        })
-        .find(|(_, d)| d.join("kernel").is_dir())
-        .with_context(|| {
-            format!(
-                "no package holds the modules of kernel {}",
-                meta.kernel_version
-            )
-        })?;
-    let init = read_from_tree(&tree, "usr/bin/pak").context(
-        "pak itself is an image's initramfs /init: add `pak = \"*\"` to [packages] (the base profile has it)",
-    )?;
     let _initramfs = crate::util::timings::enter(Step::Initramfs);
-    let initrd = crate::image::initramfs::build(&init, &modules_dir).with_context(|| {
-        format!(
-            "cannot make the initramfs from kernel package {} {}",
-            kernel_pkg.name, kernel_pkg.version
-        )
-    })?;
+    let boot = boot_files(&tree, fetched, &meta, memo.as_ref())?;
     // What the kernel package's maintainer script would have run depmod for.
-    for (name, bytes) in crate::image::kmod::depmod(&modules_dir)? {
+    for (name, bytes) in boot.depmod {
         tree.put(
             &format!("usr/lib/modules/{}/{name}", meta.kernel_version),
             crate::image::assemble::data(bytes),
@@ -294,7 +292,7 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
             0,
         );
     }
-    generation::add_initrd(&mut tree, initrd);
+    generation::add_initrd(&mut tree, boot.initrd);
     drop(_initramfs);
 
     let opts = squashfs::Options {
@@ -302,19 +300,156 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
         cache: Some(project.root.cache_dir().join("squashfs")),
         ..squashfs::Options::default()
     };
-    let stats = squashfs::write(&to_squashfs(&tree), out, &opts)?;
-    let verity = time(Step::Squashfs, || generation::seal(out))?;
+    let sq = to_squashfs(&tree);
+    let digests: std::collections::HashMap<&Path, &str> = tree
+        .nodes
+        .values()
+        .filter_map(|n| match &n.kind {
+            NodeKind::File(Content::Stored { source, sha256, .. }) => {
+                Some((source.as_path(), sha256.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let key = memo
+        .as_ref()
+        .and_then(|_| memo::generation_key(&sq, &opts, |p| digests.get(p).map(|s| s.to_string())));
+    let found = match (&memo, &key) {
+        (Some(m), Some(k)) => time(Step::Squashfs, || m.generation(k)),
+        _ => None,
+    };
+    let (mut file, path, stats, g) = match found {
+        Some((mut file, path, g)) => {
+            // Every block was served remembered.
+            let stats = squashfs::Stats {
+                bytes: g.bytes,
+                inodes: g.inodes,
+                data_blocks: g.data_blocks,
+                cached_blocks: g.data_blocks,
+                fragments: g.fragments,
+            };
+            if !keep {
+                (file, path, stats, g)
+            } else {
+                time(Step::Squashfs, || -> Result<_> {
+                    let mut to = std::fs::File::create(out)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    std::io::copy(&mut file, &mut to)
+                        .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
+                    to.sync_all()?;
+                    Ok((std::fs::File::open(out)?, out.to_path_buf(), stats, g))
+                })?
+            }
+        }
+        None => {
+            let stats = squashfs::write(&sq, out, &opts)?;
+            let (verity, sha256, size) =
+                time(Step::Squashfs, || generation::seal_hashed(out, keep))?;
+            let g = memo::GenerationFile {
+                sha256,
+                size,
+                verity,
+                bytes: stats.bytes,
+                inodes: stats.inodes,
+                data_blocks: stats.data_blocks,
+                fragments: stats.fragments,
+            };
+            if let (Some(m), Some(k)) = (&memo, &key) {
+                time(Step::Squashfs, || m.keep_generation(k, out, &g));
+            }
+            let file = std::fs::File::open(out)
+                .with_context(|| format!("cannot read {}", out.display()))?;
+            (file, out.to_path_buf(), stats, g)
+        }
+    };
+    std::io::Seek::rewind(&mut file)?;
     Ok(Built {
         meta,
         tree,
-        squashfs: out.to_path_buf(),
+        squashfs: path,
+        file,
+        sha256: g.sha256,
+        size: g.size,
         stats,
-        verity,
+        verity: g.verity,
         lock: pinned,
         unconverted,
         pinned: Vec::new(),
         pins_written: false,
     })
+}
+
+/// The initramfs (pak itself as /init, the modules from the kernel's store
+/// tree: the files, not the assembled description) and depmod's files,
+/// remembered by the kernel package and the /init program.
+fn boot_files(
+    tree: &RootTree,
+    fetched: &[(LockedPackage, StoreEntry)],
+    meta: &GenerationMeta,
+    memo: Option<&memo::Memo>,
+) -> Result<memo::BootFiles> {
+    let (kernel_pkg, kernel_entry, modules_dir) = fetched
+        .iter()
+        .flat_map(|(p, e)| {
+            let t = e.tree();
+            [
+                t.join("lib/modules").join(&meta.kernel_version),
+                t.join("usr/lib/modules").join(&meta.kernel_version),
+            ]
+            .map(|d| (p, e, d))
+        })
+        .find(|(_, _, d)| d.join("kernel").is_dir())
+        .with_context(|| {
+            format!(
+                "no package holds the modules of kernel {}",
+                meta.kernel_version
+            )
+        })?;
+    let init_missing = "pak itself is an image's initramfs /init: add `pak = \"*\"` to [packages] (the base profile has it)";
+    let init_digest = content_digest(tree, INIT).context(init_missing)?;
+    let key = memo.and_then(|_| {
+        let mut k = memo::KeyBuilder::new("boot files")?;
+        k.field(kernel_entry.key.as_bytes())
+            .field(modules_dir.as_os_str().as_encoded_bytes())
+            .field(init_digest.as_bytes());
+        Some(k.finish())
+    });
+    if let (Some(m), Some(k)) = (memo, &key)
+        && let Some(found) = m.boot_files(k)
+    {
+        return Ok(found);
+    }
+    let init = read_from_tree(tree, INIT).context(init_missing)?;
+    let initrd = crate::image::initramfs::build(&init, &modules_dir).with_context(|| {
+        format!(
+            "cannot make the initramfs from kernel package {} {}",
+            kernel_pkg.name, kernel_pkg.version
+        )
+    })?;
+    let files = memo::BootFiles {
+        initrd,
+        depmod: crate::image::kmod::depmod(&modules_dir)?,
+    };
+    if let (Some(m), Some(k)) = (memo, &key) {
+        m.keep_boot_files(k, &files);
+    }
+    Ok(files)
+}
+
+/// The initramfs `/init`: pak itself.
+const INIT: &str = "usr/bin/pak";
+
+/// The sha256 of a file of the assembled root (following links within
+/// it): its package's record for a store file, else of its bytes.
+fn content_digest(tree: &RootTree, path: &str) -> Result<String> {
+    let (_, node) = tree
+        .resolve(path)
+        .with_context(|| format!("the image has no /{path}"))?;
+    match &node.kind {
+        NodeKind::File(Content::Stored { sha256, .. }) => Ok(sha256.clone()),
+        NodeKind::File(Content::Data(b)) => Ok(crate::util::fsutil::sha256_hex(b)),
+        _ => bail!("/{path} in the image is not a file"),
+    }
 }
 
 /// The ESP's files for a new disk whose slot a holds `built`: the same
@@ -323,17 +458,10 @@ fn sealed_generation(project: &Project, inputs: &Inputs, number: u64, out: &Path
 pub fn esp_files(built: &Built, uki: Option<&uki::UkiBuild>) -> Result<Vec<(String, Vec<u8>)>> {
     let kernel = read_from_tree(&built.tree, &built.meta.kernel)?;
     let initrd = read_from_tree(&built.tree, &built.meta.initrd)?;
-    let image = std::fs::read(&built.squashfs)
-        .with_context(|| format!("cannot read {}", built.squashfs.display()))?;
     let mut m = built.meta.clone();
     m.written = Some(
-        generation::Written::of(
-            &crate::util::fsutil::sha256_hex(&image),
-            image.len() as u64,
-            &kernel,
-            &initrd,
-        )
-        .with_verity(built.verity.clone()),
+        generation::Written::of(&built.sha256, built.size, &kernel, &initrd)
+            .with_verity(built.verity.clone()),
     );
     let cmdline = pak_boot::verity::entry_cmdline(&m.cmdline, Some(&built.verity));
     let slot = pak_boot::disk::Slot::A;
@@ -371,9 +499,7 @@ pub fn esp_files(built: &Built, uki: Option<&uki::UkiBuild>) -> Result<Vec<(Stri
 /// Refuses a generation that, with its hash tree, does not fit a slot,
 /// naming the sizes and the setting to raise.
 fn check_fits(built: &Built, layout: &Layout) -> Result<()> {
-    let size = std::fs::metadata(&built.squashfs)
-        .with_context(|| format!("cannot read {}", built.squashfs.display()))?
-        .len();
+    let size = built.size;
     if size <= layout.slot {
         return Ok(());
     }
@@ -409,7 +535,7 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
         .suffix(".sqfs")
         .tempfile_in(dir)?;
     // Slot a gets the generation; the ESP its UKI.
-    let built = sealed_generation(project, inputs, 1, gen_tmp.path())?;
+    let built = sealed_generation(project, inputs, 1, gen_tmp.path(), false)?;
     let img = &project.pakfile.image;
     let size = |s: &Option<String>| s.as_deref().map(disk::parse_size).transpose();
     let layout = Layout::new(
@@ -420,6 +546,6 @@ pub fn image_from(project: &Project, inputs: &Inputs, out: &Path) -> Result<Buil
     check_fits(&built, &layout)?;
     let _disk = crate::util::timings::enter(Step::Disk);
     let files = esp_files(&built, uki.as_ref())?;
-    disk::create(out, &layout, &files, gen_tmp.path(), &built.meta.build_id)?;
+    disk::create_from(out, &layout, &files, &built.file, &built.meta.build_id)?;
     Ok(built)
 }

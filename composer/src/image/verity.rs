@@ -265,6 +265,18 @@ impl Trailer {
 /// the squashfs, its seal and padding) and the trailer. `squashfs_sha256`
 /// seeds the salt.
 pub fn append(path: &Path, data_size: u64, squashfs_sha256: &[u8]) -> Result<Verity> {
+    Ok(append_hashed(path, data_size, squashfs_sha256, true)?.0)
+}
+
+/// [`append`], also giving the sha256 of the whole file it leaves (taken
+/// on the way, so the file need not be read again for it), and syncing
+/// the file only when `durable`.
+pub fn append_hashed(
+    path: &Path,
+    data_size: u64,
+    squashfs_sha256: &[u8],
+    durable: bool,
+) -> Result<(Verity, [u8; 32])> {
     if !data_size.is_multiple_of(BLOCK_SIZE) {
         bail!("{}: the data ends inside a block", path.display());
     }
@@ -275,6 +287,7 @@ pub fn append(path: &Path, data_size: u64, squashfs_sha256: &[u8]) -> Result<Ver
         .with_context(|| format!("cannot open {}", path.display()))?;
     let salt = salt_for(squashfs_sha256);
     let mut builder = TreeBuilder::new(&salt);
+    let mut whole = Sha256::new();
     f.seek(SeekFrom::Start(0))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = data_size;
@@ -283,6 +296,7 @@ pub fn append(path: &Path, data_size: u64, squashfs_sha256: &[u8]) -> Result<Ver
         f.read_exact(&mut buf[..n])
             .with_context(|| format!("cannot read {}", path.display()))?;
         builder.update(&buf[..n]);
+        whole.update(&buf[..n]);
         left -= n as u64;
     }
     let tree = builder.finish()?;
@@ -294,10 +308,15 @@ pub fn append(path: &Path, data_size: u64, squashfs_sha256: &[u8]) -> Result<Ver
     };
     f.set_len(data_size)?;
     f.seek(SeekFrom::Start(data_size))?;
+    let trailer = trailer.encode();
     f.write_all(&tree.bytes)?;
-    f.write_all(&trailer.encode())?;
-    f.sync_all()?;
-    Ok(tree.verity(&salt))
+    f.write_all(&trailer)?;
+    if durable {
+        f.sync_all()?;
+    }
+    whole.update(&tree.bytes);
+    whole.update(&trailer);
+    Ok((tree.verity(&salt), whole.finalize().into()))
 }
 
 /// What is wrong with a slot or file checked against a root hash.
