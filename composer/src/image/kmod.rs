@@ -243,36 +243,54 @@ impl Modules {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for w in wanted {
-            self.visit(&norm(w), &mut seen, &mut order, &mut Vec::new())?;
+            self.visit(&norm(w), &mut seen, &mut order)?;
         }
         Ok(order)
     }
 
+    /// A depth-first walk from `root` with the path on the heap, not the
+    /// call stack: a hostile kernel package's `depends=` chain may be as
+    /// long as it has modules. Each module is appended after everything it
+    /// needs; a module met again on the current path is a cycle.
     fn visit(
         &self,
-        name: &str,
+        root: &str,
         seen: &mut BTreeSet<String>,
         order: &mut Vec<String>,
-        stack: &mut Vec<String>,
     ) -> Result<()> {
-        if seen.contains(name) || self.is_builtin(name) {
-            return Ok(());
+        // (module, its dependencies, how many of them are done)
+        let mut path: Vec<(String, Rc<Info>, usize)> = Vec::new();
+        let mut next = Some(root.to_string());
+        loop {
+            if let Some(name) = next.take()
+                && !seen.contains(&name)
+                && !self.is_builtin(&name)
+            {
+                if path.iter().any(|(s, _, _)| *s == name) {
+                    let names: Vec<&str> = path.iter().map(|(s, _, _)| s.as_str()).collect();
+                    bail!("module dependency cycle: {} -> {name}", names.join(" -> "));
+                }
+                let rel = self.files.get(&name).with_context(|| {
+                    format!(
+                        "kernel module {name} is neither built in nor shipped by the kernel package"
+                    )
+                })?;
+                let info = self.info(&name, rel)?;
+                path.push((name, info, 0));
+            }
+            let Some((name, info, done)) = path.last_mut() else {
+                return Ok(());
+            };
+            if let Some(d) = info.depends.get(*done) {
+                *done += 1;
+                next = Some(d.clone());
+                continue;
+            }
+            let rel = self.files[name.as_str()].clone();
+            seen.insert(name.clone());
+            order.push(rel);
+            path.pop();
         }
-        if stack.iter().any(|s| s == name) {
-            bail!("module dependency cycle: {} -> {name}", stack.join(" -> "));
-        }
-        let rel = self.files.get(name).with_context(|| {
-            format!("kernel module {name} is neither built in nor shipped by the kernel package")
-        })?;
-        let info = self.info(name, rel)?;
-        stack.push(name.to_string());
-        for d in &info.depends {
-            self.visit(d, seen, order, stack)?;
-        }
-        stack.pop();
-        seen.insert(name.to_string());
-        order.push(rel.clone());
-        Ok(())
     }
 }
 
@@ -314,6 +332,10 @@ mod tests {
     /// A minimal ELF64 module: a header, the section names, `.modinfo`,
     /// and a large section before the table that depmod must not need.
     fn module(modinfo: &str) -> Vec<u8> {
+        module_sized(modinfo, 1 << 20)
+    }
+
+    fn module_sized(modinfo: &str, text: usize) -> Vec<u8> {
         let names = b"\0.shstrtab\0.modinfo\0.text\0";
         let mut out = vec![0u8; 64];
         out[..5].copy_from_slice(b"\x7fELF\x02");
@@ -322,7 +344,7 @@ mod tests {
         let info_at = out.len();
         out.extend_from_slice(modinfo.as_bytes());
         let text_at = out.len();
-        out.resize(text_at + (1 << 20), 0x90);
+        out.resize(text_at + text, 0x90);
         let shoff = out.len();
         out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
         out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
@@ -332,7 +354,7 @@ mod tests {
             (0u32, 0, 0),
             (1, names_at, names.len()),
             (11, info_at, modinfo.len()),
-            (20, text_at, 1 << 20),
+            (20, text_at, text),
         ] {
             let mut sh = [0u8; 64];
             sh[..4].copy_from_slice(&name.to_le_bytes());
@@ -341,6 +363,39 @@ mod tests {
             out.extend_from_slice(&sh);
         }
         out
+    }
+
+    #[test]
+    fn a_chain_thousands_long_and_a_cycle_need_no_deep_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("kernel");
+        std::fs::create_dir_all(&k).unwrap();
+        const N: usize = 5000;
+        for i in 0..N {
+            let info = if i + 1 < N {
+                format!("depends=m{}\0", i + 1)
+            } else {
+                "depends=\0".to_string()
+            };
+            std::fs::write(k.join(format!("m{i}.ko")), module_sized(&info, 16)).unwrap();
+        }
+        std::fs::write(k.join("x.ko"), module_sized("depends=y\0", 16)).unwrap();
+        std::fs::write(k.join("y.ko"), module_sized("depends=x\0", 16)).unwrap();
+        let root = dir.path().to_path_buf();
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let mods = Modules::open(&root).unwrap();
+                let order = mods.closure(&["m0"]).unwrap();
+                assert_eq!(order.len(), N);
+                assert_eq!(order[0], format!("kernel/m{}.ko", N - 1));
+                assert_eq!(order[N - 1], "kernel/m0.ko");
+                let e = mods.closure(&["x"]).unwrap_err();
+                assert_eq!(format!("{e:#}"), "module dependency cycle: x -> y -> x");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
