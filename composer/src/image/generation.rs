@@ -31,8 +31,14 @@ pub const PAKFILE_FILE: &str = "usr/lib/pak/Pakfile";
 pub const PAKFILE_FILES_DIR: &str = "usr/lib/pak/Pakfile.files";
 
 /// `/usr/lib/pak/generation.toml`.
+///
+/// Fields a later pak adds are ignored, not refused (here and in
+/// [`Written`] and [`PackageRef`]): after a rollback, an older generation's
+/// pak reads the descriptions a newer one wrote on the ESP, and must still
+/// list, switch and verify what it knows. pak writes these files itself;
+/// what they vouch for is checked by sha256 and dm-verity, not by their
+/// shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GenerationMeta {
     pub number: u64,
     /// sha256 over the lock and the rendered configuration: two builds
@@ -56,7 +62,6 @@ pub struct GenerationMeta {
 
 /// The sha256 of what a switch (or `pak build`) wrote for a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Written {
     /// The generation file in the slot's partition (squashfs, seal, hash
     /// tree, trailer): its first `image_size` bytes.
@@ -75,7 +80,6 @@ pub struct Written {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PackageRef {
     pub name: String,
     pub version: String,
@@ -640,6 +644,21 @@ mod tests {
             assemble(&other, &lock, &inputs, 7).unwrap().meta.build_id,
             meta.build_id
         );
+    }
+
+    #[test]
+    fn a_later_paks_fields_are_read_past() {
+        let text = "number = 3\nbuild_id = \"b\"\nsystem = \"s\"\ncmdline = \"\"\ntries = 3\n\
+            kernel = \"boot/vmlinuz\"\nkernel_version = \"6.1\"\ninitrd = \"i\"\n\
+            future = \"x\"\n\n[written]\nimage_sha256 = \"a\"\nimage_size = 1\n\
+            kernel_sha256 = \"k\"\ninitrd_sha256 = \"i\"\n\n[written.measured]\npcr = 11\n\n\
+            [[package]]\nname = \"p\"\nversion = \"1\"\nsha256 = \"s\"\norigin = \"y\"\n";
+        let m = GenerationMeta::parse(text).unwrap();
+        assert_eq!(m.number, 3);
+        assert_eq!(m.written.unwrap().image_size, 1);
+        assert_eq!(m.packages[0].name, "p");
+        // A wrong type is still an error.
+        assert!(GenerationMeta::parse(&text.replace("number = 3", "number = \"3\"")).is_err());
     }
 
     #[test]
