@@ -532,8 +532,13 @@ mod tests {
         );
     }
 
+    /// A tar entry: name, type, mode, content, link target.
+    type Raw<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
+    /// A metadata and BOM text, or why there are none.
+    type Made = Result<(String, String)>;
+
     /// A data.tar of any entry types, in the order given (not sorted).
-    fn tar_raw(entries: &[(&str, tar::EntryType, u32, &[u8], Option<&str>)]) -> Vec<u8> {
+    fn tar_raw(entries: &[Raw]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, t, mode, data, link) in entries {
             let mut h = tar::Header::new_gnu();
@@ -571,7 +576,7 @@ mod tests {
     }
 
     /// Both ways into a store entry's layout: the metadata and BOM texts.
-    fn both_ways(deb: &[u8]) -> (Result<(String, String)>, Result<(String, String)>) {
+    fn both_ways(deb: &[u8]) -> (Made, Made) {
         let d = tempfile::tempdir().unwrap();
         let old = (|| {
             let pak = convert(deb, &d.path().join("paks"))?;
@@ -620,7 +625,7 @@ mod tests {
     #[test]
     fn unpack_refuses_what_install_refused() {
         use tar::EntryType::*;
-        let hostile: &[&[(&str, tar::EntryType, u32, &[u8], Option<&str>)]] = &[
+        let hostile: &[&[Raw]] = &[
             // Writing through a symlink.
             &[
                 ("./etc", Symlink, 0o777, b"", Some("/tmp")),
