@@ -169,7 +169,15 @@ impl Bom {
         if lines.next() != Some(MAGIC) {
             bail!("the .BOM does not start with {MAGIC:?}");
         }
-        let mut entries = Vec::new();
+        // Counted before any is held: a hostile BOM costs its text only.
+        let count = text.lines().count().saturating_sub(1);
+        if count > crate::packages::package::MAX_ENTRIES {
+            return Err(crate::packages::package::too_many_entries(
+                "the package",
+                Some(count),
+            ));
+        }
+        let mut entries = Vec::with_capacity(count);
         for (n, line) in lines.enumerate() {
             let e = parse_line(line).map_err(|e| anyhow::anyhow!(".BOM line {}: {e}", n + 2))?;
             entries.push(e);
