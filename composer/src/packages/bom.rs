@@ -134,34 +134,7 @@ pub fn link_destination(path: &str, target: &str) -> Option<String> {
 
 impl Bom {
     pub fn render(&self) -> String {
-        let mut s = String::from(MAGIC);
-        s.push('\n');
-        for e in &self.entries {
-            let (t, size, sha, target) = match &e.kind {
-                Kind::Dir => ("d", "-".to_string(), "-", None),
-                Kind::File(FileDigest { size, sha256 }) => {
-                    ("f", size.to_string(), sha256.as_str(), None)
-                }
-                Kind::Symlink(target) => ("l", "-".into(), "-", Some(target)),
-                Kind::HardLink(target) => ("h", "-".into(), "-", Some(target)),
-                Kind::CharDev { major, minor } => ("c", format!("{major},{minor}"), "-", None),
-                Kind::BlockDev { major, minor } => ("b", format!("{major},{minor}"), "-", None),
-                Kind::Fifo => ("p", "-".into(), "-", None),
-            };
-            let _ = write!(
-                s,
-                "{t} {:04o} {} {} {size} {sha} {}",
-                e.mode,
-                e.uid,
-                e.gid,
-                encode(&e.path)
-            );
-            if let Some(target) = target {
-                let _ = write!(s, " {}", encode(target));
-            }
-            s.push('\n');
-        }
-        s
+        render(&self.entries)
     }
 
     pub fn parse(text: &str) -> Result<Bom> {
@@ -209,6 +182,40 @@ impl Bom {
             })
             .fold(0, u64::saturating_add)
     }
+}
+
+/// The text of a bill of materials listing `entries` (sorted by path):
+/// what [`Bom::render`] writes, from entries held elsewhere, so a package
+/// being made need not copy them into a [`Bom`].
+pub fn render<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> String {
+    let mut s = String::from(MAGIC);
+    s.push('\n');
+    for e in entries {
+        let (t, size, sha, target) = match &e.kind {
+            Kind::Dir => ("d", "-".to_string(), "-", None),
+            Kind::File(FileDigest { size, sha256 }) => {
+                ("f", size.to_string(), sha256.as_str(), None)
+            }
+            Kind::Symlink(target) => ("l", "-".into(), "-", Some(target)),
+            Kind::HardLink(target) => ("h", "-".into(), "-", Some(target)),
+            Kind::CharDev { major, minor } => ("c", format!("{major},{minor}"), "-", None),
+            Kind::BlockDev { major, minor } => ("b", format!("{major},{minor}"), "-", None),
+            Kind::Fifo => ("p", "-".into(), "-", None),
+        };
+        let _ = write!(
+            s,
+            "{t} {:04o} {} {} {size} {sha} {}",
+            e.mode,
+            e.uid,
+            e.gid,
+            encode(&e.path)
+        );
+        if let Some(target) = target {
+            let _ = write!(s, " {}", encode(target));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 fn parse_line(line: &str) -> Result<Entry> {

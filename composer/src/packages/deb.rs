@@ -397,7 +397,7 @@ fn unpack_from(deb: impl Read, dir: &Path) -> Result<(PakInfo, Bom)> {
     place(&entries, &staging, &dir.join("tree"))?;
     std::fs::remove_dir(&staging)
         .with_context(|| format!("cannot remove {}", staging.display()))?;
-    Ok((info, entries.bom()))
+    Ok((info, entries.into_bom()))
 }
 
 /// Lays out checked entries below `tree`, in BOM order: every parent is a

@@ -105,10 +105,15 @@ impl<C: Default> Entries<C> {
     }
 
     /// The bill of materials these entries make.
-    pub fn bom(&self) -> Bom {
+    pub fn into_bom(self) -> Bom {
         Bom {
-            entries: self.map.values().map(|(e, _)| e.clone()).collect(),
+            entries: self.map.into_values().map(|(e, _)| e).collect(),
         }
+    }
+
+    /// The text of that bill of materials, without a copy of the entries.
+    pub fn render_bom(&self) -> String {
+        bom::render(self.map.values().map(|(e, _)| e))
     }
 
     /// Fills in file digests (`digest` is called for each file, with its
@@ -327,10 +332,9 @@ impl Writer {
         let enc = zstd::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)?;
         let mut tar = tar::Builder::new(enc);
         tar.mode(tar::HeaderMode::Deterministic);
-        let bom = self.entries.bom();
         let info = self.info.to_toml();
         append_bytes(&mut tar, INFO_NAME, info.as_bytes())?;
-        append_bytes(&mut tar, BOM_NAME, bom.render().as_bytes())?;
+        append_bytes(&mut tar, BOM_NAME, self.entries.render_bom().as_bytes())?;
         for (entry, content) in self.entries.iter() {
             let mut h = tar::Header::new_gnu();
             h.set_mode(entry.mode);
