@@ -161,7 +161,7 @@ fn thirty_thousand_tiny_files() {
     // A hundred per directory. A million is the same code path but takes
     // many minutes on CI; pak's memory grows by about 1 KiB a file for
     // `pkg create` (each file's source path held until it is written) and
-    // under 0.5 KiB for fetch, which 30k measure as well (measured: 40 and
+    // under 0.5 KiB for fetch, which 30k measure as well (measured: 36 and
     // 27 MiB). More than a million entries are refused: see
     // a_package_of_more_than_a_million_entries_is_refused.
     for d in 0..300 {
