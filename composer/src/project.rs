@@ -494,13 +494,9 @@ impl Project {
         let sources = Sources::from_pakfile(&self.pakfile)?;
         let _timed = crate::util::timings::enter(crate::util::timings::Step::Fetch);
         let bar = crate::util::progress::items(lock.packages.len() as u64, "fetch and extract");
-        let mut out = Vec::new();
-        for p in &lock.packages {
-            let e = sources.fetch(p, &self.root, &store)?;
-            bar.inc(1);
-            out.push((p.clone(), e));
-        }
+        let entries = sources.fetch_all(&lock.packages, &self.root, &store, &|| bar.inc(1));
         bar.finish_and_clear();
+        let out: Vec<_> = lock.packages.iter().cloned().zip(entries?).collect();
         let keys: Vec<String> = lock.packages.iter().map(LockedPackage::store_key).collect();
         let abs = std::path::absolute(self.lock_path()).unwrap_or_else(|_| self.lock_path());
         store::register_root(&self.root, &format!("lock:{}", abs.display()), &keys)

@@ -134,34 +134,7 @@ pub fn link_destination(path: &str, target: &str) -> Option<String> {
 
 impl Bom {
     pub fn render(&self) -> String {
-        let mut s = String::from(MAGIC);
-        s.push('\n');
-        for e in &self.entries {
-            let (t, size, sha, target) = match &e.kind {
-                Kind::Dir => ("d", "-".to_string(), "-", None),
-                Kind::File(FileDigest { size, sha256 }) => {
-                    ("f", size.to_string(), sha256.as_str(), None)
-                }
-                Kind::Symlink(target) => ("l", "-".into(), "-", Some(target)),
-                Kind::HardLink(target) => ("h", "-".into(), "-", Some(target)),
-                Kind::CharDev { major, minor } => ("c", format!("{major},{minor}"), "-", None),
-                Kind::BlockDev { major, minor } => ("b", format!("{major},{minor}"), "-", None),
-                Kind::Fifo => ("p", "-".into(), "-", None),
-            };
-            let _ = write!(
-                s,
-                "{t} {:04o} {} {} {size} {sha} {}",
-                e.mode,
-                e.uid,
-                e.gid,
-                encode(&e.path)
-            );
-            if let Some(target) = target {
-                let _ = write!(s, " {}", encode(target));
-            }
-            s.push('\n');
-        }
-        s
+        render(&self.entries)
     }
 
     pub fn parse(text: &str) -> Result<Bom> {
@@ -169,7 +142,15 @@ impl Bom {
         if lines.next() != Some(MAGIC) {
             bail!("the .BOM does not start with {MAGIC:?}");
         }
-        let mut entries = Vec::new();
+        // Counted before any is held: a hostile BOM costs its text only.
+        let count = text.lines().count().saturating_sub(1);
+        if count > crate::packages::package::MAX_ENTRIES {
+            return Err(crate::packages::package::too_many_entries(
+                "the package",
+                Some(count),
+            ));
+        }
+        let mut entries = Vec::with_capacity(count);
         for (n, line) in lines.enumerate() {
             let e = parse_line(line).map_err(|e| anyhow::anyhow!(".BOM line {}: {e}", n + 2))?;
             entries.push(e);
@@ -201,6 +182,40 @@ impl Bom {
             })
             .fold(0, u64::saturating_add)
     }
+}
+
+/// The text of a bill of materials listing `entries` (sorted by path):
+/// what [`Bom::render`] writes, from entries held elsewhere, so a package
+/// being made need not copy them into a [`Bom`].
+pub fn render<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> String {
+    let mut s = String::from(MAGIC);
+    s.push('\n');
+    for e in entries {
+        let (t, size, sha, target) = match &e.kind {
+            Kind::Dir => ("d", "-".to_string(), "-", None),
+            Kind::File(FileDigest { size, sha256 }) => {
+                ("f", size.to_string(), sha256.as_str(), None)
+            }
+            Kind::Symlink(target) => ("l", "-".into(), "-", Some(target)),
+            Kind::HardLink(target) => ("h", "-".into(), "-", Some(target)),
+            Kind::CharDev { major, minor } => ("c", format!("{major},{minor}"), "-", None),
+            Kind::BlockDev { major, minor } => ("b", format!("{major},{minor}"), "-", None),
+            Kind::Fifo => ("p", "-".into(), "-", None),
+        };
+        let _ = write!(
+            s,
+            "{t} {:04o} {} {} {size} {sha} {}",
+            e.mode,
+            e.uid,
+            e.gid,
+            encode(&e.path)
+        );
+        if let Some(target) = target {
+            let _ = write!(s, " {}", encode(target));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 fn parse_line(line: &str) -> Result<Entry> {

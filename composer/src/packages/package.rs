@@ -28,35 +28,264 @@ const INFO_MAX: u64 = 1 << 20;
 const BOM_MAX: u64 = 64 << 20;
 
 /// Where an entry's bytes come from when writing.
+#[derive(Default)]
 pub enum Content {
+    #[default]
     None,
     Path(PathBuf),
     Bytes(Vec<u8>),
 }
 
+/// The most entries a package may hold. Debian's largest packages have
+/// about 60,000; a million leaves room for any real one and bounds what a
+/// hostile archive can make pak hold: each entry costs at most
+/// [`BYTES_PER_ENTRY`] of memory while a package is made or unpacked, so
+/// a refused one has cost under 512 MiB.
+pub const MAX_ENTRIES: usize = 1_000_000;
+/// What one entry costs in memory, at most, while a package is made or
+/// unpacked: tests/bounded.rs measures about 330 bytes for a .deb of a
+/// million directories (path, BOM entry and its place in the sorted map).
+pub const BYTES_PER_ENTRY: usize = 512;
+
+/// The error for a package with more than [`MAX_ENTRIES`] entries, with
+/// their count when it is known (pak stops reading at the first too many).
+pub fn too_many_entries(what: &str, count: Option<usize>) -> anyhow::Error {
+    let count = match count {
+        Some(n) => n.to_string(),
+        None => format!("at least {}", MAX_ENTRIES + 1),
+    };
+    anyhow::anyhow!(
+        "{what} has {count} entries, more than the {MAX_ENTRIES} a package may hold (pak keeps up to {BYTES_PER_ENTRY} bytes of memory per entry while it makes or unpacks one); split it into several packages"
+    )
+}
+
+/// The entries of a package being made, by path, and the rules its bill
+/// of materials follows. Every way a package is made (`pak pkg create`, a
+/// `.deb` converted to a `.pak`, a `.deb` unpacked straight into the
+/// store) goes through this one builder, so their BOMs cannot differ.
+/// `C` is what the maker knows of a file's content.
+pub struct Entries<C> {
+    map: BTreeMap<String, (Entry, C)>,
+}
+
+impl<C> Default for Entries<C> {
+    fn default() -> Self {
+        Entries {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Default> Entries<C> {
+    /// Adds an entry; refuses a path that is not canonical, a path added
+    /// twice, and more than [`MAX_ENTRIES`] entries (before they are held).
+    pub fn add(&mut self, entry: Entry, content: C) -> Result<()> {
+        bom::check_path(&entry.path)?;
+        if self.map.len() >= MAX_ENTRIES {
+            return Err(too_many_entries("the package", None));
+        }
+        if self.map.contains_key(&entry.path) {
+            bail!("{} is added twice", entry.path);
+        }
+        self.map.insert(entry.path.clone(), (entry, content));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// In BOM order (sorted by path).
+    pub fn iter(&self) -> impl Iterator<Item = &(Entry, C)> {
+        self.map.values()
+    }
+
+    /// The bill of materials these entries make.
+    pub fn into_bom(self) -> Bom {
+        Bom {
+            entries: self.map.into_values().map(|(e, _)| e).collect(),
+        }
+    }
+
+    /// The text of that bill of materials, without a copy of the entries.
+    pub fn render_bom(&self) -> String {
+        bom::render(self.map.values().map(|(e, _)| e))
+    }
+
+    /// Fills in file digests (`digest` is called for each file, with its
+    /// content and the digest to fill) and checks the package is
+    /// well-formed before a byte of it is written: special files declared
+    /// in `special_files`, implied parent directories added, every parent
+    /// a directory, links inside the package.
+    pub fn complete(
+        &mut self,
+        special_files: &[String],
+        mut digest: impl FnMut(&str, &C, &mut FileDigest) -> Result<()>,
+    ) -> Result<()> {
+        let mut missing_parents = Vec::new();
+        for path in self.map.keys() {
+            if let Some((parent, _)) = path.rsplit_once('/')
+                && !self.map.contains_key(parent)
+                && missing_parents.last().is_none_or(|l: &String| l != parent)
+            {
+                missing_parents.push(parent.to_string());
+            }
+        }
+        for (path, (entry, content)) in self.map.iter_mut() {
+            if let Kind::File(d) = &mut entry.kind {
+                digest(path, content, d)?;
+            }
+            if entry.is_special() && !special_files.iter().any(|s| s == path) {
+                bail!(
+                    "{path} is a device node or a setuid/setgid file; list it in `special_files` of .PAKINFO if the package really needs it"
+                );
+            }
+        }
+        // Directories a package implies but does not list (common in .deb
+        // data tarballs that omit `./`) are added, root-owned, 0755.
+        for parent in missing_parents {
+            let mut cur = String::new();
+            for comp in parent.split('/') {
+                if !cur.is_empty() {
+                    cur.push('/');
+                }
+                cur.push_str(comp);
+                self.map.entry(cur.clone()).or_insert_with(|| {
+                    (
+                        Entry {
+                            path: cur.clone(),
+                            kind: Kind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        },
+                        C::default(),
+                    )
+                });
+            }
+        }
+        let is_file = |p: &str| {
+            matches!(
+                self.map.get(p),
+                Some((
+                    Entry {
+                        kind: Kind::File(_),
+                        ..
+                    },
+                    _
+                ))
+            )
+        };
+        for (path, (entry, _)) in &self.map {
+            match &entry.kind {
+                Kind::HardLink(target) if !is_file(target) || target >= path => {
+                    bail!(
+                        "hard link {path} must point to a regular file that sorts before it, not {target}"
+                    )
+                }
+                Kind::Symlink(target) if bom::link_destination(path, target).is_none() => {
+                    bail!("symlink {path} -> {target} points outside the package root")
+                }
+                _ => {}
+            }
+            if let Some((parent, _)) = path.rsplit_once('/')
+                && !matches!(
+                    self.map.get(parent),
+                    Some((
+                        Entry {
+                            kind: Kind::Dir,
+                            ..
+                        },
+                        _
+                    ))
+                )
+            {
+                bail!(
+                    "{path}: its parent {parent} is not a directory of the package (writing through a link is refused)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Hard links found in an arbitrary order must point at the first
+    /// path in sorted order; moves the content there where they do not.
+    pub fn normalise_hardlinks(&mut self) {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (path, (e, _)) in &self.map {
+            if let Kind::HardLink(target) = &e.kind {
+                groups.entry(target.clone()).or_default().push(path.clone());
+            }
+        }
+        for (first, links) in groups {
+            let mut all = links.clone();
+            all.push(first.clone());
+            all.sort();
+            let leader = all[0].clone();
+            if leader == first {
+                continue;
+            }
+            let (first_entry, content) = self.map.remove(&first).expect("target exists");
+            let (leader_entry, _) = self.map.remove(&leader).expect("link exists");
+            self.map.insert(
+                leader.clone(),
+                (
+                    Entry {
+                        path: leader.clone(),
+                        ..first_entry.clone()
+                    },
+                    content,
+                ),
+            );
+            self.map.insert(
+                first.clone(),
+                (
+                    Entry {
+                        path: first.clone(),
+                        kind: Kind::HardLink(leader.clone()),
+                        ..leader_entry
+                    },
+                    C::default(),
+                ),
+            );
+            for l in links.iter().filter(|l| **l != leader) {
+                if let Some((e, _)) = self.map.get_mut(l) {
+                    e.kind = Kind::HardLink(leader.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Collects entries, then writes a package.
 pub struct Writer {
     info: PakInfo,
-    entries: BTreeMap<String, (Entry, Content)>,
+    entries: Entries<Content>,
 }
 
 impl Writer {
     pub fn new(info: PakInfo) -> Self {
-        Writer {
-            info,
-            entries: BTreeMap::new(),
-        }
+        Writer::from_entries(info, Entries::default())
+    }
+
+    pub fn from_entries(info: PakInfo, entries: Entries<Content>) -> Self {
+        Writer { info, entries }
     }
 
     /// Adds an entry. For files, size and sha256 in `entry.kind` are
     /// recomputed from the content, so callers may pass placeholders.
     pub fn add(&mut self, entry: Entry, content: Content) -> Result<()> {
-        bom::check_path(&entry.path)?;
-        if self.entries.contains_key(&entry.path) {
-            bail!("{} is added twice", entry.path);
+        if self.entries.len() >= MAX_ENTRIES {
+            return Err(too_many_entries(
+                &format!("package {}", self.info.name),
+                None,
+            ));
         }
-        self.entries.insert(entry.path.clone(), (entry, content));
-        Ok(())
+        self.entries.add(entry, content)
     }
 
     pub fn info_mut(&mut self) -> &mut PakInfo {
@@ -86,85 +315,27 @@ impl Writer {
     /// Fills in file hashes and checks the package is well-formed before a
     /// byte is written.
     fn complete(&mut self) -> Result<()> {
-        let paths: HashSet<String> = self.entries.keys().cloned().collect();
-        let mut missing_parents = Vec::new();
-        for (path, (entry, content)) in self.entries.iter_mut() {
-            if let Some((parent, _)) = path.rsplit_once('/')
-                && !paths.contains(parent)
-            {
-                missing_parents.push(parent.to_string());
-            }
-            if let Kind::File(FileDigest { size, sha256 }) = &mut entry.kind {
+        self.entries
+            .complete(&self.info.special_files, |path, content, d| {
                 let (n, h) = match content {
                     Content::Bytes(b) => (b.len() as u64, hex::encode(Sha256::digest(b))),
                     Content::Path(p) => hash_file(p)?,
                     Content::None => bail!("file {path} has no content"),
                 };
-                *size = n;
-                *sha256 = h;
-            }
-            if entry.is_special() && !self.info.special_files.iter().any(|s| s == path) {
-                bail!(
-                    "{path} is a device node or a setuid/setgid file; list it in `special_files` of .PAKINFO if the package really needs it"
-                );
-            }
-        }
-        // Directories a package implies but does not list (common in .deb
-        // data tarballs that omit `./`) are added, root-owned, 0755.
-        for parent in missing_parents {
-            let mut cur = String::new();
-            for comp in parent.split('/') {
-                if !cur.is_empty() {
-                    cur.push('/');
-                }
-                cur.push_str(comp);
-                self.entries.entry(cur.clone()).or_insert_with(|| {
-                    (
-                        Entry {
-                            path: cur.clone(),
-                            kind: Kind::Dir,
-                            mode: 0o755,
-                            uid: 0,
-                            gid: 0,
-                        },
-                        Content::None,
-                    )
-                });
-            }
-        }
-        let files: HashSet<&String> = self
-            .entries
-            .iter()
-            .filter(|(_, (e, _))| matches!(e.kind, Kind::File(_)))
-            .map(|(p, _)| p)
-            .collect();
-        for (path, (entry, _)) in &self.entries {
-            match &entry.kind {
-                Kind::HardLink(target) if !files.contains(target) || target >= path => {
-                    bail!(
-                        "hard link {path} must point to a regular file that sorts before it, not {target}"
-                    )
-                }
-                Kind::Symlink(target) if bom::link_destination(path, target).is_none() => {
-                    bail!("symlink {path} -> {target} points outside the package root")
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+                d.size = n;
+                d.sha256 = h;
+                Ok(())
+            })
     }
 
     fn write_archive(&self, file: &File) -> Result<()> {
         let enc = zstd::Encoder::new(BufWriter::new(file), ZSTD_LEVEL)?;
         let mut tar = tar::Builder::new(enc);
         tar.mode(tar::HeaderMode::Deterministic);
-        let bom = Bom {
-            entries: self.entries.values().map(|(e, _)| e.clone()).collect(),
-        };
         let info = self.info.to_toml();
         append_bytes(&mut tar, INFO_NAME, info.as_bytes())?;
-        append_bytes(&mut tar, BOM_NAME, bom.render().as_bytes())?;
-        for (entry, content) in self.entries.values() {
+        append_bytes(&mut tar, BOM_NAME, self.entries.render_bom().as_bytes())?;
+        for (entry, content) in self.entries.iter() {
             let mut h = tar::Header::new_gnu();
             h.set_mode(entry.mode);
             h.set_uid(entry.uid as u64);
@@ -340,56 +511,8 @@ pub fn create_from_dir(dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     }
     // Hard links found while walking in directory order must point at the
     // first path in sorted order; fix up where the walk met them otherwise.
-    w.normalise_hardlinks();
+    w.entries.normalise_hardlinks();
     w.write(out_dir)
-}
-
-impl Writer {
-    fn normalise_hardlinks(&mut self) {
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (path, (e, _)) in &self.entries {
-            if let Kind::HardLink(target) = &e.kind {
-                groups.entry(target.clone()).or_default().push(path.clone());
-            }
-        }
-        for (first, links) in groups {
-            let mut all = links.clone();
-            all.push(first.clone());
-            all.sort();
-            let leader = all[0].clone();
-            if leader == first {
-                continue;
-            }
-            let (first_entry, content) = self.entries.remove(&first).expect("target exists");
-            let (leader_entry, _) = self.entries.remove(&leader).expect("link exists");
-            self.entries.insert(
-                leader.clone(),
-                (
-                    Entry {
-                        path: leader.clone(),
-                        ..first_entry.clone()
-                    },
-                    content,
-                ),
-            );
-            self.entries.insert(
-                first.clone(),
-                (
-                    Entry {
-                        path: first.clone(),
-                        kind: Kind::HardLink(leader.clone()),
-                        ..leader_entry
-                    },
-                    Content::None,
-                ),
-            );
-            for l in links.iter().filter(|l| **l != leader) {
-                if let Some((e, _)) = self.entries.get_mut(l) {
-                    e.kind = Kind::HardLink(leader.clone());
-                }
-            }
-        }
-    }
 }
 
 /// A reader that refuses to produce more than `limit` bytes: the defence

@@ -18,8 +18,9 @@ pub mod selfpkg;
 pub mod vendor;
 
 use crate::util::timings::{Step, time};
-use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -27,7 +28,7 @@ use crate::lock::LockedPackage;
 use crate::packages::candidate::Candidate;
 use crate::spec::pakfile::{Pakfile, RepoKind};
 use crate::state::StateDir;
-use crate::store::{Store, StoreEntry};
+use crate::store::{Batch, Prepared, Store, StoreEntry};
 use apt::AptHost;
 use fetch::Network;
 use repo::{Format, Index, Repository};
@@ -36,7 +37,7 @@ pub enum Source {
     Pak {
         repo: Repository,
         /// Read once, by the first fetch that needs it.
-        index: OnceCell<Index>,
+        index: OnceLock<Index>,
         /// The `mirror` (a vendored copy), resolved against the Pakfile's directory.
         mirror: Option<String>,
     },
@@ -59,6 +60,12 @@ impl Source {
             Source::Builtin => crate::sources::selfpkg::REPO,
         }
     }
+}
+
+/// A locked package's store entry, found or made.
+enum Made {
+    Present(StoreEntry),
+    Prepared(Prepared),
 }
 
 /// A locked package's artifact in the download cache, its sha256 checked.
@@ -94,7 +101,7 @@ impl Sources {
                 },
                 RepoKind::Pak => Source::Pak {
                     repo: Repository::from_spec(spec, &p.dir)?,
-                    index: OnceCell::new(),
+                    index: OnceLock::new(),
                     mirror: spec.mirror.as_deref().map(|s| resolve_url(s, &p.dir)),
                 },
             });
@@ -131,9 +138,88 @@ impl Sources {
     /// is there, else from the download cache, else downloaded. Nothing
     /// unverified reaches the store.
     pub fn fetch(&self, p: &LockedPackage, root: &StateDir, store: &Store) -> Result<StoreEntry> {
-        let key = p.store_key();
-        if let Some(e) = store.get(&key) {
-            return Ok(e);
+        let mut got = self.fetch_all(std::slice::from_ref(p), root, store, &|| {})?;
+        Ok(got.pop().expect("one package asked, one entry"))
+    }
+
+    /// [`Sources::fetch`] for many packages, on as many threads as the
+    /// machine has cores; the entries come back in the order of
+    /// `packages`, and `done` is called as each is ready. After a failure
+    /// no further package is started; what was made is kept, and the
+    /// error of the first failed package in `packages`' order is returned.
+    pub fn fetch_all(
+        &self,
+        packages: &[LockedPackage],
+        root: &StateDir,
+        store: &Store,
+        done: &(dyn Fn() + Sync),
+    ) -> Result<Vec<StoreEntry>> {
+        let keys: Vec<String> = packages.iter().map(LockedPackage::store_key).collect();
+        let batch = store.batch(&keys)?;
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let results: Vec<std::sync::Mutex<Option<Result<Made>>>> =
+            packages.iter().map(|_| Default::default()).collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(packages.len());
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= packages.len() || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let made = self.make(&packages[i], &keys[i], root, &batch);
+                if made.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
+                done();
+            }
+        };
+        if workers <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(work);
+                }
+            });
+        }
+        let mut first_error = None;
+        let mut prepared = Vec::new();
+        let mut slots = Vec::new();
+        for r in results {
+            match r.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                Some(Ok(Made::Present(e))) => slots.push(Some(e)),
+                Some(Ok(Made::Prepared(p))) => {
+                    prepared.push(p);
+                    slots.push(None);
+                }
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                    slots.push(None);
+                }
+                None => slots.push(None),
+            }
+        }
+        // What was made is committed even when another package failed:
+        // the next run need not make it again.
+        let mut committed = batch.commit(prepared)?.into_iter();
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| committed.next().expect("one entry per prepared package")))
+            .collect())
+    }
+
+    /// The entry of one locked package: in the store already, or made in
+    /// `batch` from its artifact.
+    fn make(&self, p: &LockedPackage, key: &str, root: &StateDir, batch: &Batch) -> Result<Made> {
+        if let Some(e) = batch.present(key) {
+            return Ok(Made::Present(e));
         }
         let source = self.get(&p.source)?;
         let what = describe(p);
@@ -143,10 +229,13 @@ impl Sources {
             let tmp =
                 tempfile::tempdir_in(root.cache_dir()).context("cannot package pak itself")?;
             let pak = crate::sources::selfpkg::write_package(&p.sha256, tmp.path())?;
-            return time(Step::Extract, || store.install(&pak, &key));
+            return time(Step::Extract, || {
+                batch.prepare(key, |dir| crate::store::extract_pak(&pak, dir))
+            })
+            .map(Made::Prepared);
         }
         let artifact = self.artifact(p, root)?;
-        let entry = match artifact.format {
+        let prepared = match artifact.format {
             Format::Pak => {
                 let info = crate::packages::package::read_info(&artifact.path)?;
                 if info.name != p.name || info.version != p.version {
@@ -156,16 +245,17 @@ impl Sources {
                         info.version
                     );
                 }
-                time(Step::Extract, || store.install(&artifact.path, &key))
+                time(Step::Extract, || {
+                    batch.prepare(key, |dir| crate::store::extract_pak(&artifact.path, dir))
+                })
             }
             Format::Deb => {
-                let tmp =
-                    tempfile::tempdir_in(root.cache_dir()).context("cannot convert the .deb")?;
-                let pak = crate::packages::deb::import(&artifact.path, tmp.path())?;
-                time(Step::Extract, || store.install(&pak, &key))
+                batch.prepare(key, |dir| crate::packages::deb::unpack(&artifact.path, dir))
             }
         };
-        entry.with_context(|| format!("cannot add {what} to the store"))
+        prepared
+            .map(Made::Prepared)
+            .with_context(|| format!("cannot add {what} to the store"))
     }
 
     /// The artifact of a locked package exactly as its repository serves it
@@ -292,7 +382,7 @@ fn from_mirror(p: &LockedPackage, base: &str, cache: &Path) -> Result<Option<Art
 fn from_pak(
     p: &LockedPackage,
     repo: &Repository,
-    index: &OnceCell<Index>,
+    index: &OnceLock<Index>,
     cache: &Path,
 ) -> Result<Artifact> {
     let url = repo.url_of(&p.location);

@@ -147,49 +147,56 @@ impl Store {
 
     /// Extracts a package into the store under `key`, unless it is there.
     pub fn install(&self, pak: &Path, key: &str) -> Result<StoreEntry> {
-        check_key(key)?;
-        let _shared = self.lock(Mode::Shared)?;
-        lock::record_pending(&self.pending_dir(), key)?;
-        if let Some(e) = self.peek(key) {
+        self.add_one(key, |dir| extract_pak(pak, dir))
+    }
+
+    /// Unpacks a `.deb` into the store under `key`, unless it is there:
+    /// the same entry [`Store::install`] makes of its converted `.pak`.
+    pub fn install_deb(&self, deb: &Path, key: &str) -> Result<StoreEntry> {
+        self.add_one(key, |dir| crate::packages::deb::unpack(deb, dir))
+    }
+
+    fn add_one(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&Path) -> Result<(PakInfo, Bom)>,
+    ) -> Result<StoreEntry> {
+        let batch = self.batch(&[key.to_string()])?;
+        if let Some(e) = batch.present(key) {
             return Ok(e);
         }
-        let _entry = self.lock_entry(key)?;
-        // Another pak may have extracted it while this one waited.
-        if let Some(e) = self.peek(key) {
-            return Ok(e);
+        let prepared = batch.prepare(key, fill);
+        let mut made = batch.commit(prepared.into_iter().collect())?;
+        Ok(made.pop().expect("one entry was prepared"))
+    }
+
+    /// Starts adding `keys`: takes the store's shared lock, records the
+    /// keys as this process's pending roots, and takes the lock of each key
+    /// the store does not hold yet. Those are taken one after the other in
+    /// key order, by every batch: two paks adding overlapping sets wait for
+    /// one another and never deadlock.
+    pub fn batch(&self, keys: &[String]) -> Result<Batch<'_>> {
+        for key in keys {
+            check_key(key)?;
         }
-        self.remove_leftovers_of(key)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{EXTRACTING}{}-", key_hash(key)))
-            .tempdir_in(&self.dir)
-            .with_context(|| format!("cannot write in the store {}", self.dir.display()))?;
-        let tree = tmp.path().join("tree");
-        std::fs::create_dir(&tree)?;
-        let mut sink = Extract {
-            tree: tree.clone(),
-            dirs: Vec::new(),
-        };
-        let (info, bom) = package::walk(pak, &mut sink)?;
-        // Directory modes last: a read-only directory must not stop its own
-        // contents from being written.
-        for (path, mode) in sink.dirs.iter().rev() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o1777))?;
+        let shared = self.lock(Mode::Shared)?;
+        for key in keys {
+            lock::record_pending(&self.pending_dir(), key)?;
         }
-        std::fs::write(tmp.path().join(package::INFO_NAME), info.to_toml())?;
-        // The BOM last: an entry is one once its BOM is there.
-        std::fs::write(tmp.path().join(package::BOM_NAME), bom.render())?;
-        rustix::fs::syncfs(File::open(tmp.path())?).context("cannot sync the store")?;
-        let dest = self.dir.join(key);
-        let tmp_path = tmp.keep();
-        if let Err(e) = std::fs::rename(&tmp_path, &dest) {
-            let _ = remove_tree(&tmp_path);
-            return Err(e)
-                .with_context(|| format!("cannot move the package into {}", dest.display()));
+        let wanted: BTreeSet<&String> = keys.iter().filter(|k| self.peek(k).is_none()).collect();
+        let mut locks = std::collections::BTreeMap::new();
+        for key in wanted {
+            let held = self.lock_entry(key)?;
+            // Another pak may have extracted it while this one waited.
+            if self.peek(key).is_none() {
+                self.remove_leftovers_of(key)?;
+                locks.insert(key.clone(), held);
+            }
         }
-        crate::util::fsutil::sync_dir(&self.dir)?;
-        Ok(StoreEntry {
-            key: key.to_string(),
-            dir: dest,
+        Ok(Batch {
+            store: self,
+            _shared: shared,
+            locks,
         })
     }
 
@@ -304,6 +311,136 @@ impl Store {
         }
         Ok(live)
     }
+}
+
+/// Entries being added to the store (see [`Store::batch`]). Each is made
+/// in a temporary directory of its own, which may be done on several
+/// threads at once; [`Batch::commit`] makes them entries.
+///
+/// Why one sync for a whole batch is as safe as one per entry: an entry
+/// is an entry once its directory is there under its key with a `.BOM`,
+/// and `commit` renames the directories into place only after one
+/// `syncfs` has made every file of every prepared entry durable. A power
+/// cut before that rename leaves temporaries, which the key's next
+/// extraction or `pak gc` removes; after it, whole entries. The renames
+/// themselves are made durable by one sync of the store directory before
+/// `commit` returns, so before any caller registers a GC root naming them.
+/// Until then, the keys' locks stay held: nobody else extracts them, and
+/// nobody removes the temporaries as leftovers.
+pub struct Batch<'s> {
+    store: &'s Store,
+    _shared: Held,
+    /// The keys this batch adds, with their locks.
+    locks: std::collections::BTreeMap<String, Held>,
+}
+
+/// An entry made, not yet committed.
+pub struct Prepared {
+    key: String,
+    dir: PathBuf,
+}
+
+impl Batch<'_> {
+    /// The entry `key` if the store holds it (or another pak added it
+    /// while this batch waited for its lock).
+    pub fn present(&self, key: &str) -> Option<StoreEntry> {
+        if self.locks.contains_key(key) {
+            return None;
+        }
+        self.store.peek(key)
+    }
+
+    /// Makes the entry `key` in a temporary directory: `fill` writes the
+    /// payload under `DIR/tree` and returns the metadata and BOM, which
+    /// are written beside it.
+    pub fn prepare(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&Path) -> Result<(PakInfo, Bom)>,
+    ) -> Result<Prepared> {
+        if !self.locks.contains_key(key) {
+            bail!("{key} is not being added by this batch");
+        }
+        let dir = &self.store.dir;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{EXTRACTING}{}-", key_hash(key)))
+            .tempdir_in(dir)
+            .with_context(|| format!("cannot write in the store {}", dir.display()))?;
+        let (info, bom) = fill(tmp.path())?;
+        std::fs::write(tmp.path().join(package::INFO_NAME), info.to_toml())?;
+        // The BOM last: an entry is one once its BOM is there.
+        std::fs::write(tmp.path().join(package::BOM_NAME), bom.render())?;
+        Ok(Prepared {
+            key: key.to_string(),
+            dir: tmp.keep(),
+        })
+    }
+
+    /// Makes the prepared entries entries (see [`Batch`] for why one sync
+    /// serves them all), in the order given.
+    pub fn commit(self, prepared: Vec<Prepared>) -> Result<Vec<StoreEntry>> {
+        let dir = &self.store.dir;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let synced = File::open(dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|d| rustix::fs::syncfs(d).map_err(Into::into))
+            .context("cannot sync the store");
+        // On failure, dropping what was prepared removes it.
+        synced?;
+        let mut out = Vec::new();
+        let mut failed = None;
+        for mut p in prepared {
+            let dest = dir.join(&p.key);
+            match std::fs::rename(&p.dir, &dest) {
+                Ok(()) => {
+                    p.dir = PathBuf::new();
+                    out.push(StoreEntry {
+                        key: std::mem::take(&mut p.key),
+                        dir: dest,
+                    });
+                }
+                Err(e) => {
+                    failed.get_or_insert(
+                        anyhow::Error::from(e)
+                            .context(format!("cannot move the package into {}", dest.display())),
+                    );
+                }
+            }
+        }
+        crate::util::fsutil::sync_dir(dir)?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+impl Drop for Prepared {
+    /// A prepared entry never committed (its batch failed) goes.
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+/// Extracts a `.pak` into `dir/tree` through the validating walker.
+pub fn extract_pak(pak: &Path, dir: &Path) -> Result<(PakInfo, Bom)> {
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree)?;
+    let mut sink = Extract {
+        tree: tree.clone(),
+        dirs: Vec::new(),
+    };
+    let (info, bom) = package::walk(pak, &mut sink)?;
+    // Directory modes last: a read-only directory must not stop its own
+    // contents from being written.
+    for (path, mode) in sink.dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o1777))?;
+    }
+    Ok((info, bom))
 }
 
 /// Records that `name` (a lock, a generation, an environment) needs these
