@@ -48,12 +48,16 @@ pub fn prepare(pakfile: &Path, root: &StateDir, policy: LockPolicy) -> Result<Pr
         let store = Store::open(root)?;
         let sources = Sources::from_pakfile(&project.pakfile)?;
         let bar = crate::util::progress::items(located.missing.len() as u64, "fetch and extract");
-        for index in located.missing {
-            let entry = sources.fetch(&outcome.lock.packages[index], root, &store)?;
-            found.push((index, entry.tree()));
-            bar.inc(1);
-        }
+        let missing: Vec<crate::lock::LockedPackage> = located
+            .missing
+            .iter()
+            .map(|&i| outcome.lock.packages[i].clone())
+            .collect();
+        let entries = sources.fetch_all(&missing, root, &store, &|| bar.inc(1));
         bar.finish_and_clear();
+        for (index, entry) in located.missing.into_iter().zip(entries?) {
+            found.push((index, entry.tree()));
+        }
         found.sort_by_key(|(index, _)| *index);
     }
     if fetched || outcome.written {

@@ -129,12 +129,9 @@ impl Inputs {
         let store = Store::open(&project.root)?;
         let sources = Sources::from_pakfile(&project.pakfile)?;
         let bar = crate::util::progress::items(lock.packages.len() as u64, "fetch and extract");
-        let mut fetched = Vec::new();
-        for p in &lock.packages {
-            fetched.push((p.clone(), sources.fetch(p, &project.root, &store)?));
-            bar.inc(1);
-        }
+        let entries = sources.fetch_all(&lock.packages, &project.root, &store, &|| bar.inc(1));
         bar.finish_and_clear();
+        let fetched = lock.packages.iter().cloned().zip(entries?).collect();
         Ok(Inputs {
             lock,
             fetched,

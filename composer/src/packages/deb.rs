@@ -345,7 +345,7 @@ pub fn import(deb: &Path, out_dir: &Path) -> Result<PathBuf> {
 /// once the whole package has been checked, so nothing is written through
 /// a path the checks would refuse, and memory holds metadata only.
 pub fn unpack(deb: &Path, dir: &Path) -> Result<(PakInfo, Bom)> {
-    let _timed = crate::util::timings::enter(crate::util::timings::Step::Extract);
+    let _timed = crate::util::timings::enter(crate::util::timings::Step::Convert);
     let f = File::open(deb).with_context(|| format!("cannot read {}", deb.display()))?;
     unpack_from(BufReader::with_capacity(256 << 10, f), dir)
         .with_context(|| format!("cannot unpack {}", deb.display()))

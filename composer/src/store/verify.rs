@@ -207,10 +207,9 @@ impl Store {
         for d in &done.removed {
             match cached_artifact(root, &d.key) {
                 Some((path, deb)) => {
-                    self.install_artifact(root, &path, deb, &d.key)
-                        .with_context(|| {
-                            format!("cannot extract {} again from {}", d.key, path.display())
-                        })?;
+                    self.install_artifact(&path, deb, &d.key).with_context(|| {
+                        format!("cannot extract {} again from {}", d.key, path.display())
+                    })?;
                     done.refetched.push(d.key.clone());
                 }
                 None => done.not_cached.push(d.key.clone()),
@@ -219,14 +218,12 @@ impl Store {
         Ok(done)
     }
 
-    fn install_artifact(&self, root: &StateDir, path: &Path, deb: bool, key: &str) -> Result<()> {
-        if !deb {
-            return self.install(path, key).map(drop);
+    fn install_artifact(&self, path: &Path, deb: bool, key: &str) -> Result<()> {
+        if deb {
+            self.install_deb(path, key).map(drop)
+        } else {
+            self.install(path, key).map(drop)
         }
-        std::fs::create_dir_all(root.cache_dir())?;
-        let tmp = tempfile::tempdir_in(root.cache_dir()).context("cannot convert the .deb")?;
-        let pak = crate::packages::deb::import(path, tmp.path())?;
-        self.install(&pak, key).map(drop)
     }
 }
 

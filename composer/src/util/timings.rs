@@ -20,9 +20,10 @@ pub enum Step {
     /// Finding each package in the store or the download cache (and
     /// checking its hash), or downloading it.
     Fetch,
-    /// Turning a `.deb` into a `.pak`.
+    /// Turning a `.deb` into a store entry (its data.tar decompressed,
+    /// checked and hashed as it is written), or into a `.pak`.
     Convert,
-    /// Unpacking a package into the store.
+    /// Unpacking a `.pak` into the store.
     Extract,
     /// Laying the packages' files out as one root tree.
     Assemble,
