@@ -165,8 +165,8 @@ impl Store {
         if let Some(e) = batch.present(key) {
             return Ok(e);
         }
-        let prepared = batch.prepare(key, fill);
-        let mut made = batch.commit(prepared.into_iter().collect())?;
+        let prepared = batch.prepare(key, fill)?;
+        let mut made = batch.commit(vec![prepared])?;
         Ok(made.pop().expect("one entry was prepared"))
     }
 
