@@ -885,7 +885,7 @@ fn compress(ext: &str, data: &[u8]) -> anyhow::Result<Vec<u8>> {
             e.finish()?
         }
         "xz" => {
-            let mut e = xz2::write::XzEncoder::new(Vec::new(), 1);
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
             e.write_all(data)?;
             e.finish()?
         }

@@ -323,7 +323,7 @@ fn read_list_within(path: &Path, limit: u64) -> Result<String> {
     let decoder: Box<dyn Read> = match ext {
         "lz4" => Box::new(lz4_flex::frame::FrameDecoder::new(raw)),
         "gz" => Box::new(flate2::read::GzDecoder::new(raw)),
-        "xz" => Box::new(xz2::read::XzDecoder::new(raw)),
+        "xz" => Box::new(liblzma::read::XzDecoder::new(raw)),
         "zst" => Box::new(zstd::Decoder::new(raw)?),
         _ => Box::new(raw),
     };
