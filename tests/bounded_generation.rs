@@ -8,57 +8,11 @@
 //! Peak memory is the child's maximum resident set, from wait4(2).
 
 mod common;
+use common::bounded::{MIB, create, nest, source, within};
 use common::{Package, Project};
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-const MIB: i64 = 1024;
-
-/// Runs pak; its exit status, stderr and peak resident memory in KiB.
-// wait4 reaps the child: std's wait cannot report its resources.
-#[allow(clippy::zombie_processes)]
-fn measured(mut command: Command) -> (std::process::ExitStatus, String, i64) {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
-    let mut status = 0;
-    // SAFETY: plain syscall on our own child, with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(got, pid);
-    (
-        std::process::ExitStatus::from_raw(status),
-        reader.join().unwrap(),
-        usage.ru_maxrss,
-    )
-}
-
-/// Runs pak, which must succeed within `limit_kib` of peak memory; the peak.
-#[track_caller]
-fn within(p: &Project, args: &[&str], limit_kib: i64) -> i64 {
-    let (status, err, peak) = measured(p.command(args));
-    assert!(status.success(), "pak {args:?}: {status}: {err}");
-    assert!(
-        peak < limit_kib,
-        "pak {args:?} peaked at {} MiB, over {} MiB",
-        peak / MIB,
-        limit_kib / MIB
-    );
-    eprintln!("pak {args:?}: peak {} MiB", peak / MIB);
-    peak
-}
+use std::process::Command;
 
 /// A project with the stand-in kernel and boot loader a generation needs.
 fn generation_project() -> Project {
@@ -66,49 +20,6 @@ fn generation_project() -> Project {
     p.add(&Package::kernel("kernel"));
     p.add(&Package::boot_loader("boot-loader"));
     p
-}
-
-/// A package source directory `src-NAME` with `.PAKINFO`.
-fn source(p: &Project, name: &str) -> std::path::PathBuf {
-    let src = p.path(format!("src-{name}"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(
-        src.join(".PAKINFO"),
-        format!("name = \"{name}\"\nversion = \"1.0-1\"\narch = \"any\"\n"),
-    )
-    .unwrap();
-    src
-}
-
-fn create(p: &Project, src: &Path) -> [String; 5] {
-    [
-        "pkg".into(),
-        "create".into(),
-        src.display().to_string(),
-        "-o".into(),
-        p.repo().display().to_string(),
-    ]
-}
-
-/// Makes `depth` nested directories named `name` under `dir`, relative to
-/// one another (the whole path may be past PATH_MAX), with a file
-/// `bottom` at the end.
-fn nest(dir: &Path, name: &str, depth: usize) {
-    use rustix::fs::{Mode, OFlags, mkdirat, open, openat};
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
-    let mut fd = open(dir, dir_flags, Mode::empty()).unwrap();
-    for _ in 0..depth {
-        mkdirat(&fd, name, Mode::from_raw_mode(0o755)).unwrap();
-        fd = openat(&fd, name, dir_flags, Mode::empty()).unwrap();
-    }
-    let f = openat(
-        &fd,
-        "bottom",
-        OFlags::CREATE | OFlags::WRONLY,
-        Mode::from_raw_mode(0o644),
-    )
-    .unwrap();
-    rustix::io::write(&f, b"deep\n").unwrap();
 }
 
 /// `unsquashfs -lls` of `image`: it must list it whole; its listing.
@@ -144,7 +55,10 @@ fn a_tree_two_thousand_deep_becomes_a_generation_read_back_whole() {
     std::fs::write(deep.join(&long).join(&long), "long\n").unwrap();
     within(
         &p,
-        &create(&p, &deep).each_ref().map(String::as_str),
+        &create(&p, &deep)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         256 * MIB,
     );
     p.index();
@@ -207,7 +121,10 @@ fn thirty_thousand_tiny_files_within_a_stated_memory() {
     }
     within(
         &p,
-        &create(&p, &many).each_ref().map(String::as_str),
+        &create(&p, &many)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         1024 * MIB,
     );
     p.index();

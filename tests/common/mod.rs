@@ -4,6 +4,8 @@
 //! and an unprivileged user to run pak as.
 #![allow(dead_code)]
 
+pub mod bounded;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
