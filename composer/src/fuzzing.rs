@@ -787,7 +787,7 @@ pub fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
     out.push((
         "kmod",
         "seed".into(),
-        elf_with_modinfo(b"license=GPL\0depends=a,b\0"),
+        elf_module(b"license=GPL\0depends=a,b\0", 0),
     ));
     out.push((
         "cpio",
@@ -815,24 +815,29 @@ size = "1GiB"
 "#;
 
 /// The smallest ELF64 a module reader accepts: a header, a section name
-/// table and a `.modinfo` section.
-fn elf_with_modinfo(modinfo: &[u8]) -> Vec<u8> {
-    let names = b"\0.shstrtab\0.modinfo\0";
+/// table, a `.modinfo` section, and a `.text` of `text` bytes before the
+/// section table that a reader of `.modinfo` must not need. Also the
+/// kernel-module tests' stand-in module.
+pub fn elf_module(modinfo: &[u8], text: usize) -> Vec<u8> {
+    let names = b"\0.shstrtab\0.modinfo\0.text\0";
     let mut out = vec![0u8; 64];
     out[..5].copy_from_slice(b"\x7fELF\x02");
     let names_at = out.len();
     out.extend_from_slice(names);
     let info_at = out.len();
     out.extend_from_slice(modinfo);
+    let text_at = out.len();
+    out.resize(text_at + text, 0x90);
     let shoff = out.len();
     out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
     out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    out[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+    out[0x3c..0x3e].copy_from_slice(&4u16.to_le_bytes());
     out[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
     for (name, at, len) in [
         (0u32, 0, 0),
         (1, names_at, names.len()),
         (11, info_at, modinfo.len()),
+        (20, text_at, text),
     ] {
         let mut sh = [0u8; 64];
         sh[..4].copy_from_slice(&name.to_le_bytes());

@@ -336,33 +336,7 @@ mod tests {
     }
 
     fn module_sized(modinfo: &str, text: usize) -> Vec<u8> {
-        let names = b"\0.shstrtab\0.modinfo\0.text\0";
-        let mut out = vec![0u8; 64];
-        out[..5].copy_from_slice(b"\x7fELF\x02");
-        let names_at = out.len();
-        out.extend_from_slice(names);
-        let info_at = out.len();
-        out.extend_from_slice(modinfo.as_bytes());
-        let text_at = out.len();
-        out.resize(text_at + text, 0x90);
-        let shoff = out.len();
-        out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
-        out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        out[0x3c..0x3e].copy_from_slice(&4u16.to_le_bytes());
-        out[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        for (name, at, len) in [
-            (0u32, 0, 0),
-            (1, names_at, names.len()),
-            (11, info_at, modinfo.len()),
-            (20, text_at, text),
-        ] {
-            let mut sh = [0u8; 64];
-            sh[..4].copy_from_slice(&name.to_le_bytes());
-            sh[0x18..0x20].copy_from_slice(&(at as u64).to_le_bytes());
-            sh[0x20..0x28].copy_from_slice(&(len as u64).to_le_bytes());
-            out.extend_from_slice(&sh);
-        }
-        out
+        crate::fuzzing::elf_module(modinfo.as_bytes(), text)
     }
 
     #[test]
