@@ -61,7 +61,7 @@ thread_local! {
     /// made per block costs its allocation and table setup every time
     /// (several percent of a pack at level 15). The output is the same,
     /// the context being reset for every block.
-    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    static ZSTD: std::cell::RefCell<Option<(i32, super::zstd_fast::Context)>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -69,13 +69,10 @@ pub(super) fn compress_zstd(data: &[u8], level: i32) -> Vec<u8> {
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
         if z.as_ref().is_none_or(|(l, _)| *l != level) {
-            *z = Some((
-                level,
-                zstd::bulk::Compressor::new(level).expect("zstd context"),
-            ));
+            *z = Some((level, super::zstd_fast::Context::new(level)));
         }
         let (_, c) = z.as_mut().expect("set above");
-        c.compress(data).expect("zstd compresses")
+        c.compress(data)
     })
 }
 

@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 mod data;
 mod reader;
 mod write;
+mod zstd_fast;
 pub use reader::{ReadNode, Reader};
 
 /// Writes `tree` as a squashfs image at `out` (see [`write::write`]).
