@@ -82,6 +82,11 @@ fn build() -> Result<(), String> {
         .flag("-mlzcnt")
         .flag("-mbmi")
         .flag("-mbmi2")
+        // pak's own profile would build this copy unoptimised in a dev
+        // build, where zstd-sys, a dependency, is optimised: the copy
+        // must never be the slower one.
+        .opt_level(3)
+        .debug(false)
         .warnings(false)
         .cargo_metadata(false)
         .try_compile("pak_zstd_lzcnt")
