@@ -786,11 +786,13 @@ impl<R: Read + Seek> Reader<R> {
                     ..
                 } => {
                     let stored: u64 = sizes.iter().map(|w| (w & !UNCOMPRESSED_BLOCK) as u64).sum();
-                    if (blocks_start..blocks_start + stored).contains(&at) {
+                    // Sums of stored offsets and lengths saturate: a
+                    // hostile image may place them near 2^64.
+                    if (blocks_start..blocks_start.saturating_add(stored)).contains(&at) {
                         let mut pos = blocks_start;
                         for (k, w) in sizes.iter().enumerate() {
                             let len = (w & !UNCOMPRESSED_BLOCK) as u64;
-                            if at < pos + len {
+                            if at < pos.saturating_add(len) {
                                 return format!(
                                     "the data of {path} (its block {k}, {})",
                                     if w & UNCOMPRESSED_BLOCK != 0 {
@@ -800,7 +802,7 @@ impl<R: Read + Seek> Reader<R> {
                                     }
                                 );
                             }
-                            pos += len;
+                            pos = pos.saturating_add(len);
                         }
                     }
                     if fragment != NO_FRAGMENT {
@@ -815,7 +817,7 @@ impl<R: Read + Seek> Reader<R> {
                 break;
             };
             let len = (word & !UNCOMPRESSED_BLOCK) as u64;
-            if (start..start + len).contains(&at) {
+            if (start..start.saturating_add(len)).contains(&at) {
                 let mut names = tails.remove(&index).unwrap_or_default();
                 names.sort();
                 let more = names.len().saturating_sub(5);
@@ -1056,6 +1058,37 @@ mod tests {
                 let _ = r.place_of(state % good.len() as u64);
             }
         }
+    }
+
+    /// A fragment table entry placed near 2^64 (found by the fuzzer):
+    /// naming what lies at a byte must not overflow summing its offset
+    /// and length.
+    #[test]
+    fn a_place_in_an_image_with_a_hostile_fragment_offset_is_named_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("g.sqfs");
+        let mut tree = Tree::default();
+        tree.entries.insert(String::new(), entry(Kind::Dir, 0o755));
+        tree.entries.insert(
+            "tail".into(),
+            entry(
+                Kind::File(Source::Bytes(b"a tail in a fragment".to_vec())),
+                0o644,
+            ),
+        );
+        write(&tree, &img, &Options::default()).unwrap();
+        let mut bytes = std::fs::read(&img).unwrap();
+        // The superblock's fragment table start (offset 80) points at the
+        // index, whose first word points at the one metadata block: a
+        // 16-byte entry does not compress, so it is stored as it is.
+        let table = u64_at(&bytes, 80) as usize;
+        let block = u64_at(&bytes, table) as usize;
+        let header = u16::from_le_bytes([bytes[block], bytes[block + 1]]);
+        assert_eq!(header, 0x8000 | 16, "the fragment entry is stored raw");
+        bytes[block + 2..block + 10].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        let mut r = Reader::open(std::io::Cursor::new(bytes), 0).unwrap();
+        let named = r.place_of(100);
+        assert!(!named.is_empty());
     }
 
     #[test]
