@@ -291,7 +291,14 @@ fn a_database_keeps_its_rows_across_a_reboot_and_a_switch() {
 
     let out = m.succeed("pak system switch /dev/vdb").unwrap();
     assert!(out.contains("generation 2 written to slot b"), "{out}");
-    m.reboot().unwrap();
+    // Generation 2 boots on trial and is marked good once its checks
+    // pass, which says so on the console: waited for here, before any
+    // command, so that line cannot land inside a command's output.
+    m.send("sync; reboot\n").unwrap();
+    m.wait_for("pak-init: starting generation 2", BOOT).unwrap();
+    m.wait_for("marked generation 2 (slot b) good", BOOT)
+        .unwrap();
+    m.wait_for_shell(BOOT).unwrap();
     assert!(
         m.succeed("cat /proc/cmdline")
             .unwrap()
